@@ -1,0 +1,90 @@
+"""Helpers shared by the Beam pipelines: options, paths, output cleanup, stats merging."""
+
+from __future__ import annotations
+
+import logging
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+
+log = logging.getLogger("emotion")
+
+
+class UsageError(Exception):
+    """An error the user caused (bad path, bad option): the CLI prints one line and exits 2."""
+
+
+def pipeline_options(beam_args: list[str], save_main_session: bool) -> PipelineOptions:
+    """PipelineOptions from the pass-through Beam arguments, validated up front.
+
+    The runner defaults to the DirectRunner (Beam's own default downloads Prism, which
+    needs the network). Dataflow runs must name a project, region and gs:// temp location.
+    """
+    options = PipelineOptions(beam_args, save_main_session=save_main_session, pipeline_type_check=True)
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = "DirectRunner"
+    if standard.runner in ("DataflowRunner", "dataflow"):
+        gcp = options.view_as(GoogleCloudOptions)
+        missing = [
+            flag
+            for flag, value in (
+                ("--project", gcp.project),
+                ("--region", gcp.region),
+                ("--temp_location", gcp.temp_location),
+            )
+            if not value
+        ]
+        if missing:
+            raise UsageError(f"DataflowRunner needs {', '.join(missing)}")
+        if not gcp.temp_location.startswith("gs://"):
+            raise UsageError(f"--temp_location must be a gs:// path for Dataflow, got {gcp.temp_location}")
+    return options
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def is_remote_runner(options: PipelineOptions) -> bool:
+    return options.view_as(StandardOptions).runner in ("DataflowRunner", "dataflow")
+
+
+def remove_outputs(output: str, names: list[str]) -> None:
+    """Deletes earlier outputs (files or folders named in `names`) so reruns leave nothing stale."""
+    for name in names:
+        pattern = join(output, name)
+        targets = []
+        for pat in (pattern, join(pattern, "**")):
+            try:
+                for match in FileSystems.match([pat])[0].metadata_list:
+                    targets.append(match.path)
+            except Exception:  # nothing there
+                pass
+        if targets:
+            FileSystems.delete(sorted(set(targets), reverse=True))
+
+
+def merge_counts(a: dict, b: dict) -> dict:
+    """Adds nested dicts of numbers; lists are concatenated; other values: first wins."""
+    out = dict(a)
+    for key, value in b.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict):
+            out[key] = merge_counts(out[key], value)
+        elif isinstance(value, list):
+            out[key] = out[key] + value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = out[key] + value
+    return out
+
+
+def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    with FileSystems.create(path, mime_type=mime_type) as f:
+        f.write(data)
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path) as f:
+        return f.read()

@@ -1,0 +1,568 @@
+"""Ingest: raw image folders (local or gs://) -> validated, de-duplicated, sharded TFRecords.
+
+    emotion ingest --input /tmp/fer2013 --output /tmp/fer2013-ingest
+    emotion ingest --input gs://bucket/faces --output gs://bucket/ingest \\
+        --runner DataflowRunner --project my-project --region us-central1 --temp_location gs://bucket/tmp
+
+Outputs under --output:
+  tfrecords/<split>-SSSSS-of-NNNNN.tfrecord   one tf.train.Example per kept image (schemas.FEATURES)
+  rejected/*.parquet                          every input not written, with reason and detail
+  stats.json                                  counts that add up, duplicates/leakage, data health
+  plots/class_distribution.png
+
+Per-element overhead is what makes a Beam job slow on small images, so work travels in
+batches: the listing emits batches of files, each batch is decoded in one call and its
+images are pre-grouped by shard, so the shuffle moves a few hundred lists rather than one
+element per image. The shard of an image is derived from its pixel hash, so all copies
+of an image meet in the same shard group, where duplicates and leakage are resolved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import time
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipelines.common import (
+    UsageError,
+    is_remote_runner,
+    join,
+    log,
+    merge_counts,
+    pipeline_options,
+    remove_outputs,
+    write_bytes,
+)
+from beam_pipelines.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    PreprocessError,
+    image_metrics,
+    is_non_data,
+    preprocess,
+)
+from schemas import LABEL_TO_INDEX, LABELS, REJECTED_SCHEMA, SCHEMA_VERSION, canonical_label, canonical_split
+from schemas.tfrecord import encode_example, tfrecord_frame
+
+SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # the evaluation copy of a duplicate wins
+TARGET_SHARD_BYTES = 32 << 20
+OUTPUT_NAMES = ["tfrecords", "rejected", "stats.json", "plots"]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="emotion ingest", description=__doc__.split("\n")[0])
+    parser.add_argument("--input", required=True, help="image root: <root>/<split>/<class>/* or <root>/<class>/*")
+    parser.add_argument("--output", required=True, help="output folder (local or gs://)")
+    parser.add_argument("--image-size", type=int, default=48)
+    parser.add_argument("--face-crop", action="store_true", help="crop the largest face (Haar cascade)")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="val carved from train by content hash when the input has no val"
+    )
+    parser.add_argument(
+        "--test-fraction", type=float, default=0.1, help="test fraction by content hash when the input has no splits"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="salt of the content-hash split assignment")
+    parser.add_argument("--num-shards", type=int, default=0, help="shards per split (0: from the data size)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are rejected")
+    parser.add_argument("--files-per-batch", type=int, default=256, help="files decoded per work item")
+    args, beam_args = parser.parse_known_args(argv)
+    if not 8 <= args.image_size <= 512:
+        raise UsageError("--image-size must be between 8 and 512")
+    if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
+        raise UsageError("--val-fraction and --test-fraction must be in [0, 1) and sum below 1")
+    args.input = args.input.rstrip("/")
+    args.output = args.output.rstrip("/")
+    return args, beam_args
+
+
+def hash_unit(seed: int, digest: str) -> float:
+    """A deterministic number in [0, 1) from a content hash: the split assignment key."""
+    h = hashlib.blake2b(f"{seed}:{digest}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2.0**64
+
+
+def shard_of(digest: str, num_shards: int) -> int:
+    return int(digest[:12], 16) % num_shards
+
+
+# --------------------------------------------------------------------------- listing
+
+
+class ListFiles(beam.DoFn):
+    """Root -> batches of (path, size); a summary (counts, splits, shard count) on the side."""
+
+    SUMMARY = "summary"
+
+    def __init__(self, args):
+        self.args = args
+
+    def process(self, root):
+        matches = FileSystems.match([join(root, "**")])[0].metadata_list
+        paths = sorted((m.path, m.size_in_bytes) for m in matches)
+        splits, skipped, total_bytes, batch = set(), {}, 0, []
+        for path, size in paths:
+            rel = path[len(root) + 1 :]
+            if is_non_data(rel):
+                name = rel.rsplit("/", 1)[-1]
+                skipped[name] = skipped.get(name, 0) + 1
+                continue
+            parts = rel.split("/")
+            if len(parts) >= 3 and canonical_split(parts[0]):
+                splits.add(canonical_split(parts[0]))
+            total_bytes += size
+            batch.append((path, size))
+            if len(batch) >= self.args.files_per_batch:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        n_files = sum(skipped.values()) + sum(1 for p, _ in paths if not is_non_data(p[len(root) + 1 :]))
+        data_files = n_files - sum(skipped.values())
+        num_shards = self.args.num_shards or max(
+            1, math.ceil(data_files * (self.args.image_size**2 + 200) / TARGET_SHARD_BYTES)
+        )
+        carve_val = "train" in splits and "val" not in splits and self.args.val_fraction > 0
+        yield beam.pvalue.TaggedOutput(
+            self.SUMMARY,
+            {
+                "matched": n_files,
+                "skipped": skipped,
+                "input_bytes": total_bytes,
+                "input_splits": sorted(splits),
+                "carve_val": carve_val,
+                "num_shards": num_shards,
+            },
+        )
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _reject(uri, reason, detail=""):
+    return beam.pvalue.TaggedOutput("rejected", {"uri": uri, "reason": reason, "detail": detail, "stage": "ingest"})
+
+
+class DecodeBatch(beam.DoFn):
+    """A batch of files -> (shard, [records]) pairs; rejected rows and reject counts on the side.
+
+    A record is (pixel_hash, split, label, uri, pixel bytes, (brightness, contrast, sharpness)).
+    """
+
+    def __init__(self, args):
+        self.args = args
+
+    def _split_of(self, folder_split, digest, summary):
+        a = self.args
+        if folder_split is None:  # <root>/<class>/*: split from the content hash
+            u = hash_unit(a.seed, digest)
+            return "test" if u < a.test_fraction else "val" if u < a.test_fraction + a.val_fraction else "train"
+        if folder_split == "train" and summary["carve_val"] and hash_unit(a.seed, digest) < a.val_fraction:
+            return "val"
+        return folder_split
+
+    def process(self, batch, summary):
+        root, a = self.args.input, self.args
+        shards: dict[int, list] = {}
+        rejected: dict[str, int] = {}
+        for path, _size in batch:
+            rel = path[len(root) + 1 :]
+            parts = rel.split("/")
+            reason = detail = None
+            if len(parts) >= 3 and canonical_split(parts[0]):
+                folder_split, class_dir = canonical_split(parts[0]), parts[1]
+            else:
+                folder_split, class_dir = None, parts[0] if len(parts) >= 2 else None
+            ext = "." + rel.rsplit(".", 1)[-1].lower() if "." in parts[-1] else ""
+            if class_dir is None:
+                reason, detail = "no_class_folder", "file is not inside a class folder"
+            elif canonical_label(class_dir) is None:
+                reason, detail = "unknown_class", f"folder {class_dir!r} maps to no emotion class"
+            elif ext not in IMAGE_EXTENSIONS:
+                reason, detail = "unsupported_extension", f"extension {ext or '(none)'!r} is not an image type"
+            if reason is None:
+                try:
+                    with FileSystems.open(path) as f:
+                        data = f.read()
+                    pixels, digest = preprocess(data, a.image_size, a.face_crop, a.max_pixels)
+                    metrics = image_metrics(pixels)
+                    if metrics[1] == 0.0:
+                        raise PreprocessError("blank_image", f"every pixel is {int(pixels[0, 0])}")
+                except PreprocessError as exc:
+                    reason, detail = exc.reason, exc.detail
+                except Exception as exc:  # unreadable file, I/O error: dead-letter, never crash
+                    reason, detail = "unreadable", f"{type(exc).__name__}: {exc}"[:300]
+            if reason is not None:
+                rejected[reason] = rejected.get(reason, 0) + 1
+                yield _reject(path, reason, detail)
+                continue
+            label = canonical_label(class_dir)
+            split = self._split_of(folder_split, digest, summary)
+            record = (digest, split, label, path, pixels.tobytes(), metrics)
+            shards.setdefault(shard_of(digest, summary["num_shards"]), []).append(record)
+        for shard, records in shards.items():
+            yield shard, records
+        yield beam.pvalue.TaggedOutput("stats", {"rejected": rejected})
+
+
+# --------------------------------------------------------------------------- dedupe + write
+
+
+def shard_path(output, split, shard, num_shards):
+    return join(output, "tfrecords", f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
+
+
+def output_splits(summary, args):
+    splits = set(summary["input_splits"])
+    if summary["carve_val"]:
+        splits.add("val")
+    if not summary["input_splits"]:  # no split folders: all three come from the hash
+        splits = {"train", "test"} | ({"val"} if args.val_fraction > 0 else set())
+    return sorted(splits, key=lambda s: -SPLIT_PRIORITY[s])
+
+
+def _empty_split_stats():
+    return {"n": 0, "brightness": [0.0, 0.0], "contrast": [0.0, 0.0], "log_sharpness": [0.0, 0.0]}
+
+
+class DedupeAndWriteShard(beam.DoFn):
+    """All records of one shard (every copy of an image lands in the same shard):
+    resolve duplicates, conflicts and leakage, then write one TFRecord file per split."""
+
+    def __init__(self, args):
+        self.args = args
+
+    def process(self, element, summary):
+        shard, batches = element
+        by_hash: dict[str, list] = {}
+        for records in batches:
+            for record in records:
+                by_hash.setdefault(record[0], []).append(record)
+        stats = {
+            "written": {},
+            "image_stats": {},
+            "rejected": {},
+            "duplicates": {"groups": 0, "redundant_files": 0, "within_split": 0, "leakage": {}},
+            "conflicts": {"groups": 0, "files": 0},
+            "fingerprint": 0,
+        }
+        kept = []
+        for digest, copies in by_hash.items():
+            copies.sort(key=lambda r: (SPLIT_PRIORITY[r[1]], r[3]))
+            if len(copies) > 1:
+                stats["duplicates"]["groups"] += 1
+            labels = sorted({r[2] for r in copies})
+            if len(labels) > 1:
+                stats["conflicts"]["groups"] += 1
+                stats["conflicts"]["files"] += len(copies)
+                stats["rejected"]["conflicting_labels"] = stats["rejected"].get("conflicting_labels", 0) + len(copies)
+                for r in copies:
+                    yield _reject(r[3], "conflicting_labels", f"{len(copies)} pixel-identical copies labelled {labels}")
+                continue
+            keeper = copies[0]
+            kept.append(keeper)
+            for r in copies[1:]:
+                stats["duplicates"]["redundant_files"] += 1
+                if r[1] == keeper[1]:
+                    reason = "duplicate"
+                    stats["duplicates"]["within_split"] += 1
+                else:
+                    reason = "leakage"
+                    pair = f"{r[1]}->{keeper[1]}"
+                    stats["duplicates"]["leakage"][pair] = stats["duplicates"]["leakage"].get(pair, 0) + 1
+                stats["rejected"][reason] = stats["rejected"].get(reason, 0) + 1
+                yield _reject(r[3], reason, f"pixel-identical to {keeper[3]} (kept in {keeper[1]})")
+
+        kept.sort(key=lambda r: (r[1], r[0], r[3]))
+        size = self.args.image_size
+        files = {split: [] for split in output_splits(summary, self.args)}
+        for digest, split, label, uri, pixels, (brightness, contrast, sharpness) in kept:
+            files.setdefault(split, []).append(
+                tfrecord_frame(
+                    encode_example(
+                        {
+                            "image/raw": pixels,
+                            "image/height": size,
+                            "image/width": size,
+                            "image/sha256": digest,
+                            "label/index": LABEL_TO_INDEX[label],
+                            "label/name": label,
+                            "source/uri": uri,
+                            "split": split,
+                            "schema_version": SCHEMA_VERSION,
+                        }
+                    )
+                )
+            )
+            per_split = stats["written"].setdefault(split, {})
+            per_split[label] = per_split.get(label, 0) + 1
+            s = stats["image_stats"].setdefault(split, _empty_split_stats())
+            s["n"] += 1
+            for key, value in (("brightness", brightness), ("contrast", contrast), ("log_sharpness", math.log1p(sharpness))):
+                s[key][0] += value
+                s[key][1] += value * value
+            stats["fingerprint"] += int(hashlib.sha256(f"{digest}:{split}:{label}".encode()).hexdigest()[:16], 16)
+        for split, frames in files.items():
+            write_bytes(shard_path(self.args.output, split, shard, summary["num_shards"]), b"".join(frames))
+        yield beam.pvalue.TaggedOutput("stats", stats)
+
+
+class WriteEmptyShards(beam.DoFn):
+    """Shards that received no image still exist (empty), so every split has N-of-N files."""
+
+    def __init__(self, args):
+        self.args = args
+
+    def process(self, written_shards, summary):
+        for shard in sorted(set(range(summary["num_shards"])) - set(written_shards)):
+            for split in output_splits(summary, self.args):
+                write_bytes(shard_path(self.args.output, split, shard, summary["num_shards"]), b"")
+        yield len(written_shards)
+
+
+# --------------------------------------------------------------------------- stats
+
+
+class MergeStats(beam.CombineFn):
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, value):
+        return merge_counts(acc, value)
+
+    def merge_accumulators(self, accs):
+        out = {}
+        for acc in accs:
+            out = merge_counts(out, acc)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _mean_std(sums, n):
+    if n == 0:
+        return None, None
+    mean = sums[0] / n
+    return mean, math.sqrt(max(0.0, sums[1] / n - mean * mean))
+
+
+def health_warnings(image_stats: dict) -> list[str]:
+    """Warnings when splits differ sharply in brightness, contrast or sharpness."""
+    warnings = []
+    splits = [s for s in ("train", "val", "test") if s in image_stats]
+    for i, a in enumerate(splits):
+        for b in splits[i + 1 :]:
+            sa, sb = image_stats[a], image_stats[b]
+            ratio = sa["sharpness_geomean"] / max(sb["sharpness_geomean"], 1e-9)
+            if ratio < 0.5 or ratio > 2.0:
+                warnings.append(
+                    f"{a} and {b} differ sharply in sharpness (Laplacian variance, geometric mean "
+                    f"{sa['sharpness_geomean']:.1f} vs {sb['sharpness_geomean']:.1f}, ratio {ratio:.2f}): "
+                    "one split may be blurred or re-encoded; a model trained on it will not transfer"
+                )
+            if abs(sa["brightness_mean"] - sb["brightness_mean"]) > 20:
+                warnings.append(
+                    f"{a} and {b} differ sharply in brightness ({sa['brightness_mean']:.1f} vs {sb['brightness_mean']:.1f})"
+                )
+            cr = sa["contrast_mean"] / max(sb["contrast_mean"], 1e-9)
+            if cr < 0.67 or cr > 1.5:
+                warnings.append(
+                    f"{a} and {b} differ sharply in contrast ({sa['contrast_mean']:.1f} vs {sb['contrast_mean']:.1f})"
+                )
+    return warnings
+
+
+def finalize_stats(raw: dict, summary: dict, args) -> dict:
+    written = {split: dict(sorted(c.items(), key=lambda kv: LABELS.index(kv[0]))) for split, c in raw.get("written", {}).items()}
+    n_written = sum(sum(c.values()) for c in written.values())
+    rejected = dict(sorted(raw.get("rejected", {}).items()))
+    n_rejected = sum(rejected.values())
+    n_skipped = sum(summary["skipped"].values())
+    image_stats = {}
+    for split, s in raw.get("image_stats", {}).items():
+        b_mean, b_std = _mean_std(s["brightness"], s["n"])
+        c_mean, c_std = _mean_std(s["contrast"], s["n"])
+        ls_mean, ls_std = _mean_std(s["log_sharpness"], s["n"])
+        image_stats[split] = {
+            "images": s["n"],
+            "brightness_mean": b_mean,
+            "brightness_std": b_std,
+            "contrast_mean": c_mean,
+            "contrast_std": c_std,
+            "sharpness_geomean": math.expm1(ls_mean),
+            "log_sharpness_std": ls_std,
+        }
+    dup = raw.get("duplicates", {"groups": 0, "redundant_files": 0, "within_split": 0, "leakage": {}})
+    stats = {
+        "schema_version": SCHEMA_VERSION,
+        "labels": list(LABELS),
+        "image_size": args.image_size,
+        "face_crop": args.face_crop,
+        "input": args.input,
+        "output": args.output,
+        "split_source": "folders" if summary["input_splits"] else "content_hash",
+        "val_carved_from_train": summary["carve_val"],
+        "val_fraction": args.val_fraction,
+        "test_fraction": args.test_fraction if not summary["input_splits"] else None,
+        "seed": args.seed,
+        "num_shards": summary["num_shards"],
+        "totals": {
+            "matched": summary["matched"],
+            "written": n_written,
+            "rejected": n_rejected,
+            "skipped_non_data": n_skipped,
+            "balanced": summary["matched"] == n_written + n_rejected + n_skipped,
+        },
+        "written": {s: written[s] for s in sorted(written, key=lambda s: -SPLIT_PRIORITY[s])},
+        "written_per_split": {s: sum(c.values()) for s, c in written.items()},
+        "rejected": rejected,
+        "skipped": summary["skipped"],
+        "duplicates": {
+            "groups": dup["groups"],
+            "redundant_files": dup["redundant_files"],
+            "dropped_within_split": dup["within_split"],
+            "leakage_dropped": dup["leakage"],
+            "conflicting_label_groups": raw.get("conflicts", {}).get("groups", 0),
+            "conflicting_label_files": raw.get("conflicts", {}).get("files", 0),
+        },
+        "image_stats": image_stats,
+        "fingerprint": f"{raw.get('fingerprint', 0) % (1 << 64):016x}-{n_written}",
+    }
+    stats["warnings"] = health_warnings(image_stats)
+    if dup["leakage"]:
+        stats["warnings"].append(
+            "pixel-identical images across splits: "
+            + ", ".join(f"{n} {pair}" for pair, n in sorted(dup["leakage"].items()))
+            + " (the training-side copies were dropped)"
+        )
+    if not stats["totals"]["balanced"]:
+        stats["warnings"].append("input and output totals do not add up")
+    return stats
+
+
+def plot_class_distribution(stats: dict) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = list(stats["written"])
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    width = 0.8 / max(1, len(splits))
+    x = np.arange(len(LABELS))
+    for i, split in enumerate(splits):
+        counts = [stats["written"][split].get(label, 0) for label in LABELS]
+        bars = ax.bar(x + (i - (len(splits) - 1) / 2) * width, counts, width, label=f"{split} ({sum(counts)})")
+        ax.bar_label(bars, fontsize=6)
+    ax.set_xticks(x, LABELS)
+    ax.set_ylabel("images")
+    ax.set_title("Class distribution per split (after de-duplication)")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+class WriteStats(beam.DoFn):
+    def __init__(self, args):
+        self.args = args
+
+    def process(self, raw, summary):
+        stats = finalize_stats(raw, summary, self.args)
+        write_bytes(join(self.args.output, "stats.json"), (json.dumps(stats, indent=2) + "\n").encode(), "application/json")
+        write_bytes(join(self.args.output, "plots", "class_distribution.png"), plot_class_distribution(stats), "image/png")
+        for warning in stats["warnings"]:
+            logging.getLogger("emotion").warning("ingest: %s", warning)
+        yield stats
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+class Ingest(beam.PTransform):
+    """Image root -> TFRecord shards + rejected rows + stats (the whole ingest, as one transform)."""
+
+    def __init__(self, args):
+        super().__init__()
+        self.args = args
+
+    def expand(self, pbegin):
+        a = self.args
+        listing = (
+            pbegin
+            | "Start" >> beam.Create([a.input])
+            | "ListFiles" >> beam.ParDo(ListFiles(a)).with_outputs(ListFiles.SUMMARY, main="batches")
+        )
+        summary = beam.pvalue.AsSingleton(listing[ListFiles.SUMMARY])
+        decoded = (
+            listing.batches
+            | "SpreadBatches" >> beam.Reshuffle()
+            | "DecodeBatches" >> beam.ParDo(DecodeBatch(a), summary).with_outputs("rejected", "stats", main="shards")
+        )
+        written = (
+            decoded.shards
+            | "GroupByShard" >> beam.GroupByKey()
+            | "DedupeAndWrite" >> beam.ParDo(DedupeAndWriteShard(a), summary).with_outputs("stats", "rejected", main="done")
+        )
+        # Shards that got no image are written empty, so each split is a complete N-of-N set.
+        _ = (
+            decoded.shards
+            | "ShardIds" >> beam.Keys()
+            | "DistinctShards" >> beam.Distinct()
+            | "AllShardIds" >> beam.combiners.ToList()
+            | "WriteEmptyShards" >> beam.ParDo(WriteEmptyShards(a), summary)
+        )
+        rejected = (decoded.rejected, written.rejected) | "AllRejected" >> beam.Flatten()
+        _ = rejected | "WriteRejected" >> beam.io.WriteToParquet(
+            join(a.output, "rejected", "rejected"),
+            REJECTED_SCHEMA,
+            file_name_suffix=".parquet",
+        )
+        stats = (
+            (decoded.stats, written.stats)
+            | "AllStats" >> beam.Flatten()
+            | "MergeStats" >> beam.CombineGlobally(MergeStats())
+            | "WriteStats" >> beam.ParDo(WriteStats(a), summary)
+        )
+        return stats
+
+
+def run(argv=None, save_main_session=True) -> dict | None:
+    """Runs ingest; returns stats.json's content when the run is local and finished."""
+    args, beam_args = parse_args(argv)
+    options = pipeline_options(beam_args, save_main_session)
+    try:
+        found = FileSystems.match([join(args.input, "**")], limits=[1])[0].metadata_list
+    except Exception as exc:
+        raise UsageError(f"cannot list --input {args.input}: {exc}") from None
+    if not found:
+        raise UsageError(f"no files under --input {args.input}")
+    remove_outputs(args.output, OUTPUT_NAMES)
+    started = time.time()
+    log.info("ingest: %s -> %s", args.input, args.output)
+    pipeline = beam.Pipeline(options=options)
+    _ = pipeline | "Ingest" >> Ingest(args)
+    result = pipeline.run()
+    if is_remote_runner(options):
+        log.info("ingest: submitted %s", getattr(result, "job_id", lambda: "")())
+        return None
+    result.wait_until_finish()
+    with FileSystems.open(join(args.output, "stats.json")) as f:
+        stats = json.loads(f.read())
+    t = stats["totals"]
+    log.info(
+        "ingest: %d matched -> %d written, %d rejected, %d skipped in %.1fs",
+        t["matched"], t["written"], t["rejected"], t["skipped_non_data"], time.time() - started,
+    )
+    return stats

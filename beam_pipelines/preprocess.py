@@ -1,0 +1,258 @@
+"""The one preprocessing function shared by ingest and predict.
+
+decode (OpenCV) -> 8-bit grayscale -> optional Haar-cascade face crop -> resize.
+
+Every failure raises `PreprocessError(reason, detail)`; the pipelines turn it into a
+dead-letter row, so a bad file never crashes a job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import threading
+
+import numpy as np
+
+# Backstop for formats whose header we do not parse ourselves (OpenCV's own limit).
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 28))
+import cv2  # noqa: E402
+
+cv2.setNumThreads(1)  # parallelism comes from the pipeline, not from OpenCV
+
+DEFAULT_MAX_PIXELS = 50_000_000
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif", ".heic", ".avif"}
+)
+# Files that are clearly not data: skipped, but counted.
+NON_DATA_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", ".gitkeep", ".gitignore"})
+
+
+class PreprocessError(Exception):
+    """A file that cannot become a training/prediction image, with a machine-readable reason."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def is_non_data(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1].lower()
+    return base in NON_DATA_NAMES or base.startswith("._")
+
+
+# --------------------------------------------------------------------------- sniffing
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The container format from the magic bytes, or None when it is not an image."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"avif", b"avis"):
+        return "heif"
+    return None
+
+
+def peek_dimensions(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """(width, height) read from the header without decoding, where cheap; else None."""
+    try:
+        if fmt == "png" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if fmt == "bmp":
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if fmt == "gif":
+            return struct.unpack("<HH", data[6:10])
+        if fmt == "webp":
+            chunk = data[12:16]
+            if chunk == b"VP8X":
+                w = int.from_bytes(data[24:27], "little") + 1
+                h = int.from_bytes(data[27:30], "little") + 1
+                return w, h
+            if chunk == b"VP8 ":
+                w, h = struct.unpack("<HH", data[26:30])
+                return w & 0x3FFF, h & 0x3FFF
+            if chunk == b"VP8L":
+                bits = int.from_bytes(data[21:25], "little")
+                return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if fmt == "jpeg":
+            i = 2
+            while i + 9 < len(data):
+                if data[i] != 0xFF:
+                    return None
+                marker = data[i + 1]
+                if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                    i += 2
+                    continue
+                (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                    h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+                    return w, h
+                i += 2 + length
+    except struct.error:
+        return None
+    return None
+
+
+def _png_has_alpha(data: bytes) -> bool:
+    color_type = data[25] if len(data) > 25 else 0
+    return color_type in (4, 6) or b"tRNS" in data[:4096]
+
+
+def _webp_has_alpha(data: bytes) -> bool:
+    return data[12:16] == b"VP8L" or (data[12:16] == b"VP8X" and bool(data[20] & 0x10))
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_gray(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decodes encoded image bytes to an 8-bit grayscale array (EXIF orientation applied).
+
+    Alpha is composited over white; 16-bit and float images are scaled to 8 bits;
+    palette and colour images are converted with OpenCV's BGR->gray weights.
+    """
+    if not data:
+        raise PreprocessError("empty_file", "zero bytes")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise PreprocessError("not_an_image", f"unrecognised header {data[:8]!r}")
+    if fmt == "heif":
+        raise PreprocessError("unsupported_format", "HEIF/AVIF is not decodable by OpenCV")
+    dims = peek_dimensions(data, fmt)
+    if dims is not None and dims[0] * dims[1] > max_pixels:
+        raise PreprocessError("too_large", f"{dims[0]}x{dims[1]} exceeds {max_pixels} pixels")
+    if fmt == "jpeg" and not data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
+        raise PreprocessError("truncated_image", "JPEG has no end-of-image marker")
+    if fmt == "png" and b"IEND" not in data[-16:]:
+        raise PreprocessError("truncated_image", "PNG has no IEND chunk")
+
+    # EXIF orientation is applied unless IMREAD_UNCHANGED, which alone keeps alpha;
+    # formats that carry alpha are decoded unchanged (they rarely carry EXIF rotation).
+    keep_alpha = (fmt == "png" and _png_has_alpha(data)) or (fmt == "webp" and _webp_has_alpha(data)) or fmt == "tiff"
+    flags = cv2.IMREAD_UNCHANGED if keep_alpha else (cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as exc:  # e.g. OpenCV's own pixel limit
+        raise PreprocessError("corrupt_image", str(exc).strip().splitlines()[-1][:200]) from None
+    if image is None:
+        if fmt == "gif":
+            raise PreprocessError("unsupported_format", "GIF is not decodable by this OpenCV build")
+        raise PreprocessError("corrupt_image", f"OpenCV could not decode this {fmt.upper()}")
+    if image.size == 0:
+        raise PreprocessError("corrupt_image", "decoded to an empty image")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise PreprocessError("too_large", f"{image.shape[1]}x{image.shape[0]} exceeds {max_pixels} pixels")
+    return to_gray_u8(image)
+
+
+def to_gray_u8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        scale = 255.0 if float(np.nanmax(image)) <= 1.0 else 1.0
+        image = np.clip(np.nan_to_num(image) * scale, 0, 255).round().astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if image.ndim == 2:
+        return image
+    channels = image.shape[2]
+    if channels == 1:
+        return image[:, :, 0]
+    if channels == 4:
+        alpha = image[:, :, 3:4].astype(np.float32) / 255.0
+        bgr = image[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        image = bgr.round().astype(np.uint8)
+    elif channels == 2:  # gray + alpha
+        alpha = image[:, :, 1].astype(np.float32) / 255.0
+        gray = image[:, :, 0].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+        return gray.round().astype(np.uint8)
+    return cv2.cvtColor(np.ascontiguousarray(image[:, :, :3]), cv2.COLOR_BGR2GRAY)
+
+
+def pixel_hash(gray: np.ndarray) -> str:
+    """SHA-256 of the decoded pixels and their shape: equal for pixel-identical images."""
+    digest = hashlib.sha256(f"{gray.shape[0]}x{gray.shape[1]}:".encode())
+    digest.update(np.ascontiguousarray(gray).data)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- face crop
+
+_local = threading.local()
+
+
+def _cascade():
+    cascade = getattr(_local, "cascade", None)
+    if cascade is None:
+        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+        cascade = cv2.CascadeClassifier(path)
+        if cascade.empty():
+            raise RuntimeError(f"cannot load the Haar cascade at {path}")
+        _local.cascade = cascade
+    return cascade
+
+
+def crop_face(gray: np.ndarray, margin: float = 0.15) -> np.ndarray:
+    """Crops the largest frontal face (Haar cascade) with a margin, as a square."""
+    h, w = gray.shape
+    scale = 1.0
+    probe = gray
+    if max(h, w) > 640:  # detect on a smaller copy, crop from the original
+        scale = 640.0 / max(h, w)
+        probe = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    min_side = max(20, int(min(probe.shape) * 0.1))
+    faces = _cascade().detectMultiScale(
+        cv2.equalizeHist(probe), scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side)
+    )
+    if len(faces) == 0:
+        raise PreprocessError("no_face", "no frontal face found by the Haar cascade")
+    x, y, fw, fh = max(faces, key=lambda f: (f[2] * f[3], -f[0], -f[1]))
+    x, y, fw, fh = (v / scale for v in (x, y, fw, fh))
+    side = max(fw, fh) * (1 + 2 * margin)
+    cx, cy = x + fw / 2, y + fh / 2
+    x0, y0 = int(round(max(0, cx - side / 2))), int(round(max(0, cy - side / 2)))
+    x1, y1 = int(round(min(w, cx + side / 2))), int(round(min(h, cy + side / 2)))
+    return gray[y0:y1, x0:x1]
+
+
+def resize(gray: np.ndarray, size: int) -> np.ndarray:
+    h, w = gray.shape
+    if (h, w) == (size, size):
+        return gray
+    if h != w:  # centre-crop to a square first: faces are not stretched
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        gray = gray[top : top + side, left : left + side]
+    interpolation = cv2.INTER_AREA if gray.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(gray, (size, size), interpolation=interpolation)
+
+
+def preprocess(
+    data: bytes, image_size: int = 48, face_crop: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, str]:
+    """Encoded bytes -> (image_size x image_size uint8 grayscale, pixel hash of the decoded source)."""
+    gray = decode_gray(data, max_pixels)
+    digest = pixel_hash(gray)
+    if face_crop:
+        gray = crop_face(gray)
+    return resize(gray, image_size), digest
+
+
+def image_metrics(gray: np.ndarray) -> tuple[float, float, float]:
+    """(brightness, contrast, sharpness): mean, standard deviation, variance of the Laplacian."""
+    mean, std = cv2.meanStdDev(gray)
+    lap = cv2.Laplacian(gray, cv2.CV_32F)
+    return float(mean[0, 0]), float(std[0, 0]), float(lap.var())

@@ -1,0 +1,26 @@
+"""The single source of truth: labels, aliases, TFRecord features and table schemas.
+
+Everything else in the project imports from here; this package imports nothing of ours.
+"""
+
+from schemas.labels import (  # noqa: F401
+    LABELS,
+    LABEL_TO_INDEX,
+    LABELS_VERSION,
+    NUM_CLASSES,
+    SPLIT_ALIASES,
+    canonical_label,
+    canonical_split,
+)
+from schemas.tfrecord import (  # noqa: F401
+    SCHEMA_VERSION,
+    FEATURES,
+    encode_example,
+)
+from schemas.tables import (  # noqa: F401
+    PREDICTIONS_SCHEMA,
+    REJECTED_SCHEMA,
+    PER_CLASS_SCHEMA,
+    CONFUSION_SCHEMA,
+    bigquery_schema,
+)

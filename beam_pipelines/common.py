@@ -66,15 +66,13 @@ def remove_outputs(output: str, names: list[str]) -> None:
 
 
 def merge_counts(a: dict, b: dict) -> dict:
-    """Adds nested dicts of numbers; lists are concatenated; other values: first wins."""
+    """Adds nested dicts of numbers; other values: first wins."""
     out = dict(a)
     for key, value in b.items():
         if key not in out:
             out[key] = value
         elif isinstance(value, dict):
             out[key] = merge_counts(out[key], value)
-        elif isinstance(value, list):
-            out[key] = out[key] + value
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = out[key] + value
     return out

@@ -1,0 +1,66 @@
+"""The `emotion` command: a thin layer over each stage's run(argv).
+
+    emotion ingest  --input RAW --output OUT [Beam options...]
+    emotion train   --data INGEST_OUT --model-dir DIR [...]
+    emotion predict --input IMAGES_OR_TFRECORDS --output OUT [--model DIR] [Beam options...]
+    emotion report  --output DIR
+    emotion demo    [--output DIR]
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+COMMANDS = {
+    "ingest": ("beam_pipelines.ingest", "raw image folders -> validated, sharded TFRecords"),
+    "train": ("model.train", "tf.distribute training -> checkpoints, TensorBoard, exported model"),
+    "predict": ("beam_pipelines.predict", "Beam batch inference -> Parquet predictions + evaluation"),
+    "report": ("beam_pipelines.report", "static HTML report of an ingest/train/predict output"),
+    "demo": ("beam_pipelines.demo", "ingest -> train -> predict -> report on the embedded sample"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: emotion COMMAND [options]   (emotion COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _quiet_logs() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("apache_beam", "absl", "tensorflow", "matplotlib", "google", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"emotion: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    _quiet_logs()
+    from beam_pipelines.common import UsageError
+
+    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        module.run(rest)
+    except UsageError as exc:
+        print(f"emotion {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emotion {command}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # argparse: it already printed one line
+        return int(exc.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""Training: a tf.distribute job with a custom loop (strategy.run), checkpoints, resume, export.
+
+    emotion train --data /tmp/fer2013-ingest --model-dir /tmp/run --epochs 30
+
+Strategies: one-device, mirrored (all local GPUs, or --cpu-replicas N logical CPUs),
+multi-worker (MultiWorkerMirroredStrategy from TF_CONFIG). Keras 3's model.fit fails
+under MultiWorkerMirroredStrategy, so the loop is written out: it is the same code for
+every strategy.
+
+    DIR/checkpoints/      every epoch (and every --checkpoint-every steps, and on SIGTERM);
+                          a restarted job resumes from the latest one automatically
+    DIR/logs/             TensorBoard
+    DIR/history.csv       one row per epoch
+    DIR/plots/training_curves.png
+    DIR/best.weights.h5   weights of the epoch with the best val macro-F1
+    DIR/export/, DIR/metadata.json   (model.export)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+log = logging.getLogger("emotion")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="emotion train", description="tf.distribute training on ingest output")
+    p.add_argument("--data", required=True, help="ingest output folder (tfrecords/ and stats.json)")
+    p.add_argument("--model-dir", required=True, help="checkpoints, logs, history, export (local or gs://)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64, help="per replica; the global batch scales with replicas")
+    p.add_argument("--strategy", choices=["auto", "one-device", "mirrored", "multi-worker"], default="auto")
+    p.add_argument("--cpu-replicas", type=int, default=0, help="split the CPU into N logical devices (mirrored)")
+    p.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto", help="auto: on with GPUs")
+    p.add_argument("--arch", default="vgg_s", help="vgg_s, vgg_xs or resnet_s")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    p.add_argument("--lr", type=float, default=None, help="peak LR for a global batch of 256 (sgd 0.1, adamw 2e-3)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--class-weight-power", type=float, default=0.5, help="0: no reweighting, 1: inverse frequency")
+    p.add_argument("--patience", type=int, default=0, help="stop after N epochs without val macro-F1 gain (0: off)")
+    p.add_argument("--steps-per-epoch", type=int, default=0, help="0: one pass over train")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (0: per epoch)")
+    p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
+    p.add_argument("--resume", action="store_true", help="resume (the default when checkpoints exist)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int, default=42)
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1:
+        p.error("--epochs and --batch-size must be positive")
+    return args
+
+
+# =========================================================================== strategy
+
+
+def make_strategy(args) -> tf.distribute.Strategy:
+    """Picks the distribution strategy; must run before TensorFlow touches any device."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    name = args.strategy
+    if name == "auto":
+        if len(tf_config.get("cluster", {}).get("worker", [])) + len(tf_config.get("cluster", {}).get("chief", [])) > 1:
+            name = "multi-worker"
+        elif tf.config.list_physical_devices("GPU") or args.cpu_replicas > 1:
+            name = "mirrored"
+        else:
+            name = "one-device"
+    if args.cpu_replicas > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_replicas)
+    gpus = tf.config.list_physical_devices("GPU")
+    if name == "multi-worker":
+        if not tf_config:
+            raise ValueError("--strategy multi-worker needs TF_CONFIG (cluster and task)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+    return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+
+
+def is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def worker_dir(model_dir: str, strategy, name: str) -> str:
+    """Where this worker writes `name`: the real path on the chief, a scratch path elsewhere."""
+    if is_chief(strategy):
+        return f"{model_dir}/{name}"
+    resolver = strategy.cluster_resolver
+    return f"{model_dir}/.workers/{resolver.task_type}-{resolver.task_id}/{name}"
+
+
+# =========================================================================== schedule
+
+
+def lr_at(step, peak: float, warmup_steps: int, total_steps: int):
+    """Linear warm-up, then cosine decay to 1% of the peak (a function of the global step)."""
+    step = tf.cast(step, tf.float32)
+    warm = peak * (step + 1.0) / float(max(1, warmup_steps))
+    progress = tf.clip_by_value((step - warmup_steps) / float(max(1, total_steps - warmup_steps)), 0.0, 1.0)
+    cosine = peak * (0.01 + 0.99 * 0.5 * (1.0 + tf.cos(math.pi * progress)))
+    return tf.where(step < warmup_steps, warm, cosine)
+
+
+# =========================================================================== main
+
+
+def run(argv=None) -> dict:
+    args = parse_args(argv)
+    strategy = make_strategy(args)  # before anything else touches TensorFlow's devices
+
+    import keras
+
+    from model import archs, data, export, metrics, plots
+    from schemas import LABELS, NUM_CLASSES
+
+    model_dir = args.model_dir.rstrip("/")
+    chief = is_chief(strategy)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = args.batch_size * replicas
+    gpus = tf.config.list_physical_devices("GPU")
+    mixed = args.mixed_precision == "on" or (args.mixed_precision == "auto" and bool(gpus))
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(args.seed)
+
+    stats = data.read_stats(args.data)
+    image_size = int(stats["image_size"])
+    train_files = data.split_files(args.data, "train")
+    n_train = int(stats["written_per_split"].get("train", 0))
+    if n_train < global_batch:
+        raise ValueError(f"{n_train} training images is fewer than one global batch of {global_batch}")
+    steps_per_epoch = args.steps_per_epoch or max(1, n_train // global_batch)
+    total_steps = steps_per_epoch * args.epochs
+    peak_lr = (args.lr or (0.1 if args.optimizer == "sgd" else 2e-3)) * global_batch / 256
+    weights = tf.constant(data.class_weights(stats["written"].get("train", {}), args.class_weight_power))
+
+    log.info(
+        "train: %s, %d replica(s), global batch %d, %d steps/epoch x %d epochs, arch %s%s",
+        type(strategy).__name__, replicas, global_batch, steps_per_epoch, args.epochs, args.arch,
+        ", mixed precision" if mixed else "",
+    )
+
+    # ----------------------------------------------------------------- model, optimizer, checkpoint
+    with strategy.scope():
+        model = archs.build(args.arch, image_size, NUM_CLASSES)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        schedule = lambda: lr_at(step_var, peak_lr, int(args.warmup_epochs * steps_per_epoch), total_steps)  # noqa: E731
+        if args.optimizer == "sgd":
+            optimizer = keras.optimizers.SGD(learning_rate=peak_lr, momentum=0.9, nesterov=True,
+                                             weight_decay=args.weight_decay)
+        else:
+            optimizer = keras.optimizers.AdamW(learning_rate=peak_lr, weight_decay=args.weight_decay * 100)
+        if mixed:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+        best_f1 = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="best_val_macro_f1")
+        since_best = tf.Variable(0, dtype=tf.int64, trainable=False, name="epochs_since_best")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var, best_f1=best_f1,
+                                     since_best=since_best)
+    ckpt_dir = worker_dir(model_dir, strategy, "checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
+    chief_ckpts = tf.train.latest_checkpoint(f"{model_dir}/checkpoints")
+    if chief_ckpts and not args.fresh:
+        checkpoint.restore(chief_ckpts).expect_partial()
+        log.info("train: resumed from %s at step %d", chief_ckpts, int(step_var.numpy()))
+    elif args.resume and not chief_ckpts:
+        log.info("train: --resume given but no checkpoint in %s/checkpoints; starting fresh", model_dir)
+
+    # ----------------------------------------------------------------- input
+    def dataset_fn(ctx: tf.distribute.InputContext):
+        return data.train_dataset(
+            train_files, image_size, ctx.get_per_replica_batch_size(global_batch),
+            seed=args.seed + int(step_var.numpy()), input_context=ctx, augment_images=not args.no_augment,
+        )
+
+    dist_ds = strategy.distribute_datasets_from_function(dataset_fn)
+    iterator = iter(dist_ds)
+
+    # ----------------------------------------------------------------- steps
+    def step_fn(pixels, labels):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(pixels, training=True), tf.float32)
+            onehot = tf.one_hot(labels, NUM_CLASSES)
+            smoothed = onehot * (1.0 - args.label_smoothing) + args.label_smoothing / NUM_CLASSES
+            per_example = tf.nn.softmax_cross_entropy_with_logits(smoothed, logits) * tf.gather(weights, labels)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            scaled = optimizer.scale_loss(loss) if mixed else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        return loss, correct
+
+    @tf.function
+    def train_step(iterator):
+        optimizer.learning_rate.assign(schedule())
+        pixels, labels = next(iterator)
+        loss, correct = strategy.run(step_fn, args=(pixels, labels))
+        step_var.assign_add(1)
+        return (strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None))
+
+    @tf.function
+    def sync_stop(flag):
+        return strategy.reduce("MAX", strategy.run(lambda f: tf.identity(f), args=(flag,)), axis=None)
+
+    @tf.function(reduce_retracing=True)
+    def predict_logits(pixels):
+        return tf.cast(model(pixels, training=False), tf.float32)
+
+    def evaluate(split: str, tta: bool = False):
+        files = data.split_files(args.data, split)
+        ys, ps = [], []
+        for batch in data.eval_dataset(files, image_size):
+            probs = tf.nn.softmax(predict_logits(batch["pixels"]))
+            if tta:
+                probs = (probs + tf.nn.softmax(predict_logits(tf.reverse(batch["pixels"], axis=[2])))) / 2
+            ys.append(batch["label"].numpy())
+            ps.append(np.argmax(probs.numpy(), -1))
+        if not ys:
+            return None
+        return metrics.summarize(metrics.confusion(np.concatenate(ys), np.concatenate(ps)))
+
+    has_val = int(stats["written_per_split"].get("val", 0)) > 0
+    has_test = int(stats["written_per_split"].get("test", 0)) > 0
+
+    # ----------------------------------------------------------------- preemption
+    stop = {"requested": False}
+
+    def on_sigterm(signum, frame):
+        stop["requested"] = True
+        log.info("train: SIGTERM received; checkpointing and stopping after this step")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    # ----------------------------------------------------------------- history and logging
+    history_path = f"{model_dir}/history.csv"
+    history = []
+    if chief and tf.io.gfile.exists(history_path) and not args.fresh:
+        with tf.io.gfile.GFile(history_path) as f:
+            history = [row for row in csv.DictReader(f)]
+    if chief:
+        tf.io.gfile.makedirs(model_dir)
+    writer = tf.summary.create_file_writer(f"{model_dir}/logs/train") if chief else tf.summary.create_noop_writer()
+
+    def save_checkpoint():
+        manager.save(checkpoint_number=int(step_var.numpy()))
+        if not chief:
+            tf.io.gfile.rmtree(os.path.dirname(ckpt_dir)) if tf.io.gfile.exists(os.path.dirname(ckpt_dir)) else None
+
+    best_weights = f"{model_dir}/best.weights.h5"
+
+    def save_best_weights():
+        # Keras writes .h5 through a local path; copy for gs:// model dirs.
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, "best.weights.h5")
+            model.save_weights(local)
+            tf.io.gfile.copy(local, best_weights, overwrite=True)
+
+    # ----------------------------------------------------------------- the loop
+    start_step = int(step_var.numpy())
+    epoch = start_step // steps_per_epoch
+    started = time.time()
+    stopped_early = False
+    while epoch < args.epochs and not stop["requested"]:
+        t0 = time.time()
+        loss_sum = correct_sum = 0.0
+        done = 0
+        first = int(step_var.numpy()) - epoch * steps_per_epoch
+        for i in range(first, steps_per_epoch):
+            loss, correct = train_step(iterator)
+            loss_sum += float(loss)
+            correct_sum += float(correct)
+            done += 1
+            if multi_worker:
+                stop["requested"] = bool(sync_stop(tf.constant(1 if stop["requested"] else 0)).numpy())
+            if stop["requested"]:
+                break
+            if args.checkpoint_every and int(step_var.numpy()) % args.checkpoint_every == 0:
+                save_checkpoint()
+            if chief and sys.stderr.isatty() and (i + 1) % 10 == 0:
+                print(f"\r  epoch {epoch + 1}/{args.epochs} step {i + 1}/{steps_per_epoch} "
+                      f"loss {loss_sum / done:.4f}", end="", file=sys.stderr, flush=True)
+        if stop["requested"]:
+            save_checkpoint()
+            log.info("train: checkpoint saved at step %d; exiting for preemption", int(step_var.numpy()))
+            sys.exit(143)
+        elapsed = time.time() - t0
+        epoch += 1
+        row = {
+            "epoch": epoch,
+            "step": int(step_var.numpy()),
+            "lr": float(schedule().numpy()),
+            "loss": loss_sum / max(1, done),
+            "accuracy": correct_sum / max(1, done * global_batch),
+            "images_per_s": done * global_batch / max(elapsed, 1e-9),
+            "epoch_seconds": elapsed,
+        }
+        if has_val:
+            val = evaluate("val")
+            row.update(val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"])
+            if val["macro_f1"] > float(best_f1.numpy()):
+                best_f1.assign(val["macro_f1"])
+                since_best.assign(0)
+                if chief:
+                    save_best_weights()
+            else:
+                since_best.assign_add(1)
+        elif chief:
+            save_best_weights()  # no val split: the last epoch is the model
+        save_checkpoint()
+        if chief:
+            history = [h for h in history if int(h["epoch"]) < epoch] + [row]
+            with writer.as_default(step=epoch):
+                for key, value in row.items():
+                    if key not in ("epoch", "step"):
+                        tf.summary.scalar(key, value)
+            writer.flush()
+            with tf.io.gfile.GFile(history_path, "w") as f:
+                w = csv.DictWriter(f, fieldnames=list(row))
+                w.writeheader()
+                for h in history:
+                    w.writerow({k: h.get(k, "") for k in row})
+        if sys.stderr.isatty():
+            print("\r", end="", file=sys.stderr)
+        log.info(
+            "epoch %d/%d  loss %.4f  acc %.4f%s  %.0f img/s  %.0fs",
+            epoch, args.epochs, row["loss"], row["accuracy"],
+            f"  val acc {row['val_accuracy']:.4f}  val macro-F1 {row['val_macro_f1']:.4f}" if has_val else "",
+            row["images_per_s"], elapsed,
+        )
+        if args.patience and int(since_best.numpy()) >= args.patience:
+            log.info("train: val macro-F1 has not improved for %d epochs; stopping early", args.patience)
+            stopped_early = True
+            break
+
+    train_seconds = time.time() - started
+    if not chief:
+        return {}
+
+    # ----------------------------------------------------------------- export (chief only)
+    plots.training_curves(history, f"{model_dir}/plots/training_curves.png")
+    final = archs.build(args.arch, image_size, NUM_CLASSES)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "best.weights.h5")
+        tf.io.gfile.copy(best_weights, local, overwrite=True)
+        final.load_weights(local)
+
+    # Final metrics are those of the exported (best) weights, not of the last step.
+    @tf.function(reduce_retracing=True)
+    def predict_final(pixels):
+        return tf.cast(final(pixels, training=False), tf.float32)
+
+    def evaluate_final(split, tta=False):
+        files = data.split_files(args.data, split)
+        ys, ps = [], []
+        for batch in data.eval_dataset(files, image_size):
+            probs = tf.nn.softmax(predict_final(batch["pixels"]))
+            if tta:
+                probs = (probs + tf.nn.softmax(predict_final(tf.reverse(batch["pixels"], axis=[2])))) / 2
+            ys.append(batch["label"].numpy())
+            ps.append(np.argmax(probs.numpy(), -1))
+        return metrics.summarize(metrics.confusion(np.concatenate(ys), np.concatenate(ps)))
+
+    results = {}
+    for split, present in (("val", has_val), ("test", has_test)):
+        if present:
+            results[split] = evaluate_final(split)
+            results[f"{split}_flip_tta"] = evaluate_final(split, tta=True)
+    best_epoch = None
+    if history and has_val:
+        best_epoch = int(max(history, key=lambda h: float(h["val_macro_f1"]))["epoch"])
+    metadata = export.export(
+        final,
+        model_dir,
+        {
+            "arch": args.arch,
+            "training_data": {
+                "path": args.data,
+                "fingerprint": stats.get("fingerprint"),
+                "images_per_split": stats.get("written_per_split"),
+                "face_crop": stats.get("face_crop", False),
+            },
+            "training": {
+                "strategy": type(strategy).__name__,
+                "replicas": replicas,
+                "global_batch": global_batch,
+                "epochs_run": epoch,
+                "steps": int(step_var.numpy()),
+                "best_epoch": best_epoch,
+                "stopped_early": stopped_early,
+                "mixed_precision": mixed,
+                "optimizer": args.optimizer,
+                "peak_lr": peak_lr,
+                "seconds_this_run": round(train_seconds, 1),
+                "resumed_from_step": start_step,
+            },
+            "metrics": {
+                name: {k: v for k, v in m.items() if k != "confusion"} | {"confusion": m["confusion"]}
+                for name, m in results.items()
+            },
+        },
+    )
+    for name, m in results.items():
+        log.info("train: %-15s accuracy %.4f  macro-F1 %.4f  (%d images)", name, m["accuracy"], m["macro_f1"], m["examples"])
+    log.info("train: exported %s to %s/export", metadata["model_version"], model_dir)
+    return metadata

@@ -1,0 +1,392 @@
+"""Batch inference: images or ingest TFRecords -> Parquet predictions + evaluation, with Beam RunInference.
+
+    emotion predict --input /tmp/fer2013/test --output /tmp/preds
+    emotion predict --input '/tmp/fer-ingest/tfrecords/test-*.tfrecord' --output /tmp/preds-tfr
+    emotion predict --input gs://bucket/faces --output gs://bucket/preds --runner DataflowRunner ...
+
+Outputs under --output:
+  predictions/*.parquet   one row per image (schemas.PREDICTIONS_SCHEMA)
+  rejected/*.parquet      inputs that could not be predicted, with a reason
+  evaluation/             metrics.json, per_class.parquet, confusion.parquet (when labels are known)
+  plots/                  confusion_matrix.png, per_class.png, reliability.png, samples.png
+  summary.json            matched = predicted + rejected (+ skipped), model, timings
+  bigquery/predictions.schema.json
+
+Labels come from folder names (<class>/ or <split>/<class>/, through the alias map) or
+from the TFRecords; elsewhere true_label is null. Preprocessing is the function ingest
+uses (beam_pipelines.preprocess.preprocess).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+
+from beam_pipelines import evaluation
+from beam_pipelines.common import (
+    UsageError,
+    is_remote_runner,
+    join,
+    log,
+    pipeline_options,
+    remove_outputs,
+    write_bytes,
+)
+from beam_pipelines.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    PreprocessError,
+    is_non_data,
+    preprocess,
+    resize,
+)
+from schemas import LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label, canonical_split
+from schemas.tables import bigquery_schema_json
+
+OUTPUT_NAMES = ["predictions", "rejected", "evaluation", "plots", "summary.json", "bigquery"]
+SHIPPED_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model", "shipped")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="emotion predict", description=__doc__.split("\n")[0])
+    p.add_argument("--input", required=True, help="image folder, or TFRecords (a glob or an ingest output folder)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--model", default=SHIPPED_MODEL, help="exported model directory (default: the shipped model)")
+    crop = p.add_mutually_exclusive_group()
+    crop.add_argument("--face-crop", dest="face_crop", action="store_true", default=None,
+                      help="crop faces (default: as the model was trained)")
+    crop.add_argument("--no-face-crop", dest="face_crop", action="store_false")
+    p.add_argument("--batch-size", type=int, default=128, help="largest model batch")
+    p.add_argument("--files-per-batch", type=int, default=256)
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    args, beam_args = p.parse_known_args(argv)
+    args.input = args.input.rstrip("/")
+    args.output = args.output.rstrip("/")
+    return args, beam_args
+
+
+# --------------------------------------------------------------------------- the model handler
+
+
+class EmotionModelHandler(ModelHandler[np.ndarray, PredictionResult, object]):
+    """Loads an exported model once per worker process (RunInference shares it across
+    threads) and runs batches of (S, S) uint8 images through it.
+
+    Beam's own TFModelHandler imports tensorflow_hub and cannot load Keras 3 SavedModels;
+    this handler loads the .keras export with safe_mode and checks labels/schema.
+    """
+
+    def __init__(self, model_dir: str, min_batch_size: int = 8, max_batch_size: int = 128):
+        super().__init__()
+        self._model_dir = model_dir
+        self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
+
+    def load_model(self):
+        import tensorflow as tf
+
+        from model.export import load
+
+        model, _ = load(self._model_dir)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
+        def probabilities(pixels):
+            return tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
+
+        return probabilities
+
+    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[PredictionResult]:
+        pixels = np.stack(batch).astype(np.float32)[..., None]
+        probs = model(pixels).numpy().astype(np.float64)
+        return [PredictionResult(x, p) for x, p in zip(batch, probs)]
+
+    def batch_elements_kwargs(self):
+        return self._batch
+
+    def get_metrics_namespace(self) -> str:
+        return "emotion"
+
+
+# --------------------------------------------------------------------------- reading inputs
+
+
+def _reject(uri, reason, detail=""):
+    return beam.pvalue.TaggedOutput("rejected", {"uri": uri, "reason": reason, "detail": detail, "stage": "predict"})
+
+
+def label_from_path(rel: str) -> tuple[str | None, str | None]:
+    """(true label, split) from <class>/file or <split>/<class>/file; (None, None) for others."""
+    parts = rel.split("/")
+    if len(parts) >= 3 and canonical_split(parts[0]):
+        return canonical_label(parts[1]), canonical_split(parts[0])
+    if len(parts) >= 2:
+        return canonical_label(parts[0]), None
+    return None, None
+
+
+class ListImages(beam.DoFn):
+    def __init__(self, files_per_batch):
+        self.files_per_batch = files_per_batch
+
+    def process(self, root):
+        matches = FileSystems.match([join(root, "**")])[0].metadata_list
+        skipped, batch, matched = 0, [], 0
+        for m in sorted(matches, key=lambda m: m.path):
+            matched += 1
+            if is_non_data(m.path):
+                skipped += 1
+                continue
+            batch.append(m.path)
+            if len(batch) >= self.files_per_batch:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        yield beam.pvalue.TaggedOutput("counts", {"matched": matched, "skipped_non_data": skipped})
+
+
+class DecodeImages(beam.DoFn):
+    """A batch of paths -> (uri, (pixels, sha256, true_label, split)) per image; rejects on the side."""
+
+    def __init__(self, root, image_size, face_crop, max_pixels):
+        self.root, self.image_size, self.face_crop, self.max_pixels = root, image_size, face_crop, max_pixels
+
+    def process(self, paths):
+        for path in paths:
+            rel = path[len(self.root) + 1 :]
+            label, split = label_from_path(rel)
+            ext = "." + path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+            if ext not in IMAGE_EXTENSIONS:
+                yield _reject(path, "unsupported_extension", f"extension {ext or '(none)'!r} is not an image type")
+                continue
+            try:
+                with FileSystems.open(path) as f:
+                    data = f.read()
+                pixels, digest = preprocess(data, self.image_size, self.face_crop, self.max_pixels)
+            except PreprocessError as exc:
+                yield _reject(path, exc.reason, exc.detail)
+                continue
+            except Exception as exc:
+                yield _reject(path, "unreadable", f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            yield path, (pixels, digest, label, split)
+
+
+class ParseExamples(beam.DoFn):
+    """Serialized ingest examples -> the same (uri, (pixels, sha256, true_label, split)) elements."""
+
+    def __init__(self, image_size):
+        self.image_size = image_size
+
+    def setup(self):
+        import tensorflow as tf
+
+        self._example = tf.train.Example
+
+    def process(self, record: bytes):
+        f = self._example.FromString(record).features.feature
+        h, w = f["image/height"].int64_list.value[0], f["image/width"].int64_list.value[0]
+        pixels = np.frombuffer(f["image/raw"].bytes_list.value[0], np.uint8).reshape(h, w)
+        if (h, w) != (self.image_size, self.image_size):
+            pixels = resize(pixels, self.image_size)
+        uri = f["source/uri"].bytes_list.value[0].decode()
+        label = f["label/name"].bytes_list.value[0].decode()
+        yield uri, (pixels, f["image/sha256"].bytes_list.value[0].decode(), label, f["split"].bytes_list.value[0].decode())
+
+
+def tfrecord_pattern(path: str) -> str | None:
+    """The TFRecord glob for --input, or None when it is an image folder."""
+    if ".tfrecord" in path.rsplit("/", 1)[-1]:
+        return path
+    candidate = join(path, "tfrecords", "*.tfrecord")
+    try:
+        if FileSystems.match([candidate], limits=[1])[0].metadata_list:
+            return candidate
+    except Exception:
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------- rows
+
+
+class ToRow(beam.DoFn):
+    def __init__(self, model_info, run_timestamp):
+        self.model_info = model_info
+        self.run_timestamp = run_timestamp
+
+    def process(self, element):
+        (uri, digest, label, split), result = element
+        pixels, probs = result.example, result.inference
+        index = int(np.argmax(probs))
+        row = {
+            "uri": uri,
+            "content_sha256": digest,
+            "true_label": label,
+            "predicted_label": LABELS[index],
+            "predicted_index": index,
+            "confidence": float(probs[index]),
+            "correct": (label == LABELS[index]) if label is not None else None,
+            **{f"prob_{name}": float(probs[i]) for i, name in enumerate(LABELS)},
+            "split": split,
+            "model_version": self.model_info["model_version"],
+            "model_fingerprint": self.model_info["model_fingerprint"],
+            "run_timestamp": self.run_timestamp,
+        }
+        yield row, pixels.tobytes()
+
+
+class WriteSummary(beam.DoFn):
+    def __init__(self, args, model_info):
+        self.args, self.model_info = args, model_info
+
+    def process(self, _, counts, rejected, evaluated):
+        rejected = dict(sorted(rejected))
+        matched = counts.get("matched", 0)
+        predicted = evaluated["predicted"]
+        summary = {
+            "input": self.args.input,
+            "output": self.args.output,
+            "model": self.args.model,
+            "model_version": self.model_info["model_version"],
+            "model_fingerprint": self.model_info["model_fingerprint"],
+            "face_crop": self.args.face_crop,
+            "totals": {
+                "matched": matched,
+                "predicted": predicted,
+                "rejected": sum(rejected.values()),
+                "skipped_non_data": counts.get("skipped_non_data", 0),
+                "balanced": matched == predicted + sum(rejected.values()) + counts.get("skipped_non_data", 0),
+            },
+            "rejected": rejected,
+            "labelled": evaluated.get("labelled", 0),
+            "accuracy": evaluated.get("accuracy"),
+            "macro_f1": evaluated.get("macro_f1"),
+        }
+        write_bytes(join(self.args.output, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
+        yield summary
+
+
+class Predict(beam.PTransform):
+    """Input root/glob -> predictions, rejected rows, evaluation and summary."""
+
+    def __init__(self, args, model_info, image_size, run_timestamp):
+        super().__init__()
+        self.args, self.model_info, self.image_size, self.run_timestamp = args, model_info, image_size, run_timestamp
+
+    def expand(self, pbegin):
+        a = self.args
+        pattern = tfrecord_pattern(a.input)
+        if pattern:
+            records = pbegin | "ReadTFRecords" >> beam.io.ReadFromTFRecord(pattern)
+            inputs = records | "ParseExamples" >> beam.ParDo(ParseExamples(self.image_size))
+            counts = (
+                records
+                | "CountRecords" >> beam.combiners.Count.Globally()
+                | "AsCounts" >> beam.Map(lambda n: {"matched": n, "skipped_non_data": 0})
+            )
+            rejected = pbegin | "NoRejects" >> beam.Create([]).with_output_types(dict)
+        else:
+            listing = (
+                pbegin
+                | "Start" >> beam.Create([a.input])
+                | "ListImages" >> beam.ParDo(ListImages(a.files_per_batch)).with_outputs("counts", main="batches")
+            )
+            decoded = (
+                listing.batches
+                | "SpreadBatches" >> beam.Reshuffle()
+                | "DecodeImages" >> beam.ParDo(DecodeImages(a.input, self.image_size, a.face_crop, a.max_pixels))
+                .with_outputs("rejected", main="images")
+            )
+            inputs, rejected, counts = decoded.images, decoded.rejected, listing.counts
+
+        # The key carries everything but the pixels through RunInference, so no join is needed.
+        handler = KeyedModelHandler(EmotionModelHandler(a.model, max_batch_size=a.batch_size))
+        rows = (
+            inputs
+            | "KeyByMetadata" >> beam.Map(lambda kv: ((kv[0], *kv[1][1:]), kv[1][0]))
+            | "RunInference" >> RunInference(handler)
+            | "ToRows" >> beam.ParDo(ToRow(self.model_info, self.run_timestamp))
+        )
+        _ = (
+            rows
+            | "RowsOnly" >> beam.Map(lambda rp: rp[0])
+            | "WritePredictions" >> beam.io.WriteToParquet(
+                join(a.output, "predictions", "predictions"), PREDICTIONS_SCHEMA, file_name_suffix=".parquet"
+            )
+        )
+        _ = rejected | "WriteRejected" >> beam.io.WriteToParquet(
+            join(a.output, "rejected", "rejected"), REJECTED_SCHEMA, file_name_suffix=".parquet"
+        )
+        evaluated = (
+            rows
+            | "Evaluate" >> beam.CombineGlobally(evaluation.EvaluationFn())
+            | "WriteEvaluation" >> beam.ParDo(evaluation.WriteEvaluation(a.output, self.image_size, self.model_info))
+        )
+        rejected_counts = (
+            rejected
+            | "Reasons" >> beam.Map(lambda r: r["reason"])
+            | "CountReasons" >> beam.combiners.Count.PerElement()
+        )
+        return (
+            pbegin
+            | "SummaryTrigger" >> beam.Create([None])
+            | "WriteSummary" >> beam.ParDo(
+                WriteSummary(a, self.model_info),
+                beam.pvalue.AsSingleton(counts),
+                beam.pvalue.AsList(rejected_counts),
+                beam.pvalue.AsSingleton(evaluated),
+            )
+        )
+
+
+def run(argv=None, save_main_session=True) -> dict | None:
+    args, beam_args = parse_args(argv)
+    options = pipeline_options(beam_args, save_main_session)
+    from model.export import ModelMismatchError, read_metadata
+
+    try:
+        metadata = read_metadata(args.model)
+    except (FileNotFoundError, ModelMismatchError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.face_crop is None:
+        args.face_crop = bool(metadata.get("training_data", {}).get("face_crop", False))
+    pattern = tfrecord_pattern(args.input)
+    probe = pattern or join(args.input, "**")
+    try:
+        found = FileSystems.match([probe], limits=[1])[0].metadata_list
+    except Exception as exc:
+        raise UsageError(f"cannot list --input {args.input}: {exc}") from None
+    if not found:
+        raise UsageError(f"no files under --input {args.input}")
+    model_info = {k: metadata[k] for k in ("model_version", "model_fingerprint")}
+    remove_outputs(args.output, OUTPUT_NAMES)
+    write_bytes(join(args.output, "bigquery", "predictions.schema.json"), bigquery_schema_json(PREDICTIONS_SCHEMA).encode())
+    run_timestamp = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    log.info("predict: %s -> %s with %s", args.input, args.output, model_info["model_version"])
+    started = time.time()
+    pipeline = beam.Pipeline(options=options)
+    _ = pipeline | "Predict" >> Predict(args, model_info, int(metadata["image_size"]), run_timestamp)
+    result = pipeline.run()
+    if is_remote_runner(options):
+        return None
+    result.wait_until_finish()
+    with FileSystems.open(join(args.output, "summary.json")) as f:
+        summary = json.loads(f.read())
+    t = summary["totals"]
+    log.info(
+        "predict: %d matched -> %d predicted, %d rejected in %.1fs%s",
+        t["matched"], t["predicted"], t["rejected"], time.time() - started,
+        f"; accuracy {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f} on {summary['labelled']} labelled"
+        if summary.get("accuracy") is not None else "",
+    )
+    return summary

@@ -467,7 +467,7 @@ def plot_class_distribution(stats: dict) -> bytes:
     ax.set_xticks(x, LABELS)
     ax.set_ylabel("images")
     ax.set_title("Class distribution per split (after de-duplication)")
-    ax.legend()
+    ax.legend(loc="upper right")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -6,6 +6,7 @@ import logging
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 
 log = logging.getLogger("emotion")
 
@@ -24,7 +25,7 @@ def pipeline_options(beam_args: list[str], save_main_session: bool) -> PipelineO
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = "DirectRunner"
-    if standard.runner in ("DataflowRunner", "dataflow"):
+    if is_dataflow_runner(standard.runner):
         gcp = options.view_as(GoogleCloudOptions)
         missing = [
             flag
@@ -39,6 +40,17 @@ def pipeline_options(beam_args: list[str], save_main_session: bool) -> PipelineO
             raise UsageError(f"DataflowRunner needs {', '.join(missing)}")
         if not gcp.temp_location.startswith("gs://"):
             raise UsageError(f"--temp_location must be a gs:// path for Dataflow, got {gcp.temp_location}")
+        # Beam's own check, now rather than at submission: given an invalid bucket name (or no
+        # object path), Dataflow falls back to creating a default bucket over the network.
+        validator = PipelineOptionsValidator(options, standard.runner)
+        problems = [
+            problem
+            for name in ("temp_location", "staging_location")
+            if getattr(gcp, name)
+            for problem in validator.validate_gcs_path(gcp, name)
+        ]
+        if problems:
+            raise UsageError("; ".join(problems))
     return options
 
 
@@ -46,8 +58,15 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
+def is_dataflow_runner(runner) -> bool:
+    """Beam resolves runner names case-insensitively, with or without "Runner" (Dataflow,
+    dataflow, DataflowRunner, TestDataflowRunner, the class path): all of them submit to Dataflow."""
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return "dataflow" in (name or "").lower()
+
+
 def is_remote_runner(options: PipelineOptions) -> bool:
-    return options.view_as(StandardOptions).runner in ("DataflowRunner", "dataflow")
+    return is_dataflow_runner(options.view_as(StandardOptions).runner)
 
 
 def remove_outputs(output: str, names: list[str]) -> None:

@@ -29,8 +29,27 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _import_tensorflow_quietly() -> None:
+    """TensorFlow's C++ runtime prints start-up lines (CUDA probing, oneDNN notices) straight to
+    stderr whatever TF_CPP_MIN_LOG_LEVEL says; hide them unless EMOTION_VERBOSE is set."""
+    if os.environ.get("EMOTION_VERBOSE"):
+        return
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
 def _quiet_logs() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _import_tensorflow_quietly()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("apache_beam", "absl", "tensorflow", "matplotlib", "google", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -93,6 +93,11 @@ def make_strategy(args) -> tf.distribute.Strategy:
     return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
 
 
+def strategy_name(strategy) -> str:
+    name = type(strategy).__name__
+    return "MultiWorkerMirroredStrategy" if name == "CollectiveAllReduceStrategy" else name
+
+
 def is_chief(strategy) -> bool:
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
@@ -158,7 +163,7 @@ def run(argv=None) -> dict:
 
     log.info(
         "train: %s, %d replica(s), global batch %d, %d steps/epoch x %d epochs, arch %s%s",
-        type(strategy).__name__, replicas, global_batch, steps_per_epoch, args.epochs, args.arch,
+        strategy_name(strategy), replicas, global_batch, steps_per_epoch, args.epochs, args.arch,
         ", mixed precision" if mixed else "",
     )
 
@@ -222,7 +227,8 @@ def run(argv=None) -> dict:
 
     @tf.function
     def sync_stop(flag):
-        return strategy.reduce("MAX", strategy.run(lambda f: tf.identity(f), args=(flag,)), axis=None)
+        # ReduceOp has no MAX: any worker's flag makes the sum positive.
+        return strategy.reduce("SUM", strategy.run(lambda f: tf.identity(f), args=(flag,)), axis=None) > 0
 
     @tf.function(reduce_retracing=True)
     def predict_logits(pixels):
@@ -296,7 +302,7 @@ def run(argv=None) -> dict:
             correct_sum += float(correct)
             done += 1
             if multi_worker:
-                stop["requested"] = bool(sync_stop(tf.constant(1 if stop["requested"] else 0)).numpy())
+                stop["requested"] = bool(sync_stop(tf.constant(1.0 if stop["requested"] else 0.0)).numpy())
             if stop["requested"]:
                 break
             if args.checkpoint_every and int(step_var.numpy()) % args.checkpoint_every == 0:
@@ -407,7 +413,7 @@ def run(argv=None) -> dict:
                 "face_crop": stats.get("face_crop", False),
             },
             "training": {
-                "strategy": type(strategy).__name__,
+                "strategy": strategy_name(strategy),
                 "replicas": replicas,
                 "global_batch": global_batch,
                 "epochs_run": epoch,

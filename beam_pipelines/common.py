@@ -105,3 +105,18 @@ def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stre
 def read_bytes(path: str) -> bytes:
     with FileSystems.open(path) as f:
         return f.read()
+
+
+def is_dry_run(options: PipelineOptions) -> bool:
+    from apache_beam.options.pipeline_options import TestOptions
+
+    return bool(options.view_as(TestOptions).dry_run)
+
+
+def check_remote_paths(options: PipelineOptions, **paths: str) -> None:
+    """On Dataflow every path is read or written by workers: it must be gs:// (dry runs excepted)."""
+    if not is_remote_runner(options) or is_dry_run(options):
+        return
+    for flag, path in paths.items():
+        if not str(path).startswith("gs://"):
+            raise UsageError(f"--{flag} must be a gs:// path on Dataflow (workers cannot see {path})")

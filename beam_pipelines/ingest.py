@@ -32,6 +32,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines.common import (
     UsageError,
+    check_remote_paths,
+    is_dry_run,
     is_remote_runner,
     join,
     log,
@@ -543,20 +545,22 @@ def run(argv=None, save_main_session=True) -> dict | None:
     """Runs ingest; returns stats.json's content when the run is local and finished."""
     args, beam_args = parse_args(argv)
     options = pipeline_options(beam_args, save_main_session)
+    check_remote_paths(options, input=args.input, output=args.output)
     try:
         found = FileSystems.match([join(args.input, "**")], limits=[1])[0].metadata_list
     except Exception as exc:
         raise UsageError(f"cannot list --input {args.input}: {exc}") from None
     if not found:
         raise UsageError(f"no files under --input {args.input}")
-    remove_outputs(args.output, OUTPUT_NAMES)
+    if not is_dry_run(options):
+        remove_outputs(args.output, OUTPUT_NAMES)
     started = time.time()
     log.info("ingest: %s -> %s", args.input, args.output)
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "Ingest" >> Ingest(args)
     result = pipeline.run()
     if is_remote_runner(options):
-        log.info("ingest: submitted %s", getattr(result, "job_id", lambda: "")())
+        log.info("ingest: submitted %s", result.job_id() if getattr(result, "has_job", False) else "")
         return None
     result.wait_until_finish()
     with FileSystems.open(join(args.output, "stats.json")) as f:

@@ -35,6 +35,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from beam_pipelines import evaluation
 from beam_pipelines.common import (
     UsageError,
+    check_remote_paths,
+    is_dry_run,
     is_remote_runner,
     join,
     log,
@@ -57,11 +59,18 @@ OUTPUT_NAMES = ["predictions", "rejected", "evaluation", "plots", "summary.json"
 SHIPPED_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model", "shipped")
 
 
+def resolve_model_dir(model: str) -> str:
+    """'shipped' means the model installed with this package, wherever it runs (a Dataflow
+    worker's image included); anything else is a path or gs:// URI."""
+    return SHIPPED_MODEL if model == "shipped" else model
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="emotion predict", description=__doc__.split("\n")[0])
     p.add_argument("--input", required=True, help="image folder, or TFRecords (a glob or an ingest output folder)")
     p.add_argument("--output", required=True)
-    p.add_argument("--model", default=SHIPPED_MODEL, help="exported model directory (default: the shipped model)")
+    p.add_argument("--model", default="shipped",
+                   help="exported model directory, local or gs:// (default: 'shipped', the model installed with the package)")
     crop = p.add_mutually_exclusive_group()
     crop.add_argument("--face-crop", dest="face_crop", action="store_true", default=None,
                       help="crop faces (default: as the model was trained)")
@@ -96,7 +105,7 @@ class EmotionModelHandler(ModelHandler[np.ndarray, PredictionResult, object]):
 
         from model.export import load
 
-        model, _ = load(self._model_dir)
+        model, _ = load(resolve_model_dir(self._model_dir))
 
         @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
         def probabilities(pixels):
@@ -352,10 +361,12 @@ class Predict(beam.PTransform):
 def run(argv=None, save_main_session=True) -> dict | None:
     args, beam_args = parse_args(argv)
     options = pipeline_options(beam_args, save_main_session)
+    check_remote_paths(options, input=args.input, output=args.output,
+                       **({} if args.model == "shipped" else {"model": args.model}))
     from model.export import ModelMismatchError, read_metadata
 
     try:
-        metadata = read_metadata(args.model)
+        metadata = read_metadata(resolve_model_dir(args.model))
     except (FileNotFoundError, ModelMismatchError) as exc:
         raise UsageError(str(exc)) from None
     if args.face_crop is None:
@@ -369,8 +380,10 @@ def run(argv=None, save_main_session=True) -> dict | None:
     if not found:
         raise UsageError(f"no files under --input {args.input}")
     model_info = {k: metadata[k] for k in ("model_version", "model_fingerprint")}
-    remove_outputs(args.output, OUTPUT_NAMES)
-    write_bytes(join(args.output, "bigquery", "predictions.schema.json"), bigquery_schema_json(PREDICTIONS_SCHEMA).encode())
+    if not is_dry_run(options):
+        remove_outputs(args.output, OUTPUT_NAMES)
+        write_bytes(join(args.output, "bigquery", "predictions.schema.json"),
+                    bigquery_schema_json(PREDICTIONS_SCHEMA).encode())
     run_timestamp = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     log.info("predict: %s -> %s with %s", args.input, args.output, model_info["model_version"])
     started = time.time()

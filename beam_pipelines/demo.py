@@ -20,7 +20,6 @@ on the whole FER2013 training set, shows what the pipeline does with real traini
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -40,8 +39,9 @@ EPOCH_LINE = re.compile(
 
 def parse_args(argv):
     from beam_pipelines.predict import SHIPPED_MODEL
+    from beam_pipelines.report import OneLineErrors
 
-    p = argparse.ArgumentParser(prog="emotion demo", description=__doc__.split("\n")[0])
+    p = OneLineErrors(prog="emotion demo", description=__doc__.split("\n")[0])
     p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"demo folder (default: ./{DEFAULT_OUTPUT})")
     p.add_argument("--input", default=SAMPLE, help="image root with <class>/ folders (default: the embedded sample)")
     p.add_argument("--shipped-model", default=None,
@@ -49,7 +49,7 @@ def parse_args(argv):
     p.add_argument("--arch", default="vgg_xs", help="architecture of the short training run")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=16)
-    args = p.parse_args(argv)  # an unknown option: argparse prints usage + one error line, exits 2
+    args = p.parse_args(argv)  # an unknown option: UsageError, one line
     if args.epochs < 1 or args.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be positive")
     args.default_shipped = SHIPPED_MODEL
@@ -277,15 +277,10 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
     sections.append({"path": raw_name, "title": f"Raw sample folder: {raw_what}",
                      "note": "The image folder itself, not the TFRecords: files that cannot be decoded go to the "
                              "dead-letter table instead of failing the job."})
-    p.rows.append({"stage": "report", "result": "", "seconds": 0.0})
     manifest = {"title": "Emotion pipeline demo", "sections": sections, "stages": p.rows}
     write_bytes(join(output, report.MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode(), "application/json")
     path = report.build(output)
-    p.rows[-1] = {"stage": "report", "result": path, "seconds": round(time.time() - t, 1)}
-    manifest["stages"] = p.rows
-    write_bytes(join(output, report.MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode(), "application/json")
     p.done("report", path, t)
-    p.rows.pop()
 
     _print_summary(p, stats, meta, results, runs, raw_name, path)
     return {"output": output, "report": path, "ingest": stats, "train": meta, "predict": results}
@@ -293,10 +288,12 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
 
 def _print_summary(p, stats, meta, results, runs, raw_name, path) -> None:
     tot = stats["totals"]
+    per_split = stats["written_per_split"]
+    splits = ", ".join(f"{s} {per_split[s]}" for s in ("train", "val", "test") if s in per_split)
     m = meta.get("metrics", {})
     f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     rows = [
-        ("ingest", f"{tot['written']} images written ({', '.join(f'{k} {v}' for k, v in stats['written_per_split'].items())}), "
+        ("ingest", f"{tot['written']} images written ({splits}), "
                    f"{tot['rejected']} rejected, {tot['skipped_non_data']} skipped of {tot['matched']} files"),
         ("train", f"val macro-F1 {f(m.get('val', {}).get('macro_f1'))} (flip TTA {f(m.get('val_flip_tta', {}).get('macro_f1'))}), "
                   f"{meta.get('training', {}).get('epochs_run')} epochs in {meta.get('training', {}).get('seconds_this_run')}s"),

@@ -55,7 +55,7 @@ from schemas.tfrecord import encode_example, tfrecord_frame
 
 SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # the evaluation copy of a duplicate wins
 TARGET_SHARD_BYTES = 32 << 20
-OUTPUT_NAMES = ["tfrecords", "rejected", "stats.json", "plots"]
+OUTPUT_NAMES = ["tfrecords", "rejected", "stats.json", "plots", ".spill"]
 
 
 def parse_args(argv):
@@ -154,7 +154,10 @@ def _reject(uri, reason, detail=""):
 class DecodeBatch(beam.DoFn):
     """A batch of files -> (shard, [records]) pairs; rejected rows and reject counts on the side.
 
-    A record is (pixel_hash, split, label, uri, pixel bytes, (brightness, contrast, sharpness)).
+    A record is (pixel_hash, split, label, uri, (brightness, contrast, sharpness), spill file, offset).
+    The pixels themselves are spilled to one file per (batch, shard) under <output>/.spill,
+    so the shuffle carries ~200 bytes per image instead of the image: a runner that keeps
+    shuffled data in memory (the DirectRunner does) stays flat as the archive grows.
     """
 
     def __init__(self, args):
@@ -206,10 +209,16 @@ class DecodeBatch(beam.DoFn):
                 continue
             label = canonical_label(class_dir)
             split = self._split_of(folder_split, digest, summary)
-            record = (digest, split, label, path, pixels.tobytes(), metrics)
-            shards.setdefault(shard_of(digest, summary["num_shards"]), []).append(record)
-        for shard, records in shards.items():
-            yield shard, records
+            shards.setdefault(shard_of(digest, summary["num_shards"]), []).append(
+                (digest, split, label, path, metrics, pixels.tobytes())
+            )
+        batch_id = hashlib.blake2b("\n".join(p for p, _ in batch).encode(), digest_size=10).hexdigest()
+        for shard, items in shards.items():
+            # Deterministic names: a retried bundle rewrites the same file with the same bytes.
+            spill = join(self.args.output, ".spill", f"{shard:05d}-{batch_id}.pixels")
+            write_bytes(spill, b"".join(item[5] for item in items))
+            size = len(items[0][5])
+            yield shard, [(*item[:5], spill, i * size) for i, item in enumerate(items)]
         yield beam.pvalue.TaggedOutput("stats", {"rejected": rejected})
 
 
@@ -283,8 +292,13 @@ class DedupeAndWriteShard(beam.DoFn):
 
         kept.sort(key=lambda r: (r[1], r[0], r[3]))
         size = self.args.image_size
+        spilled = {}
+        for spill in sorted({r[5] for r in kept}):
+            with FileSystems.open(spill) as f:
+                spilled[spill] = f.read()
         files = {split: [] for split in output_splits(summary, self.args)}
-        for digest, split, label, uri, pixels, (brightness, contrast, sharpness) in kept:
+        for digest, split, label, uri, (brightness, contrast, sharpness), spill, offset in kept:
+            pixels = spilled[spill][offset : offset + size * size]
             files.setdefault(split, []).append(
                 tfrecord_frame(
                     encode_example(
@@ -487,6 +501,8 @@ class WriteStats(beam.DoFn):
         write_bytes(join(self.args.output, "plots", "class_distribution.png"), plot_class_distribution(stats), "image/png")
         for warning in stats["warnings"]:
             logging.getLogger("emotion").warning("ingest: %s", warning)
+        # Every shard is written once stats exist (they are merged from the shard writers).
+        remove_outputs(self.args.output, [".spill"])
         yield stats
 
 

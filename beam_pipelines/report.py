@@ -37,8 +37,15 @@ MARKERS = {  # a folder is of a kind when one of these files exists in it
 }
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse that reports a bad option as a UsageError: one line, exit 2, no usage dump."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="emotion report", description=__doc__.split("\n")[0])
+    p = OneLineErrors(prog="emotion report", description=__doc__.split("\n")[0])
     p.add_argument("--output", required=True, help="an ingest/train/predict output folder, or a folder holding several")
     p.add_argument("--title", default=None, help="page title (default: from the folder)")
     args = p.parse_args(argv)
@@ -269,13 +276,11 @@ def rejected_section(folder: str, expected: int | None) -> str:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.get("reason") or "?"] = counts.get(r.get("reason") or "?", 0) + 1
-    out.append('<div class="row"><div class="narrow">')
     out.append(table(["reason", "files"], [[f"<code>{e(k)}</code>", fint(v)] for k, v in sorted(counts.items())],
                      foot=["total", fint(len(rows))]))
     if expected is not None:
         out.append(check(expected == len(rows), f"{fint(len(rows))} rows in <code>rejected/*.parquet</code>"
                          f"{' match' if expected == len(rows) else ' do not match'} the {fint(expected)} counted in the totals"))
-    out.append("</div><div class=wide>")
     shown = sorted(rows, key=lambda r: (r.get("reason") or "", r.get("uri") or ""))[:MAX_REJECTED_ROWS]
     body = [[f'<span class="uri">{e(r.get("uri"))}</span>', f"<code>{e(r.get('reason'))}</code>",
              e(r.get("detail")), e(r.get("stage"))] for r in shown]
@@ -283,7 +288,6 @@ def rejected_section(folder: str, expected: int | None) -> str:
     if len(rows) > len(shown):
         out.append(f'<p class="muted">First {len(shown)} of {fint(len(rows))} rows; all of them are in '
                    f"<code>{e(join(folder, 'rejected'))}/*.parquet</code>.</p>")
-    out.append("</div></div>")
     return "".join(out)
 
 
@@ -314,22 +318,27 @@ def ingest_section(part: Part) -> tuple[str, list[str]]:
                                    f"{fint(parts[1])} rejected + {fint(parts[2])} skipped"))
     out.append(warnings_box(stats.get("warnings", [])))
 
-    # written per split x class, with totals both ways
+    # written per class x split, with totals both ways
     if written and labels:
-        rows, col_totals = [], [0] * len(labels)
-        for split, counts in written.items():
-            values = [int(counts.get(c, 0)) for c in labels]
-            col_totals = [a + b for a, b in zip(col_totals, values)]
-            rows.append([f"<strong>{e(split)}</strong>", *map(fint, values), f"<strong>{fint(sum(values))}</strong>"])
-        foot = ["total", *map(fint, col_totals), f"<strong>{fint(sum(col_totals))}</strong>"]
+        splits = list(written)
+        rows, split_totals = [], {sp: 0 for sp in splits}
+        class_totals = []
+        for c in labels:
+            values = [int(written[sp].get(c, 0)) for sp in splits]
+            for sp, v in zip(splits, values):
+                split_totals[sp] += v
+            class_totals.append(sum(values))
+            rows.append([e(c), *map(fint, values), f"<strong>{fint(sum(values))}</strong>"])
+        foot = ["total", *[fint(split_totals[sp]) for sp in splits], f"<strong>{fint(sum(class_totals))}</strong>"]
         out.append('<h3>Class balance (images written, after de-duplication)</h3><div class="row"><div class="wide">')
         out.append(image(_read(join(part.path, "plots", "class_distribution.png")), "Class distribution per split"))
-        out.append('</div><div class="narrow">')
-        out.append(table(["split", *labels, "total"], rows, foot=foot, cls="compact"))
-        biggest = max(col_totals) if col_totals else 0
-        smallest = min(col_totals) if col_totals else 0
-        if smallest:
-            out.append(f'<p class="muted">Largest/smallest class: {biggest / smallest:.1f}x.</p>')
+        out.append('</div><div class="fit">')
+        out.append(table(["class", *splits, "total"], rows, foot=foot))
+        if min(class_totals):
+            out.append(f'<p class="muted">Largest / smallest class: {max(class_totals) / min(class_totals):.1f}x.</p>')
+        else:
+            missing = [c for c, n in zip(labels, class_totals) if not n]
+            out.append(check(False, f"No image of {e(', '.join(missing))}."))
         out.append("</div></div>")
 
     # duplicates and leakage
@@ -567,9 +576,9 @@ def predict_section(part: Part) -> tuple[str, list[str]]:
             foot = ["macro / total", fnum(sum(r["precision"] for r in rows_pc) / len(rows_pc)),
                     fnum(sum(r["recall"] for r in rows_pc) / len(rows_pc)), fnum(f1),
                     fint(sum(r["support"] for r in rows_pc)), fint(sum(r["predicted"] for r in rows_pc))]
-            out.append('<h3>Per-class metrics</h3><div class="row"><div class="narrow">')
+            out.append('<h3>Per-class metrics</h3><div class="row"><div class="fit">')
             out.append(table(["class", "precision", "recall", "F1", "support", "predicted"], body, foot=foot))
-            out.append('<p class="muted">support: images of the class; predicted: images predicted as it. '
+            out.append('<p class="muted">support: images of the class; predicted: images predicted as it.<br>'
                        "The macro-F1 averages the classes present.</p>")
             out.append('</div><div class="wide">')
             out.append(image(_read(join(part.path, "plots", "per_class.png")), "Per-class precision / recall / F1"))
@@ -633,7 +642,7 @@ tbody tr:nth-child(even){background:#fafafa}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 table.compact th,table.compact td{padding:3px 7px}
 table.rejected{width:100%;table-layout:fixed}
-table.rejected th:nth-child(1){width:38%}table.rejected th:nth-child(2){width:16%}table.rejected th:nth-child(4){width:9%}
+table.rejected th:nth-child(1){width:44%}table.rejected th:nth-child(2){width:17%}table.rejected th:nth-child(4){width:8%}
 table.rejected td{word-break:break-word}
 table.confusion td,table.confusion th{padding:4px 8px}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin:10px 0 12px}
@@ -644,8 +653,10 @@ table.confusion td,table.confusion th{padding:4px 8px}
 .card .sub{font-size:12px;color:var(--muted);overflow-wrap:anywhere}
 .row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
 .row>figure{flex:1 1 380px}
-.row>.wide{flex:3 1 480px;min-width:0}
-.row>.narrow{flex:2 1 340px;min-width:0;overflow-x:auto}
+.row>.wide{flex:1 1 480px;min-width:0}
+.row>.fit{flex:0 1 auto;max-width:100%;overflow-x:auto}
+.row>.fit td,.row>.fit th{white-space:nowrap}
+.row>.fit p{white-space:normal;max-width:36em}
 figure{margin:6px 0 10px;text-align:center}
 figure img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px;background:#fff}
 figure.full img{width:100%}
@@ -708,7 +719,9 @@ def build(root: str, title: str | None = None) -> str:
     if stages:
         rows = [[e(s.get("stage")), e(s.get("result")), fnum(s.get("seconds"), 1)] for s in stages]
         overview.append(table(["stage", "result", "seconds"], rows, numeric_from=2))
-    overview.append(f'<ol class="glance">{"".join(glance)}</ol></section>')
+    else:
+        overview.append(f'<ol class="glance">{"".join(glance)}</ol>')
+    overview.append("</section>")
 
     nav = "".join(f'<a href="#{e(p.anchor)}">{e(p.title)}</a>' for p in parts)
     if compare:

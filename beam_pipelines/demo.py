@@ -28,13 +28,14 @@ import subprocess
 import sys
 import time
 
-from beam_pipelines.common import UsageError, join, write_bytes
+from beam_pipelines.common import UsageError, join, read_bytes, write_bytes
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample", "faces")
 DEFAULT_OUTPUT = "emotion-demo"
 EPOCH_LINE = re.compile(
     r"epoch (\d+)/(\d+)\s+loss ([\d.]+)\s+acc ([\d.]+)(?:\s+val acc ([\d.]+)\s+val macro-F1 ([\d.]+))?"
 )
+FINAL_LINE = re.compile(r"train: ((?:val|test)\S*\s+accuracy .*)$")
 
 
 def parse_args(argv):
@@ -44,8 +45,11 @@ def parse_args(argv):
     p = OneLineErrors(prog="emotion demo", description=__doc__.split("\n")[0])
     p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"demo folder (default: ./{DEFAULT_OUTPUT})")
     p.add_argument("--input", default=SAMPLE, help="image root with <class>/ folders (default: the embedded sample)")
-    p.add_argument("--shipped-model", default=None,
-                   help=f"exported model to compare with (default: the shipped model, {SHIPPED_MODEL})")
+    p.add_argument(
+        "--shipped-model",
+        default=None,
+        help=f"exported model to compare with (default: the shipped model, {SHIPPED_MODEL})",
+    )
     p.add_argument("--arch", default="vgg_xs", help="architecture of the short training run")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=16)
@@ -131,9 +135,23 @@ def _check_output(path: str) -> None:
 def _train(args, data: str, model_dir: str, progress: _Progress) -> None:
     """`emotion train` in a subprocess; its epoch lines become progress lines."""
     cmd = [
-        sys.executable, "-m", "beam_pipelines.cli", "train", "--data", data, "--model-dir", model_dir,
-        "--arch", args.arch, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-        "--strategy", "one-device", "--fresh",
+        sys.executable,
+        "-m",
+        "beam_pipelines.cli",
+        "train",
+        "--data",
+        data,
+        "--model-dir",
+        model_dir,
+        "--arch",
+        args.arch,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--strategy",
+        "one-device",
+        "--fresh",
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     lines: list[str] = []
@@ -146,6 +164,10 @@ def _train(args, data: str, model_dir: str, progress: _Progress) -> None:
                 epoch, total, loss, acc, val_acc, val_f1 = m.groups()
                 val = f"  val acc {val_acc}  val macro-F1 {val_f1}" if val_f1 else ""
                 progress.say(f"epoch {epoch}/{total}  loss {loss}  train acc {acc}{val}", indent=4)
+                if epoch == total:
+                    progress.say("evaluating the best weights on val and test, then exporting", indent=4)
+            elif FINAL_LINE.search(line):
+                progress.say(FINAL_LINE.search(line).group(1).strip(), indent=4)
         code = proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
@@ -197,40 +219,58 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
     ingest_dir, train_dir = join(output, "ingest"), join(output, "train")
     print(f"emotion demo: {data_input}\n           -> {output}", flush=True)
     if not shipped:
-        p.say(f"no shipped model at {args.default_shipped}; the shipped-model stages are left out "
-              "(pass --shipped-model DIR to compare with an exported model)")
+        p.say(
+            f"no shipped model at {args.default_shipped}; the shipped-model stages are left out "
+            "(pass --shipped-model DIR to compare with an exported model)"
+        )
 
     # ------------------------------------------------------------------ 1. ingest
-    t = p.stage(1, total, "ingest", "embedded sample -> validated TFRecords (splits by content hash: val 15%, test 25%)")
-    stats = ingest.run(["--input", data_input, "--output", ingest_dir, "--val-fraction", "0.15",
-                        "--test-fraction", "0.25"])
+    t = p.stage(
+        1, total, "ingest", "embedded sample -> validated TFRecords (splits by content hash: val 15%, test 25%)"
+    )
+    stats = ingest.run(
+        ["--input", data_input, "--output", ingest_dir, "--val-fraction", "0.15", "--test-fraction", "0.25"]
+    )
     tot = stats["totals"]
     per_split = stats["written_per_split"]
     splits = " / ".join(f"{s} {per_split.get(s, 0)}" for s in ("train", "val", "test") if s in per_split)
     rejected = ", ".join(f"{k} {v}" for k, v in stats["rejected"].items())
-    p.done("ingest", f"{tot['matched']} files matched: {tot['written']} written ({splits}), "
-                     f"{tot['rejected']} rejected{f' ({rejected})' if rejected else ''}, "
-                     f"{tot['skipped_non_data']} skipped", t)
+    p.done(
+        "ingest",
+        f"{tot['matched']} files matched: {tot['written']} written ({splits}), "
+        f"{tot['rejected']} rejected{f' ({rejected})' if rejected else ''}, "
+        f"{tot['skipped_non_data']} skipped",
+        t,
+    )
     for warning in stats.get("warnings", []):
         p.say(f"warning: {warning}", indent=4)
     if per_split.get("train", 0) < args.batch_size:
-        raise UsageError(f"ingest of {data_input} wrote {per_split.get('train', 0)} training images; the demo needs "
-                         f"at least --batch-size ({args.batch_size}); is the input laid out as <class>/<image>?")
+        raise UsageError(
+            f"ingest of {data_input} wrote {per_split.get('train', 0)} training images; the demo needs "
+            f"at least --batch-size ({args.batch_size}); is the input laid out as <class>/<image>?"
+        )
     if not per_split.get("test"):
         raise UsageError(f"ingest of {data_input} put no image in the test split; the demo needs a few dozen images")
 
     # ------------------------------------------------------------------ 2. train
-    t = p.stage(2, total, "train", f"{args.arch}, {args.epochs} epochs, batch {args.batch_size}, on "
-                                   f"{per_split['train']} images (subprocess: emotion train)")
+    t = p.stage(
+        2,
+        total,
+        "train",
+        f"{args.arch}, {args.epochs} epochs, batch {args.batch_size}, on "
+        f"{per_split['train']} images (subprocess: emotion train)",
+    )
     _train(args, ingest_dir, train_dir, p)
-    meta = json.loads(open(os.path.join(train_dir, "metadata.json")).read()) if "://" not in train_dir else \
-        json.loads(report._read(join(train_dir, "metadata.json")))
+    meta = json.loads(read_bytes(join(train_dir, "metadata.json")))
     m = meta.get("metrics", {})
     val_f1 = m.get("val", {}).get("macro_f1")
     best = meta.get("training", {}).get("best_epoch")
-    p.done("train", f"{meta['model_version']}: val macro-F1 {val_f1:.3f} (best epoch {best}), "
-                    f"val with flip TTA {m.get('val_flip_tta', {}).get('macro_f1', float('nan')):.3f}"
-           if val_f1 is not None else f"{meta['model_version']} exported (no val split)", t)
+    if val_f1 is not None:
+        tta_f1 = m.get("val_flip_tta", {}).get("macro_f1", float("nan"))
+        result = f"{meta['model_version']}: val macro-F1 {val_f1:.3f} (best epoch {best}), with flip TTA {tta_f1:.3f}"
+    else:
+        result = f"{meta['model_version']} exported (no val split)"
+    p.done("train", result, t)
 
     # ------------------------------------------------------------------ 3./4. predict the test split
     test_records = join(ingest_dir, "tfrecords", "test-*.tfrecord")
@@ -242,41 +282,66 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
         t = p.stage(3, total, "predict", f"test split ({per_split['test']} images, TFRecords) with the {what}")
         summary = predict.run(["--input", test_records, "--output", join(output, name), "--model", model_dir])
         results[name] = summary
-        p.done(f"predict test: {what}",
-               f"{summary['totals']['predicted']} predicted: accuracy {summary['accuracy']:.3f}, "
-               f"macro-F1 {summary['macro_f1']:.3f}  [{summary['model_version']}]", t)
+        p.done(
+            f"predict test: {what}",
+            f"{summary['totals']['predicted']} predicted: accuracy {summary['accuracy']:.3f}, "
+            f"macro-F1 {summary['macro_f1']:.3f}  [{summary['model_version']}]",
+            t,
+        )
 
     # ------------------------------------------------------------------ 4. predict the raw folder (dead letters)
-    raw_model, raw_name, raw_what = (shipped, "predict-raw-shipped", "shipped model") if shipped else \
-        (train_dir, "predict-raw-trained", "freshly trained model")
+    raw_model, raw_name, raw_what = (
+        (shipped, "predict-raw-shipped", "shipped model")
+        if shipped
+        else (train_dir, "predict-raw-trained", "freshly trained model")
+    )
     t = p.stage(4, total, "predict", f"the raw sample folder, bad files included, with the {raw_what}")
     summary = predict.run(["--input", data_input, "--output", join(output, raw_name), "--model", raw_model])
     results[raw_name] = summary
     st = summary["totals"]
     rejected = ", ".join(f"{k} {v}" for k, v in summary["rejected"].items())
-    p.done(f"predict raw folder: {raw_what}",
-           f"{st['matched']} files matched: {st['predicted']} predicted, {st['rejected']} rejected"
-           f"{f' ({rejected})' if rejected else ''}, {st['skipped_non_data']} skipped; accuracy "
-           f"{summary['accuracy']:.3f} on {summary['labelled']} labelled", t)
+    p.done(
+        f"predict raw folder: {raw_what}",
+        f"{st['matched']} files matched: {st['predicted']} predicted, {st['rejected']} rejected"
+        f"{f' ({rejected})' if rejected else ''}, {st['skipped_non_data']} skipped; accuracy "
+        f"{summary['accuracy']:.3f} on {summary['labelled']} labelled",
+        t,
+    )
 
     # ------------------------------------------------------------------ 5. report
     t = p.stage(total, total, "report", "static HTML page of every stage")
     sections = [
-        {"path": "ingest", "title": "Data: the embedded sample, ingested",
-         "note": "Bad files are part of the sample on purpose: an empty file, a truncated JPEG, a text file named "
-                 ".png, a folder naming no emotion (contempt/) and a .DS_Store."},
-        {"path": "train", "title": f"Training: {args.arch}, {args.epochs} epochs on the sample",
-         "note": "Seconds of training on ~120 images: expect chance-level scores. It shows the mechanics, "
-                 "not a useful model."},
+        {
+            "path": "ingest",
+            "title": "Data: the embedded sample, ingested",
+            "note": "Bad files are part of the sample on purpose: an empty file, a truncated JPEG, a text file named "
+            ".png, a folder naming no emotion (contempt/) and a .DS_Store.",
+        },
+        {
+            "path": "train",
+            "title": f"Training: {args.arch}, {args.epochs} epochs on the sample",
+            "note": "Seconds of training on ~120 images: expect chance-level scores. It shows the mechanics, "
+            "not a useful model.",
+        },
         {"path": "predict-trained", "title": "Test split: freshly trained model"},
     ]
     if shipped:
-        sections.append({"path": "predict-shipped", "title": "Test split: shipped model",
-                         "note": f"The shipped model ({shipped_meta.get('model_version')}) on the same "
-                                 f"{per_split['test']} test images."})
-    sections.append({"path": raw_name, "title": f"Raw sample folder: {raw_what}",
-                     "note": "The image folder itself, not the TFRecords: files that cannot be decoded go to the "
-                             "dead-letter table instead of failing the job."})
+        sections.append(
+            {
+                "path": "predict-shipped",
+                "title": "Test split: shipped model",
+                "note": f"The shipped model ({shipped_meta.get('model_version')}) on the same "
+                f"{per_split['test']} test images.",
+            }
+        )
+    sections.append(
+        {
+            "path": raw_name,
+            "title": f"Raw sample folder: {raw_what}",
+            "note": "The image folder itself, not the TFRecords: files that cannot be decoded go to the "
+            "dead-letter table instead of failing the job.",
+        }
+    )
     manifest = {"title": "Emotion pipeline demo", "sections": sections, "stages": p.rows}
     write_bytes(join(output, report.MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode(), "application/json")
     path = report.build(output)
@@ -291,20 +356,40 @@ def _print_summary(p, stats, meta, results, runs, raw_name, path) -> None:
     per_split = stats["written_per_split"]
     splits = ", ".join(f"{s} {per_split[s]}" for s in ("train", "val", "test") if s in per_split)
     m = meta.get("metrics", {})
-    f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+
+    def f(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    training = meta.get("training", {})
     rows = [
-        ("ingest", f"{tot['written']} images written ({splits}), "
-                   f"{tot['rejected']} rejected, {tot['skipped_non_data']} skipped of {tot['matched']} files"),
-        ("train", f"val macro-F1 {f(m.get('val', {}).get('macro_f1'))} (flip TTA {f(m.get('val_flip_tta', {}).get('macro_f1'))}), "
-                  f"{meta.get('training', {}).get('epochs_run')} epochs in {meta.get('training', {}).get('seconds_this_run')}s"),
+        (
+            "ingest",
+            f"{tot['written']} images written ({splits}), "
+            f"{tot['rejected']} rejected, {tot['skipped_non_data']} skipped of {tot['matched']} files",
+        ),
+        (
+            "train",
+            f"val macro-F1 {f(m.get('val', {}).get('macro_f1'))} "
+            f"(flip TTA {f(m.get('val_flip_tta', {}).get('macro_f1'))}), "
+            f"{training.get('epochs_run')} epochs in {training.get('seconds_this_run')}s",
+        ),
     ]
     for name, _, what in runs:
         s = results[name]
-        rows.append((f"test, {what.replace('freshly ', '')}",
-                     f"accuracy {f(s['accuracy'])}, macro-F1 {f(s['macro_f1'])} on {s['labelled']} images"))
+        rows.append(
+            (
+                f"test, {what.replace('freshly ', '')}",
+                f"accuracy {f(s['accuracy'])}, macro-F1 {f(s['macro_f1'])} on {s['labelled']} images",
+            )
+        )
     s = results[raw_name]
-    rows.append(("raw folder", f"{s['totals']['predicted']} predicted, {s['totals']['rejected']} rejected "
-                               f"({', '.join(s['rejected'])}), {s['totals']['skipped_non_data']} skipped"))
+    rows.append(
+        (
+            "raw folder",
+            f"{s['totals']['predicted']} predicted, {s['totals']['rejected']} rejected "
+            f"({', '.join(s['rejected'])}), {s['totals']['skipped_non_data']} skipped",
+        )
+    )
     rows.append(("report", path))
     width = max(len(r[0]) for r in rows)
     print(f"\nDemo finished in {p.elapsed():.1f}s\n", flush=True)

@@ -75,6 +75,8 @@ def parse_args(argv):
     crop.add_argument("--face-crop", dest="face_crop", action="store_true", default=None,
                       help="crop faces (default: as the model was trained)")
     crop.add_argument("--no-face-crop", dest="face_crop", action="store_false")
+    p.add_argument("--tta", choices=["none", "flip"], default=None,
+                   help="test-time augmentation: average with the mirrored image (default: as the model's metadata recommends)")
     p.add_argument("--batch-size", type=int, default=128, help="largest model batch")
     p.add_argument("--files-per-batch", type=int, default=256)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
@@ -95,9 +97,10 @@ class EmotionModelHandler(ModelHandler[np.ndarray, PredictionResult, object]):
     this handler loads the .keras export with safe_mode and checks labels/schema.
     """
 
-    def __init__(self, model_dir: str, min_batch_size: int = 8, max_batch_size: int = 128):
+    def __init__(self, model_dir: str, min_batch_size: int = 8, max_batch_size: int = 128, tta: str = "none"):
         super().__init__()
         self._model_dir = model_dir
+        self._tta = tta
         self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
     def load_model(self):
@@ -109,7 +112,11 @@ class EmotionModelHandler(ModelHandler[np.ndarray, PredictionResult, object]):
 
         @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
         def probabilities(pixels):
-            return tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
+            probs = tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
+            if self._tta == "flip":  # mirrored faces keep their emotion: average both views
+                mirrored = tf.nn.softmax(tf.cast(model(tf.reverse(pixels, axis=[2]), training=False), tf.float32))
+                probs = (probs + mirrored) / 2.0
+            return probs
 
         return probabilities
 
@@ -269,6 +276,7 @@ class WriteSummary(beam.DoFn):
             "model_version": self.model_info["model_version"],
             "model_fingerprint": self.model_info["model_fingerprint"],
             "face_crop": self.args.face_crop,
+            "tta": self.args.tta,
             "totals": {
                 "matched": matched,
                 "predicted": predicted,
@@ -319,7 +327,7 @@ class Predict(beam.PTransform):
             inputs, rejected, counts = decoded.images, decoded.rejected, listing.counts
 
         # The key carries everything but the pixels through RunInference, so no join is needed.
-        handler = KeyedModelHandler(EmotionModelHandler(a.model, max_batch_size=a.batch_size))
+        handler = KeyedModelHandler(EmotionModelHandler(a.model, max_batch_size=a.batch_size, tta=a.tta))
         rows = (
             inputs
             | "KeyByMetadata" >> beam.Map(lambda kv: ((kv[0], *kv[1][1:]), kv[1][0]))
@@ -371,6 +379,8 @@ def run(argv=None, save_main_session=True) -> dict | None:
         raise UsageError(str(exc)) from None
     if args.face_crop is None:
         args.face_crop = bool(metadata.get("training_data", {}).get("face_crop", False))
+    if args.tta is None:
+        args.tta = metadata.get("recommended_tta", "none")
     pattern = tfrecord_pattern(args.input)
     probe = pattern or join(args.input, "**")
     try:

@@ -20,6 +20,7 @@ import datetime as dt
 import html
 import io
 import json
+import math
 from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
@@ -30,6 +31,7 @@ REPORT_NAME = "report.html"
 MANIFEST = "demo.json"  # optional: titles and order of the sections, written by `emotion demo`
 MAX_REJECTED_ROWS = 50
 KIND_ORDER = {"ingest": 0, "train": 1, "predict": 2}
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 MARKERS = {  # a folder is of a kind when one of these files exists in it
     "ingest": ("stats.json",),
     "train": ("metadata.json", "history.csv"),
@@ -187,7 +189,7 @@ def fnum(x, nd: int = 3) -> str:
         x = float(x)
     except (TypeError, ValueError):
         return e(x)
-    if x != x:  # NaN
+    if math.isnan(x):
         return "&mdash;"
     return f"{x:.{nd}f}"
 
@@ -209,14 +211,19 @@ def image(png: bytes | None, alt: str, cls: str = "") -> str:
     if not png:
         return ""
     data = base64.b64encode(png).decode("ascii")
-    return f'<figure class="{e(cls)}"><img src="data:image/png;base64,{data}" alt="{e(alt)}"><figcaption>{e(alt)}</figcaption></figure>'
+    return (
+        f'<figure class="{e(cls)}"><img src="data:image/png;base64,{data}" alt="{e(alt)}">'
+        f"<figcaption>{e(alt)}</figcaption></figure>"
+    )
 
 
-def table(headers: list[str], rows: list[list[str]], cls: str = "", foot: list[str] | None = None,
-          numeric_from: int = 1) -> str:
+def table(
+    headers: list[str], rows: list[list[str]], cls: str = "", foot: list[str] | None = None, numeric_from: int = 1
+) -> str:
     """Cells are HTML already (escape text with e()); columns from numeric_from are right-aligned."""
+
     def cell(tag, i, value):
-        return f'<{tag}{" class=num" if i >= numeric_from else ""}>{value}</{tag}>'
+        return f"<{tag}{' class=num' if i >= numeric_from else ''}>{value}</{tag}>"
 
     out = [f'<table class="{e(cls)}"><thead><tr>']
     out += [cell("th", i, e(h)) for i, h in enumerate(headers)]
@@ -236,7 +243,7 @@ def kv(pairs: list[tuple[str, str]]) -> str:
     return f'<dl class="kv">{rows}</dl>'
 
 
-def bar(value, good: bool = True) -> str:
+def bar(value) -> str:
     """A small inline bar for a number in [0, 1]."""
     if value is None:
         return ""
@@ -253,11 +260,15 @@ def warnings_box(warnings: list[str]) -> str:
     if not warnings:
         return '<p class="check ok"><span class="mark">&#10003;</span> No data-health warnings.</p>'
     items = "".join(f"<li>{e(w)}</li>" for w in warnings)
-    return f'<div class="warn"><strong>{len(warnings)} warning{"s" if len(warnings) > 1 else ""}</strong><ul>{items}</ul></div>'
+    plural = "s" if len(warnings) > 1 else ""
+    return f'<div class="warn"><strong>{len(warnings)} warning{plural}</strong><ul>{items}</ul></div>'
 
 
 def card(label: str, value: str, sub: str = "") -> str:
-    return f'<div class="card"><div class="label">{e(label)}</div><div class="value">{value}</div><div class="sub">{sub}</div></div>'
+    return (
+        f'<div class="card"><div class="label">{e(label)}</div><div class="value">{value}</div>'
+        f'<div class="sub">{sub}</div></div>'
+    )
 
 
 # =========================================================================== rejected inputs
@@ -268,26 +279,49 @@ def rejected_section(folder: str, expected: int | None) -> str:
     t = _read_parquet(join(folder, "rejected", "*.parquet"))
     if t is None:
         return ""
-    rows = t.to_pylist()
+    n = t.num_rows
     out = ["<h3>Rejected inputs (dead-letter table)</h3>"]
-    if not rows:
+    if not n:
         out.append('<p class="muted">No input was rejected.</p>')
+        if expected:
+            out.append(
+                check(
+                    False, f"the totals count {fint(expected)} rejected, but <code>rejected/*.parquet</code> is empty"
+                )
+            )
         return "".join(out)
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r.get("reason") or "?"] = counts.get(r.get("reason") or "?", 0) + 1
-    out.append(table(["reason", "files"], [[f"<code>{e(k)}</code>", fint(v)] for k, v in sorted(counts.items())],
-                     foot=["total", fint(len(rows))]))
+    counts = {r["reason"]: r["reason_count"] for r in t.group_by("reason").aggregate([("reason", "count")]).to_pylist()}
+    out.append(
+        table(
+            ["reason", "files"],
+            [[f"<code>{e(k)}</code>", fint(v)] for k, v in sorted(counts.items(), key=str)],
+            foot=["total", fint(n)],
+        )
+    )
     if expected is not None:
-        out.append(check(expected == len(rows), f"{fint(len(rows))} rows in <code>rejected/*.parquet</code>"
-                         f"{' match' if expected == len(rows) else ' do not match'} the {fint(expected)} counted in the totals"))
-    shown = sorted(rows, key=lambda r: (r.get("reason") or "", r.get("uri") or ""))[:MAX_REJECTED_ROWS]
-    body = [[f'<span class="uri">{e(r.get("uri"))}</span>', f"<code>{e(r.get('reason'))}</code>",
-             e(r.get("detail")), e(r.get("stage"))] for r in shown]
+        out.append(
+            check(
+                expected == n,
+                f"{fint(n)} rows in <code>rejected/*.parquet</code>"
+                f"{' match' if expected == n else ' do not match'} the {fint(expected)} counted in the totals",
+            )
+        )
+    shown = t.sort_by([("reason", "ascending"), ("uri", "ascending")]).slice(0, MAX_REJECTED_ROWS).to_pylist()
+    body = [
+        [
+            f'<span class="uri">{e(r.get("uri"))}</span>',
+            f"<code>{e(r.get('reason'))}</code>",
+            e(r.get("detail")),
+            e(r.get("stage")),
+        ]
+        for r in shown
+    ]
     out.append(table(["uri", "reason", "detail", "stage"], body, cls="rejected", numeric_from=99))
-    if len(rows) > len(shown):
-        out.append(f'<p class="muted">First {len(shown)} of {fint(len(rows))} rows; all of them are in '
-                   f"<code>{e(join(folder, 'rejected'))}/*.parquet</code>.</p>")
+    if n > len(shown):
+        out.append(
+            f'<p class="muted">First {len(shown)} of {fint(n)} rows; all of them are in '
+            f"<code>{e(join(folder, 'rejected'))}/*.parquet</code>.</p>"
+        )
     return "".join(out)
 
 
@@ -305,8 +339,16 @@ def ingest_section(part: Part) -> tuple[str, list[str]]:
 
     cards = [
         card("files matched", fint(totals.get("matched"))),
-        card("images written", fint(totals.get("written")),
-             " / ".join(f"{e(s)} {fint(n)}" for s, n in stats.get("written_per_split", {}).items())),
+        card(
+            "images written",
+            fint(totals.get("written")),
+            " / ".join(
+                f"{e(s)} {fint(n)}"
+                for s, n in sorted(
+                    stats.get("written_per_split", {}).items(), key=lambda kv_: SPLIT_ORDER.get(kv_[0], 9)
+                )
+            ),
+        ),
         card("rejected", fint(totals.get("rejected")), ", ".join(f"{e(k)} {v}" for k, v in rejected.items())),
         card("skipped (not data)", fint(totals.get("skipped_non_data")), ", ".join(e(k) for k in skipped)),
     ]
@@ -314,13 +356,18 @@ def ingest_section(part: Part) -> tuple[str, list[str]]:
     if totals:
         parts = [totals.get("written", 0), totals.get("rejected", 0), totals.get("skipped_non_data", 0)]
         balanced = totals.get("matched") == sum(parts)
-        out.append(check(balanced, f"{fint(totals.get('matched'))} matched = {fint(parts[0])} written + "
-                                   f"{fint(parts[1])} rejected + {fint(parts[2])} skipped"))
+        out.append(
+            check(
+                balanced,
+                f"{fint(totals.get('matched'))} matched = {fint(parts[0])} written + "
+                f"{fint(parts[1])} rejected + {fint(parts[2])} skipped",
+            )
+        )
     out.append(warnings_box(stats.get("warnings", [])))
 
     # written per class x split, with totals both ways
     if written and labels:
-        splits = list(written)
+        splits = sorted(written, key=lambda sp: SPLIT_ORDER.get(sp, 9))
         rows, split_totals = [], {sp: 0 for sp in splits}
         class_totals = []
         for c in labels:
@@ -350,9 +397,13 @@ def ingest_section(part: Part) -> tuple[str, list[str]]:
             ("groups of pixel-identical images", fint(dup.get("groups"))),
             ("redundant copies dropped", fint(dup.get("redundant_files"))),
             ("dropped within one split", fint(dup.get("dropped_within_split"))),
-            ("dropped across splits (leakage)",
-             fint(sum(leakage.values())) + (" &mdash; " + ", ".join(f"{e(k)}: {fint(v)}" for k, v in sorted(leakage.items()))
-                                             if leakage else "")),
+            (
+                "dropped across splits (leakage)",
+                fint(sum(leakage.values()))
+                + (
+                    " &mdash; " + ", ".join(f"{e(k)}: {fint(v)}" for k, v in sorted(leakage.items())) if leakage else ""
+                ),
+            ),
             ("groups with conflicting labels", fint(dup.get("conflicting_label_groups"))),
             ("files rejected for conflicting labels", fint(dup.get("conflicting_label_files"))),
         ]
@@ -360,36 +411,60 @@ def ingest_section(part: Part) -> tuple[str, list[str]]:
         if not dup.get("groups") and not dup.get("conflicting_label_groups"):
             out.append(check(True, "No duplicate images, no leakage between splits, no conflicting labels."))
         elif leakage:
-            out.append(check(False, "Pixel-identical images were found in more than one split; the evaluation-side "
-                                    "copy was kept and the training-side copies dropped."))
+            out.append(
+                check(
+                    False,
+                    "Pixel-identical images were found in more than one split; the evaluation-side "
+                    "copy was kept and the training-side copies dropped.",
+                )
+            )
 
     # image statistics per split
     image_stats = stats.get("image_stats", {})
     if image_stats:
         out.append("<h3>Image statistics per split</h3>")
         rows = [
-            [f"<strong>{e(s)}</strong>", fint(v.get("images")), f"{fnum(v.get('brightness_mean'), 1)} &plusmn; {fnum(v.get('brightness_std'), 1)}",
-             f"{fnum(v.get('contrast_mean'), 1)} &plusmn; {fnum(v.get('contrast_std'), 1)}", fnum(v.get("sharpness_geomean"), 0)]
-            for s, v in sorted(image_stats.items(), key=lambda kv_: {"train": 0, "val": 1, "test": 2}.get(kv_[0], 3))
+            [
+                f"<strong>{e(s)}</strong>",
+                fint(v.get("images")),
+                f"{fnum(v.get('brightness_mean'), 1)} &plusmn; {fnum(v.get('brightness_std'), 1)}",
+                f"{fnum(v.get('contrast_mean'), 1)} &plusmn; {fnum(v.get('contrast_std'), 1)}",
+                fnum(v.get("sharpness_geomean"), 0),
+            ]
+            for s, v in sorted(image_stats.items(), key=lambda kv_: SPLIT_ORDER.get(kv_[0], 9))
         ]
-        out.append(table(["split", "images", "brightness (mean ± std)", "contrast (mean ± std)",
-                          "sharpness (geo. mean of Laplacian variance)"], rows))
+        out.append(
+            table(
+                [
+                    "split",
+                    "images",
+                    "brightness (mean ± std)",
+                    "contrast (mean ± std)",
+                    "sharpness (geo. mean of Laplacian variance)",
+                ],
+                rows,
+            )
+        )
 
-    out.append('<details><summary>Ingest settings</summary>')
-    out.append(kv([
-        ("input", f"<code>{e(stats.get('input'))}</code>"),
-        ("output", f"<code>{e(stats.get('output'))}</code>"),
-        ("image size", e(stats.get("image_size"))),
-        ("face crop", e(stats.get("face_crop"))),
-        ("split source", e(stats.get("split_source"))),
-        ("val fraction", e(stats.get("val_fraction"))),
-        ("test fraction", e(stats.get("test_fraction"))),
-        ("val carved from train", e(stats.get("val_carved_from_train"))),
-        ("seed", e(stats.get("seed"))),
-        ("shards per split", e(stats.get("num_shards"))),
-        ("schema version", e(stats.get("schema_version"))),
-        ("data fingerprint", f"<code>{e(stats.get('fingerprint'))}</code>"),
-    ]))
+    out.append("<details><summary>Ingest settings</summary>")
+    out.append(
+        kv(
+            [
+                ("input", f"<code>{e(stats.get('input'))}</code>"),
+                ("output", f"<code>{e(stats.get('output'))}</code>"),
+                ("image size", e(stats.get("image_size"))),
+                ("face crop", e(stats.get("face_crop"))),
+                ("split source", e(stats.get("split_source"))),
+                ("val fraction", e(stats.get("val_fraction"))),
+                ("test fraction", e(stats.get("test_fraction"))),
+                ("val carved from train", e(stats.get("val_carved_from_train"))),
+                ("seed", e(stats.get("seed"))),
+                ("shards per split", e(stats.get("num_shards"))),
+                ("schema version", e(stats.get("schema_version"))),
+                ("data fingerprint", f"<code>{e(stats.get('fingerprint'))}</code>"),
+            ]
+        )
+    )
     out.append("</details>")
     out.append(rejected_section(part.path, totals.get("rejected") if totals else None))
     glance = [f"{fint(totals.get('written'))} images written, {fint(totals.get('rejected'))} rejected"]
@@ -415,17 +490,39 @@ def train_section(part: Part) -> tuple[str, list[str]]:
     test = metrics.get("test", {})
     cards = []
     if meta:
-        cards.append(card("model", f"<code>{e(meta.get('model_version'))}</code>",
-                          f"{e(meta.get('arch'))}, {fint(meta.get('parameters'))} parameters"))
+        cards.append(
+            card(
+                "model",
+                f"<code>{e(meta.get('model_version'))}</code>",
+                f"{e(meta.get('arch'))}, {fint(meta.get('parameters'))} parameters",
+            )
+        )
     if val:
-        cards.append(card("val macro-F1", fnum(val.get("macro_f1")), f"accuracy {fnum(val.get('accuracy'))} on {fint(val.get('examples'))}"))
+        cards.append(
+            card(
+                "val macro-F1",
+                fnum(val.get("macro_f1")),
+                f"accuracy {fnum(val.get('accuracy'))} on {fint(val.get('examples'))}",
+            )
+        )
         glance.append(f"val macro-F1 {fnum(val.get('macro_f1'))}")
     if test:
-        cards.append(card("test macro-F1", fnum(test.get("macro_f1")), f"accuracy {fnum(test.get('accuracy'))} on {fint(test.get('examples'))}"))
+        cards.append(
+            card(
+                "test macro-F1",
+                fnum(test.get("macro_f1")),
+                f"accuracy {fnum(test.get('accuracy'))} on {fint(test.get('examples'))}",
+            )
+        )
     if training:
-        cards.append(card("epochs", fint(training.get("epochs_run")),
-                          f"best epoch {e(training.get('best_epoch'))}, {fint(training.get('steps'))} steps, "
-                          f"{fnum(training.get('seconds_this_run'), 1)} s"))
+        cards.append(
+            card(
+                "epochs",
+                fint(training.get("epochs_run")),
+                f"best epoch {e(training.get('best_epoch'))}, {fint(training.get('steps'))} steps, "
+                f"{fnum(training.get('seconds_this_run'), 1)} s",
+            )
+        )
     elif history:
         cards.append(card("epochs (so far)", fint(len(history)), "no metadata.json yet: training has not exported"))
     if cards:
@@ -438,57 +535,116 @@ def train_section(part: Part) -> tuple[str, list[str]]:
     if metrics:
         out.append("<h3>Metrics of the exported (best) weights</h3>")
         rows = []
-        for name in ("val", "val_flip_tta", "test", "test_flip_tta", *[k for k in metrics if k not in
-                                                                         ("val", "val_flip_tta", "test", "test_flip_tta")]):
+        for name in (
+            "val",
+            "val_flip_tta",
+            "test",
+            "test_flip_tta",
+            *[k for k in metrics if k not in ("val", "val_flip_tta", "test", "test_flip_tta")],
+        ):
             m = metrics.get(name)
             if not m:
                 continue
             split, _, tta = name.partition("_")
-            rows.append([f"<strong>{e(split)}</strong>", "flip TTA" if tta else "plain", fint(m.get("examples")),
-                         fnum(m.get("accuracy")), f"{fnum(m.get('macro_f1'))} {bar(m.get('macro_f1'))}"])
+            rows.append(
+                [
+                    f"<strong>{e(split)}</strong>",
+                    "flip TTA" if tta else "plain",
+                    fint(m.get("examples")),
+                    fnum(m.get("accuracy")),
+                    f"{fnum(m.get('macro_f1'))} {bar(m.get('macro_f1'))}",
+                ]
+            )
         out.append(table(["split", "inference", "images", "accuracy", "macro-F1"], rows, numeric_from=2))
-        per_class_names = [k for k in ("val", "val_flip_tta", "test", "test_flip_tta") if metrics.get(k, {}).get("per_class")]
+        per_class_names = [
+            k for k in ("val", "val_flip_tta", "test", "test_flip_tta") if metrics.get(k, {}).get("per_class")
+        ]
         if per_class_names:
             labels = meta.get("labels") or list(metrics[per_class_names[0]]["per_class"])
-            body = [[e(c), *[fnum(metrics[k]["per_class"].get(c, {}).get("f1")) for k in per_class_names],
-                     *[fint(metrics[k]["per_class"].get(c, {}).get("support")) for k in per_class_names if "tta" not in k]]
-                    for c in labels]
-            heads = ["class", *[f"F1 {k.replace('_flip_tta', ' (TTA)')}" for k in per_class_names],
-                     *[f"support {k}" for k in per_class_names if "tta" not in k]]
+            body = [
+                [
+                    e(c),
+                    *[fnum(metrics[k]["per_class"].get(c, {}).get("f1")) for k in per_class_names],
+                    *[
+                        fint(metrics[k]["per_class"].get(c, {}).get("support"))
+                        for k in per_class_names
+                        if "tta" not in k
+                    ],
+                ]
+                for c in labels
+            ]
+            heads = [
+                "class",
+                *[f"F1 {k.replace('_flip_tta', ' (TTA)')}" for k in per_class_names],
+                *[f"support {k}" for k in per_class_names if "tta" not in k],
+            ]
             out.append("<details><summary>Per-class F1</summary>" + table(heads, body) + "</details>")
 
     if training or tdata:
         out.append("<h3>Training run</h3>")
         ips = tdata.get("images_per_split") or {}
-        out.append(kv([
-            ("architecture", e(meta.get("arch"))),
-            ("strategy", f"{e(training.get('strategy'))} ({fint(training.get('replicas'))} replica(s))"),
-            ("global batch", fint(training.get("global_batch"))),
-            ("optimizer", f"{e(training.get('optimizer'))}, peak LR {fnum(training.get('peak_lr'), 4)}"),
-            ("mixed precision", e(training.get("mixed_precision"))),
-            ("stopped early", e(training.get("stopped_early"))),
-            ("resumed from step", fint(training.get("resumed_from_step"))),
-            ("training data", f"<code>{e(tdata.get('path'))}</code>"),
-            ("images per split", ", ".join(f"{e(k)} {fint(v)}" for k, v in ips.items())),
-            ("data fingerprint", f"<code>{e(tdata.get('fingerprint'))}</code>"),
-            ("face crop", e(tdata.get("face_crop"))),
-            ("image size", e(meta.get("image_size"))),
-            ("model fingerprint", f"<code>{e(meta.get('model_fingerprint'))}</code>"),
-        ]))
+        out.append(
+            kv(
+                [
+                    ("architecture", e(meta.get("arch"))),
+                    ("strategy", f"{e(training.get('strategy'))} ({fint(training.get('replicas'))} replica(s))"),
+                    ("global batch", fint(training.get("global_batch"))),
+                    ("optimizer", f"{e(training.get('optimizer'))}, peak LR {fnum(training.get('peak_lr'), 4)}"),
+                    ("mixed precision", e(training.get("mixed_precision"))),
+                    ("stopped early", e(training.get("stopped_early"))),
+                    ("resumed from step", fint(training.get("resumed_from_step"))),
+                    ("training data", f"<code>{e(tdata.get('path'))}</code>"),
+                    (
+                        "images per split",
+                        ", ".join(
+                            f"{e(k)} {fint(v)}"
+                            for k, v in sorted(ips.items(), key=lambda kv_: SPLIT_ORDER.get(kv_[0], 9))
+                        ),
+                    ),
+                    ("data fingerprint", f"<code>{e(tdata.get('fingerprint'))}</code>"),
+                    ("face crop", e(tdata.get("face_crop"))),
+                    ("image size", e(meta.get("image_size"))),
+                    ("model fingerprint", f"<code>{e(meta.get('model_fingerprint'))}</code>"),
+                ]
+            )
+        )
         if meta.get("versions") or meta.get("command"):
             out.append("<details><summary>Versions and command</summary>")
-            out.append(kv([(k, e(v)) for k, v in (meta.get("versions") or {}).items()]
-                          + [("command", f"<code>{e(meta.get('command'))}</code>")]))
+            out.append(
+                kv(
+                    [(k, e(v)) for k, v in (meta.get("versions") or {}).items()]
+                    + [("command", f"<code>{e(meta.get('command'))}</code>")]
+                )
+            )
             out.append("</details>")
 
     if history:
-        keys = [k for k in ("epoch", "loss", "accuracy", "val_accuracy", "val_macro_f1", "lr", "images_per_s",
-                            "epoch_seconds") if k in history[0]]
-        fmt = {"epoch": fint, "lr": lambda v: fnum(v, 5), "images_per_s": lambda v: fnum(v, 0),
-               "epoch_seconds": lambda v: fnum(v, 1)}
+        keys = [
+            k
+            for k in (
+                "epoch",
+                "loss",
+                "accuracy",
+                "val_accuracy",
+                "val_macro_f1",
+                "lr",
+                "images_per_s",
+                "epoch_seconds",
+            )
+            if k in history[0]
+        ]
+        fmt = {
+            "epoch": fint,
+            "lr": lambda v: fnum(v, 5),
+            "images_per_s": lambda v: fnum(v, 0),
+            "epoch_seconds": lambda v: fnum(v, 1),
+        }
         rows = [[fmt.get(k, fnum)(h.get(k)) for k in keys] for h in history]
-        out.append(f"<details><summary>History ({len(history)} epochs)</summary>"
-                   + table(keys, rows, numeric_from=0, cls="compact") + "</details>")
+        out.append(
+            f"<details><summary>History ({len(history)} epochs)</summary>"
+            + table(keys, rows, numeric_from=0, cls="compact")
+            + "</details>"
+        )
     return "".join(out), glance
 
 
@@ -501,17 +657,21 @@ def _confusion_table(labels, matrix) -> str:
     for i, c in enumerate(labels):
         total = sum(matrix[i]) or 1
         cells = []
-        for j, n in enumerate(matrix[i]):
+        for n in matrix[i]:
             share = n / total
             color = f"rgba(37,99,235,{0.08 + 0.8 * share:.2f})" if n else "transparent"
             fg = "#fff" if share > 0.5 else "inherit"
             cells.append(f'<td class="num" style="background:{color};color:{fg}">{fint(n)}</td>')
-        rows.append(f"<tr><th>{e(c)}</th>{''.join(cells)}<td class=num><strong>{fint(sum(matrix[i]))}</strong></td></tr>")
+        rows.append(
+            f"<tr><th>{e(c)}</th>{''.join(cells)}<td class=num><strong>{fint(sum(matrix[i]))}</strong></td></tr>"
+        )
     col = [sum(r[j] for r in matrix) for j in range(len(labels))]
     foot = "".join(f"<td class=num>{fint(n)}</td>" for n in col)
-    return (f'<table class="confusion"><thead><tr><th>true \\ predicted</th>{head}<th class=num>total</th></tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody><tfoot><tr><td>total</td>{foot}<td class=num><strong>{fint(sum(col))}"
-            "</strong></td></tr></tfoot></table>")
+    return (
+        f'<table class="confusion"><thead><tr><th>true \\ predicted</th>{head}<th class=num>total</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody><tfoot><tr><td>total</td>{foot}<td class=num><strong>{fint(sum(col))}"
+        "</strong></td></tr></tfoot></table>"
+    )
 
 
 def predict_section(part: Part) -> tuple[str, list[str]]:
@@ -523,13 +683,28 @@ def predict_section(part: Part) -> tuple[str, list[str]]:
 
     acc = metrics.get("accuracy", summary.get("accuracy"))
     f1 = metrics.get("macro_f1", summary.get("macro_f1"))
-    cards = [card("model", f"<code>{e(summary.get('model_version') or metrics.get('model_version'))}</code>",
-                  f"<span class=uri>{e(summary.get('model'))}</span>")]
+    cards = [
+        card(
+            "model",
+            f"<code>{e(summary.get('model_version') or metrics.get('model_version'))}</code>",
+            f"<span class=uri>{e(summary.get('model'))}</span>",
+        )
+    ]
     if totals:
-        cards.append(card("predicted", fint(totals.get("predicted")),
-                          f"of {fint(totals.get('matched'))} matched; {fint(summary.get('labelled'))} labelled"))
-        cards.append(card("rejected", fint(totals.get("rejected")),
-                          ", ".join(f"{e(k)} {v}" for k, v in (summary.get("rejected") or {}).items())))
+        cards.append(
+            card(
+                "predicted",
+                fint(totals.get("predicted")),
+                f"of {fint(totals.get('matched'))} matched; {fint(summary.get('labelled'))} labelled",
+            )
+        )
+        cards.append(
+            card(
+                "rejected",
+                fint(totals.get("rejected")),
+                ", ".join(f"{e(k)} {v}" for k, v in (summary.get("rejected") or {}).items()),
+            )
+        )
     if acc is not None:
         cards.append(card("accuracy", fnum(acc), f"macro-F1 {fnum(f1)}"))
         glance.append(f"accuracy {fnum(acc)}, macro-F1 {fnum(f1)}")
@@ -537,13 +712,19 @@ def predict_section(part: Part) -> tuple[str, list[str]]:
         cards.append(card("calibration error", fnum(metrics["expected_calibration_error"]), "ECE, 15 bins"))
     out.append(f'<div class="cards">{"".join(cards)}</div>')
     if summary.get("input"):
-        out.append(f'<p class="muted">Input <code>{e(summary["input"])}</code>; face crop {e(summary.get("face_crop"))}.</p>')
+        out.append(
+            f'<p class="muted">Input <code>{e(summary["input"])}</code>; face crop {e(summary.get("face_crop"))}.</p>'
+        )
 
     if totals:
         parts = [totals.get("predicted", 0), totals.get("rejected", 0), totals.get("skipped_non_data", 0)]
-        out.append(check(totals.get("matched") == sum(parts),
-                         f"{fint(totals.get('matched'))} matched = {fint(parts[0])} predicted + {fint(parts[1])} rejected"
-                         f" + {fint(parts[2])} skipped"))
+        out.append(
+            check(
+                totals.get("matched") == sum(parts),
+                f"{fint(totals.get('matched'))} matched = {fint(parts[0])} predicted + {fint(parts[1])} rejected"
+                f" + {fint(parts[2])} skipped",
+            )
+        )
         n_rows = _parquet_rows(join(part.path, "predictions", "*.parquet"))
         if n_rows is not None:
             out.append(check(n_rows == parts[0], f"{fint(n_rows)} rows in <code>predictions/*.parquet</code>"))
@@ -556,30 +737,57 @@ def predict_section(part: Part) -> tuple[str, list[str]]:
         if summary.get("labelled") is not None and metrics.get("examples") is not None and totals:
             unlabelled = totals.get("predicted", 0) - metrics["examples"]
             if unlabelled:
-                out.append(f'<p class="muted">{fint(metrics["examples"])} of {fint(totals.get("predicted"))} predictions '
-                           f"have a known label and are evaluated; {fint(unlabelled)} have none (their folder names no class).</p>")
+                out.append(
+                    f'<p class="muted">{fint(metrics["examples"])} of {fint(totals.get("predicted"))} predictions '
+                    f"have a known label and are evaluated; {fint(unlabelled)} have none "
+                    "(their folder names no class).</p>"
+                )
         out.append('<div class="row">')
-        out.append(image(_read(join(part.path, "plots", "confusion_matrix.png")), "Confusion matrix (rows: true class)"))
+        out.append(
+            image(_read(join(part.path, "plots", "confusion_matrix.png")), "Confusion matrix (rows: true class)")
+        )
         out.append(image(_read(join(part.path, "plots", "reliability.png")), "Reliability diagram"))
         out.append("</div>")
         labels = metrics.get("labels") or list(metrics.get("per_class", {}))
         if metrics.get("confusion") and labels:
-            out.append("<details><summary>Confusion counts</summary>" + _confusion_table(labels, metrics["confusion"])
-                       + "</details>")
+            out.append(
+                "<details><summary>Confusion counts</summary>"
+                + _confusion_table(labels, metrics["confusion"])
+                + "</details>"
+            )
 
         per_class = _read_parquet(join(part.path, "evaluation", "per_class.parquet"))
-        rows_pc = per_class.to_pylist() if per_class is not None else [
-            {"label": c, **v} for c, v in metrics.get("per_class", {}).items()]
+        rows_pc = (
+            per_class.to_pylist()
+            if per_class is not None
+            else [{"label": c, **v} for c, v in metrics.get("per_class", {}).items()]
+        )
         if rows_pc:
-            body = [[e(r["label"]), fnum(r["precision"]), fnum(r["recall"]), f"{fnum(r['f1'])} {bar(r['f1'])}",
-                     fint(r["support"]), fint(r["predicted"])] for r in rows_pc]
-            foot = ["macro / total", fnum(sum(r["precision"] for r in rows_pc) / len(rows_pc)),
-                    fnum(sum(r["recall"] for r in rows_pc) / len(rows_pc)), fnum(f1),
-                    fint(sum(r["support"] for r in rows_pc)), fint(sum(r["predicted"] for r in rows_pc))]
+            body = [
+                [
+                    e(r["label"]),
+                    fnum(r["precision"]),
+                    fnum(r["recall"]),
+                    f"{fnum(r['f1'])} {bar(r['f1'])}",
+                    fint(r["support"]),
+                    fint(r["predicted"]),
+                ]
+                for r in rows_pc
+            ]
+            foot = [
+                "macro / total",
+                fnum(sum(r["precision"] for r in rows_pc) / len(rows_pc)),
+                fnum(sum(r["recall"] for r in rows_pc) / len(rows_pc)),
+                fnum(f1),
+                fint(sum(r["support"] for r in rows_pc)),
+                fint(sum(r["predicted"] for r in rows_pc)),
+            ]
             out.append('<h3>Per-class metrics</h3><div class="row"><div class="fit">')
             out.append(table(["class", "precision", "recall", "F1", "support", "predicted"], body, foot=foot))
-            out.append('<p class="muted">support: images of the class; predicted: images predicted as it.<br>'
-                       "The macro-F1 averages the classes present.</p>")
+            out.append(
+                '<p class="muted">support: images of the class; predicted: images predicted as it.<br>'
+                "The macro-F1 averages the classes present.</p>"
+            )
             out.append('</div><div class="wide">')
             out.append(image(_read(join(part.path, "plots", "per_class.png")), "Per-class precision / recall / F1"))
             out.append("</div></div>")
@@ -600,16 +808,24 @@ def comparison_section(parts: list[Part]) -> str:
         s, m = p.data.get("summary", {}), p.data.get("metrics", {})
         if not m:
             continue
-        rows.append([f'<a href="#{e(p.anchor)}">{e(p.title or p.name or "predictions")}</a>',
-                     f"<code>{e(s.get('model_version') or m.get('model_version'))}</code>",
-                     f'<span class="uri">{e(s.get("input"))}</span>', fint(m.get("examples")),
-                     fnum(m.get("accuracy")), f"{fnum(m.get('macro_f1'))} {bar(m.get('macro_f1'))}",
-                     fnum(m.get("expected_calibration_error"))])
+        rows.append(
+            [
+                f'<a href="#{e(p.anchor)}">{e(p.title or p.name or "predictions")}</a>',
+                f"<code>{e(s.get('model_version') or m.get('model_version'))}</code>",
+                f'<span class="uri">{e(s.get("input"))}</span>',
+                fint(m.get("examples")),
+                fnum(m.get("accuracy")),
+                f"{fnum(m.get('macro_f1'))} {bar(m.get('macro_f1'))}",
+                fnum(m.get("expected_calibration_error")),
+            ]
+        )
     if len(rows) < 2:
         return ""
-    return ("<section id=compare><h2>Models compared</h2>"
-            + table(["predictions", "model", "input", "evaluated", "accuracy", "macro-F1", "ECE"], rows, numeric_from=3)
-            + "</section>")
+    return (
+        "<section id=compare><h2>Models compared</h2>"
+        + table(["predictions", "model", "input", "evaluated", "accuracy", "macro-F1", "ECE"], rows, numeric_from=3)
+        + "</section>"
+    )
 
 
 # =========================================================================== page
@@ -617,7 +833,8 @@ def comparison_section(parts: list[Part]) -> str:
 CSS = """
 :root{--fg:#1f2937;--muted:#6b7280;--line:#e5e7eb;--bg:#f8fafc;--card:#fff;--accent:#2563eb;--ok:#15803d;--bad:#b91c1c}
 *{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--fg);font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+body{margin:0;background:var(--bg);color:var(--fg);
+  font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
 header{background:#0f172a;color:#f1f5f9;padding:22px 32px}
 header h1{margin:0 0 4px;font-size:22px}
 header p{margin:0;color:#cbd5e1;font-size:13px}
@@ -627,12 +844,14 @@ nav a{margin-right:18px;color:var(--accent);text-decoration:none;font-weight:500
 main{max-width:1240px;margin:0 auto;padding:8px 32px 48px}
 section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:18px 24px;margin:20px 0}
 h2{margin:0 0 2px;font-size:19px}
-h2 .kind{display:inline-block;font-size:11px;text-transform:uppercase;letter-spacing:.06em;background:#e0e7ff;color:#3730a3;border-radius:4px;padding:2px 6px;margin-right:8px;vertical-align:middle}
+h2 .kind{display:inline-block;font-size:11px;text-transform:uppercase;letter-spacing:.06em;background:#e0e7ff;
+  color:#3730a3;border-radius:4px;padding:2px 6px;margin-right:8px;vertical-align:middle}
 h3{font-size:15px;margin:22px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}
 .path{color:var(--muted);font-size:12px;margin:0 0 12px;word-break:break-all}
 .note{margin:4px 0 10px}
 .muted{color:var(--muted);font-size:12.5px}
-code{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#f1f5f9;border-radius:3px;padding:0 3px}
+code{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#f1f5f9;
+  border-radius:3px;padding:0 3px}
 .uri{font:11.5px/1.35 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break:break-all}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
 th,td{border-bottom:1px solid var(--line);padding:4px 10px;text-align:left;vertical-align:top}
@@ -642,7 +861,9 @@ tbody tr:nth-child(even){background:#fafafa}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 table.compact th,table.compact td{padding:3px 7px}
 table.rejected{width:100%;table-layout:fixed}
-table.rejected th:nth-child(1){width:44%}table.rejected th:nth-child(2){width:17%}table.rejected th:nth-child(4){width:8%}
+table.rejected th:nth-child(1){width:44%}
+table.rejected th:nth-child(2){width:17%}
+table.rejected th:nth-child(4){width:8%}
 table.rejected td{word-break:break-word}
 table.confusion td,table.confusion th{padding:4px 8px}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin:10px 0 12px}
@@ -662,16 +883,19 @@ figure img{max-width:100%;height:auto;border:1px solid var(--line);border-radius
 figure.full img{width:100%}
 figcaption{font-size:12px;color:var(--muted)}
 .check{margin:6px 0;font-size:13px}
-.check .mark{display:inline-block;width:18px;height:18px;line-height:18px;text-align:center;border-radius:50%;color:#fff;font-size:11px;margin-right:4px}
+.check .mark{display:inline-block;width:18px;height:18px;line-height:18px;text-align:center;border-radius:50%;
+  color:#fff;font-size:11px;margin-right:4px}
 .check.ok .mark{background:var(--ok)}.check.bad .mark{background:var(--bad)}
 .check.bad{color:var(--bad)}
-.warn{background:#fffbeb;border:1px solid #fcd34d;border-left:4px solid #f59e0b;border-radius:6px;padding:8px 14px;margin:8px 0}
+.warn{background:#fffbeb;border:1px solid #fcd34d;border-left:4px solid #f59e0b;border-radius:6px;
+  padding:8px 14px;margin:8px 0}
 .warn ul{margin:4px 0 0;padding-left:20px}
 dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:3px 18px;margin:6px 0 10px;font-size:13px}
 dl.kv dt{color:var(--muted)}dl.kv dd{margin:0;word-break:break-all}
 details{margin:8px 0}
 summary{cursor:pointer;color:var(--accent);font-weight:500}
-.bar{display:inline-block;width:60px;height:8px;background:#e5e7eb;border-radius:4px;vertical-align:middle;margin-left:6px;overflow:hidden}
+.bar{display:inline-block;width:60px;height:8px;background:#e5e7eb;border-radius:4px;vertical-align:middle;
+  margin-left:6px;overflow:hidden}
 .bar span{display:block;height:100%;background:var(--accent)}
 ol.glance{margin:6px 0;padding-left:22px}
 ol.glance li{margin:2px 0}
@@ -711,7 +935,9 @@ def build(root: str, title: str | None = None) -> str:
             f'<section id="{e(part.anchor)}"><h2><span class="kind">{e(part.kind)}</span>{e(heading)}</h2>'
             f'<p class="path">{e(part.path)}</p>{note}{body}</section>'
         )
-        glance.append(f'<li><a href="#{e(part.anchor)}">{e(heading)}</a>: {e("; ".join(lines) if lines else part.kind)}</li>')
+        glance.append(
+            f'<li><a href="#{e(part.anchor)}">{e(heading)}</a>: {e("; ".join(lines) if lines else part.kind)}</li>'
+        )
 
     compare = comparison_section([p for p in parts if p.kind == "predict"])
     stages = manifest.get("stages") or []
@@ -726,7 +952,7 @@ def build(root: str, title: str | None = None) -> str:
     nav = "".join(f'<a href="#{e(p.anchor)}">{e(p.title)}</a>' for p in parts)
     if compare:
         nav += '<a href="#compare">Models compared</a>'
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width,initial-scale=1">'

@@ -398,6 +398,10 @@ def run(argv=None) -> dict:
         if present:
             results[split] = evaluate_final(split)
             results[f"{split}_flip_tta"] = evaluate_final(split, tta=True)
+    # Flip TTA is recommended to predict when it helps on val (never decided on test).
+    recommended_tta = "none"
+    if "val" in results and results["val_flip_tta"]["macro_f1"] > results["val"]["macro_f1"]:
+        recommended_tta = "flip"
     best_epoch = None
     if history and has_val:
         best_epoch = int(max(history, key=lambda h: float(h["val_macro_f1"]))["epoch"])
@@ -406,6 +410,7 @@ def run(argv=None) -> dict:
         model_dir,
         {
             "arch": args.arch,
+            "recommended_tta": recommended_tta,
             "training_data": {
                 "path": args.data,
                 "fingerprint": stats.get("fingerprint"),

@@ -234,17 +234,15 @@ def run(argv=None) -> dict:
     def predict_logits(pixels):
         return tf.cast(model(pixels, training=False), tf.float32)
 
-    def evaluate(split: str, tta: bool = False):
-        files = data.split_files(args.data, split)
+    def evaluate(split: str, tta: bool = False, predict=predict_logits):
+        """Metrics of `predict` (logits of a batch of pixels) on a whole split, optionally with flip TTA."""
         ys, ps = [], []
-        for batch in data.eval_dataset(files, image_size):
-            probs = tf.nn.softmax(predict_logits(batch["pixels"]))
+        for batch in data.eval_dataset(data.split_files(args.data, split), image_size):
+            probs = tf.nn.softmax(predict(batch["pixels"]))
             if tta:
-                probs = (probs + tf.nn.softmax(predict_logits(tf.reverse(batch["pixels"], axis=[2])))) / 2
+                probs = (probs + tf.nn.softmax(predict(tf.reverse(batch["pixels"], axis=[2])))) / 2
             ys.append(batch["label"].numpy())
             ps.append(np.argmax(probs.numpy(), -1))
-        if not ys:
-            return None
         return metrics.summarize(metrics.confusion(np.concatenate(ys), np.concatenate(ps)))
 
     has_val = int(stats["written_per_split"].get("val", 0)) > 0
@@ -382,22 +380,11 @@ def run(argv=None) -> dict:
     def predict_final(pixels):
         return tf.cast(final(pixels, training=False), tf.float32)
 
-    def evaluate_final(split, tta=False):
-        files = data.split_files(args.data, split)
-        ys, ps = [], []
-        for batch in data.eval_dataset(files, image_size):
-            probs = tf.nn.softmax(predict_final(batch["pixels"]))
-            if tta:
-                probs = (probs + tf.nn.softmax(predict_final(tf.reverse(batch["pixels"], axis=[2])))) / 2
-            ys.append(batch["label"].numpy())
-            ps.append(np.argmax(probs.numpy(), -1))
-        return metrics.summarize(metrics.confusion(np.concatenate(ys), np.concatenate(ps)))
-
     results = {}
     for split, present in (("val", has_val), ("test", has_test)):
         if present:
-            results[split] = evaluate_final(split)
-            results[f"{split}_flip_tta"] = evaluate_final(split, tta=True)
+            results[split] = evaluate(split, predict=predict_final)
+            results[f"{split}_flip_tta"] = evaluate(split, tta=True, predict=predict_final)
     # Flip TTA is recommended to predict when it helps on val (never decided on test).
     recommended_tta = "none"
     if "val" in results and results["val_flip_tta"]["macro_f1"] > results["val"]["macro_f1"]:

@@ -22,6 +22,8 @@ COMMANDS = {
     "demo": ("beam_pipelines.demo", "ingest -> train -> predict -> report on the embedded sample"),
 }
 
+TENSORFLOW_COMMANDS = {"train", "predict", "demo"}
+
 
 def _usage() -> str:
     lines = ["usage: emotion COMMAND [options]   (emotion COMMAND --help for its options)", "", "commands:"]
@@ -47,9 +49,10 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-def _quiet_logs() -> None:
+def _quiet_logs(command: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _import_tensorflow_quietly()
+    if command in TENSORFLOW_COMMANDS:  # ingest never imports TensorFlow (its workers do not need it)
+        _import_tensorflow_quietly()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("apache_beam", "absl", "tensorflow", "matplotlib", "google", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"emotion: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    _quiet_logs()
+    _quiet_logs(command)
     from beam_pipelines.common import UsageError
 
     module = importlib.import_module(COMMANDS[command][0])

@@ -285,7 +285,7 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
         p.done(
             f"predict test: {what}",
             f"{summary['totals']['predicted']} predicted: accuracy {summary['accuracy']:.3f}, "
-            f"macro-F1 {summary['macro_f1']:.3f}  [{summary['model_version']}]",
+            f"macro-F1 {summary['macro_f1']:.3f}  [{summary['model_version']}, TTA {summary.get('tta') or 'none'}]",
             t,
         )
 
@@ -379,7 +379,8 @@ def _print_summary(p, stats, meta, results, runs, raw_name, path) -> None:
         rows.append(
             (
                 f"test, {what.replace('freshly ', '')}",
-                f"accuracy {f(s['accuracy'])}, macro-F1 {f(s['macro_f1'])} on {s['labelled']} images",
+                f"accuracy {f(s['accuracy'])}, macro-F1 {f(s['macro_f1'])} on {s['labelled']} images"
+                + (" (flip TTA)" if s.get("tta") == "flip" else ""),
             )
         )
     s = results[raw_name]

@@ -251,6 +251,11 @@ def bar(value) -> str:
     return f'<span class="bar"><span style="width:{w:.0f}%"></span></span>'
 
 
+def score(value) -> str:
+    """A number in [0, 1] with its bar, kept on one line."""
+    return f'<span class="nw">{fnum(value)} {bar(value)}</span>'
+
+
 def check(ok: bool, text: str) -> str:
     cls, mark = ("ok", "&#10003;") if ok else ("bad", "&#10007;")
     return f'<p class="check {cls}"><span class="mark">{mark}</span> {text}</p>'
@@ -552,7 +557,7 @@ def train_section(part: Part) -> tuple[str, list[str]]:
                     "flip TTA" if tta else "plain",
                     fint(m.get("examples")),
                     fnum(m.get("accuracy")),
-                    f"{fnum(m.get('macro_f1'))} {bar(m.get('macro_f1'))}",
+                    score(m.get("macro_f1")),
                 ]
             )
         out.append(table(["split", "inference", "images", "accuracy", "macro-F1"], rows, numeric_from=2))
@@ -587,6 +592,7 @@ def train_section(part: Part) -> tuple[str, list[str]]:
             kv(
                 [
                     ("architecture", e(meta.get("arch"))),
+                    ("recommended test-time augmentation", e(meta.get("recommended_tta"))),
                     ("strategy", f"{e(training.get('strategy'))} ({fint(training.get('replicas'))} replica(s))"),
                     ("global batch", fint(training.get("global_batch"))),
                     ("optimizer", f"{e(training.get('optimizer'))}, peak LR {fnum(training.get('peak_lr'), 4)}"),
@@ -713,7 +719,8 @@ def predict_section(part: Part) -> tuple[str, list[str]]:
     out.append(f'<div class="cards">{"".join(cards)}</div>')
     if summary.get("input"):
         out.append(
-            f'<p class="muted">Input <code>{e(summary["input"])}</code>; face crop {e(summary.get("face_crop"))}.</p>'
+            f'<p class="muted">Input <code>{e(summary["input"])}</code>; face crop {e(summary.get("face_crop"))}; '
+            f"test-time augmentation {e(summary.get('tta') or 'none')}.</p>"
         )
 
     if totals:
@@ -768,7 +775,7 @@ def predict_section(part: Part) -> tuple[str, list[str]]:
                     e(r["label"]),
                     fnum(r["precision"]),
                     fnum(r["recall"]),
-                    f"{fnum(r['f1'])} {bar(r['f1'])}",
+                    score(r["f1"]),
                     fint(r["support"]),
                     fint(r["predicted"]),
                 ]
@@ -813,9 +820,10 @@ def comparison_section(parts: list[Part]) -> str:
                 f'<a href="#{e(p.anchor)}">{e(p.title or p.name or "predictions")}</a>',
                 f"<code>{e(s.get('model_version') or m.get('model_version'))}</code>",
                 f'<span class="uri">{e(s.get("input"))}</span>',
+                e(s.get("tta") or "none"),
                 fint(m.get("examples")),
                 fnum(m.get("accuracy")),
-                f"{fnum(m.get('macro_f1'))} {bar(m.get('macro_f1'))}",
+                score(m.get("macro_f1")),
                 fnum(m.get("expected_calibration_error")),
             ]
         )
@@ -823,7 +831,9 @@ def comparison_section(parts: list[Part]) -> str:
         return ""
     return (
         "<section id=compare><h2>Models compared</h2>"
-        + table(["predictions", "model", "input", "evaluated", "accuracy", "macro-F1", "ECE"], rows, numeric_from=3)
+        + table(
+            ["predictions", "model", "input", "TTA", "evaluated", "accuracy", "macro-F1", "ECE"], rows, numeric_from=4
+        )
         + "</section>"
     )
 
@@ -859,6 +869,7 @@ thead th{background:#f1f5f9;font-weight:600;white-space:nowrap}
 tfoot td{font-weight:600;border-top:2px solid #cbd5e1}
 tbody tr:nth-child(even){background:#fafafa}
 .num{text-align:right;font-variant-numeric:tabular-nums}
+.nw,td code{white-space:nowrap}
 table.compact th,table.compact td{padding:3px 7px}
 table.rejected{width:100%;table-layout:fixed}
 table.rejected th:nth-child(1){width:44%}

@@ -56,6 +56,9 @@ def _quiet_logs(command: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("apache_beam", "absl", "tensorflow", "matplotlib", "google", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # RunInference logs this to the root logger on every run (an optional Beam import).
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: "Resource module is not available" not in record.getMessage())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,8 +75,9 @@ def parse_args(argv):
     crop.add_argument("--face-crop", dest="face_crop", action="store_true", default=None,
                       help="crop faces (default: as the model was trained)")
     crop.add_argument("--no-face-crop", dest="face_crop", action="store_false")
-    p.add_argument("--tta", choices=["none", "flip"], default=None,
-                   help="test-time augmentation: average with the mirrored image (default: as the model's metadata recommends)")
+    p.add_argument("--tta", choices=["none", "flip", "crops"], default=None,
+                   help="test-time augmentation: flip (2 views), crops (10 shifted/mirrored views); "
+                        "default: as the model's metadata recommends")
     p.add_argument("--batch-size", type=int, default=128, help="largest model batch")
     p.add_argument("--files-per-batch", type=int, default=256)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
@@ -106,17 +107,14 @@ class EmotionModelHandler(ModelHandler[np.ndarray, PredictionResult, object]):
     def load_model(self):
         import tensorflow as tf
 
+        from model import tta
         from model.export import load
 
         model, _ = load(resolve_model_dir(self._model_dir))
 
         @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
         def probabilities(pixels):
-            probs = tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
-            if self._tta == "flip":  # mirrored faces keep their emotion: average both views
-                mirrored = tf.nn.softmax(tf.cast(model(tf.reverse(pixels, axis=[2]), training=False), tf.float32))
-                probs = (probs + mirrored) / 2.0
-            return probs
+            return tta.probabilities(lambda v: model(v, training=False), pixels, self._tta)
 
         return probabilities
 

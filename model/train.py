@@ -137,7 +137,8 @@ def run(argv=None) -> dict:
 
     import keras
 
-    from model import archs, data, export, metrics, plots
+    from model import archs, data, export, plots
+    from model import evaluate as evaluation
     from schemas import LABELS, NUM_CLASSES
 
     model_dir = args.model_dir.rstrip("/")
@@ -234,16 +235,8 @@ def run(argv=None) -> dict:
     def predict_logits(pixels):
         return tf.cast(model(pixels, training=False), tf.float32)
 
-    def evaluate(split: str, tta: bool = False, predict=predict_logits):
-        """Metrics of `predict` (logits of a batch of pixels) on a whole split, optionally with flip TTA."""
-        ys, ps = [], []
-        for batch in data.eval_dataset(data.split_files(args.data, split), image_size):
-            probs = tf.nn.softmax(predict(batch["pixels"]))
-            if tta:
-                probs = (probs + tf.nn.softmax(predict(tf.reverse(batch["pixels"], axis=[2])))) / 2
-            ys.append(batch["label"].numpy())
-            ps.append(np.argmax(probs.numpy(), -1))
-        return metrics.summarize(metrics.confusion(np.concatenate(ys), np.concatenate(ps)))
+    def evaluate(split: str, tta_mode: str = "none", predict=predict_logits):
+        return evaluation.evaluate_split(predict, args.data, split, image_size, tta_mode)
 
     has_val = int(stats["written_per_split"].get("val", 0)) > 0
     has_test = int(stats["written_per_split"].get("test", 0)) > 0
@@ -380,15 +373,9 @@ def run(argv=None) -> dict:
     def predict_final(pixels):
         return tf.cast(final(pixels, training=False), tf.float32)
 
-    results = {}
-    for split, present in (("val", has_val), ("test", has_test)):
-        if present:
-            results[split] = evaluate(split, predict=predict_final)
-            results[f"{split}_flip_tta"] = evaluate(split, tta=True, predict=predict_final)
-    # Flip TTA is recommended to predict when it helps on val (never decided on test).
-    recommended_tta = "none"
-    if "val" in results and results["val_flip_tta"]["macro_f1"] > results["val"]["macro_f1"]:
-        recommended_tta = "flip"
+    splits = [split for split, present in (("val", has_val), ("test", has_test)) if present]
+    results = evaluation.evaluate_all(predict_final, args.data, splits, image_size)
+    recommended_tta = evaluation.best_tta(results)  # chosen on val, never on test
     best_epoch = None
     if history and has_val:
         best_epoch = int(max(history, key=lambda h: float(h["val_macro_f1"]))["epoch"])

@@ -164,7 +164,7 @@ def test_multiprocess_rerun_is_deterministic_and_leaves_nothing_stale(folder_run
         assert abs(first[uri]["confidence"] - second[uri]["confidence"]) < 1e-5
 
 
-def test_flip_tta_makes_mirror_images_agree(model_dir, tmp_path):
+def test_tta_makes_mirror_images_agree(model_dir, tmp_path):
     import cv2
 
     from conftest import write_image
@@ -173,12 +173,14 @@ def test_flip_tta_makes_mirror_images_agree(model_dir, tmp_path):
     write_image(tmp_path / "in" / "a.png", face)
     write_image(tmp_path / "in" / "b.png", face[:, ::-1].copy())
     probs = {}
-    for tta in ("none", "flip"):
+    for tta in ("none", "flip", "crops"):
         summary = predict.run(["--input", str(tmp_path / "in"), "--output", str(tmp_path / tta), "--model",
                                str(model_dir), "--tta", tta])
         assert summary["tta"] == tta and summary["totals"]["predicted"] == 2
         rows = {r["uri"].rsplit("/", 1)[1]: np.array([r[f"prob_{c}"] for c in LABELS])
                 for r in read_table(tmp_path / tta, "predictions").to_pylist()}
         probs[tta] = rows
+    # Both view sets are closed under mirroring: an image and its mirror get the same probabilities.
     np.testing.assert_allclose(probs["flip"]["a.png"], probs["flip"]["b.png"], atol=1e-5)
+    np.testing.assert_allclose(probs["crops"]["a.png"], probs["crops"]["b.png"], atol=1e-5)
     np.testing.assert_allclose(probs["flip"]["a.png"], (probs["none"]["a.png"] + probs["none"]["b.png"]) / 2, atol=1e-5)

@@ -59,8 +59,18 @@ def decode_batch(serialized: tf.Tensor, image_size: int) -> dict:
 # --------------------------------------------------------------------------- augmentation
 
 
+# Augmentation presets: "strong" for training from scratch, "light" for fine-tuning.
+AUGMENT_PRESETS = {
+    "strong": dict(max_rotation=12.0, max_shift=0.1, max_zoom=0.12, brightness=25.0, contrast=0.25,
+                   erase_prob=0.5, erase_max_area=0.25),
+    "light": dict(max_rotation=8.0, max_shift=0.08, max_zoom=0.08, brightness=15.0, contrast=0.15,
+                  erase_prob=0.25, erase_max_area=0.12),
+}
+
+
 def augment(pixels: tf.Tensor, seed: tf.Tensor, max_rotation: float = 12.0, max_shift: float = 0.1,
-            max_zoom: float = 0.12, erase_prob: float = 0.5) -> tf.Tensor:
+            max_zoom: float = 0.12, brightness: float = 25.0, contrast: float = 0.25, erase_prob: float = 0.5,
+            erase_max_area: float = 0.25) -> tf.Tensor:
     """Random flip, rotation, shift, zoom, brightness/contrast and erasing, per image.
 
     pixels: (B, S, S, 1) float in [0, 255]. Stateless: the same seed gives the same batch.
@@ -95,14 +105,14 @@ def augment(pixels: tf.Tensor, seed: tf.Tensor, max_rotation: float = 12.0, max_
 
     # Brightness and contrast jitter.
     mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
-    contrast = uniform(5, 0.75, 1.25)[:, None, None, None]
-    brightness = uniform(6, -25.0, 25.0)[:, None, None, None]
-    pixels = tf.clip_by_value((pixels - mean) * contrast + mean + brightness, 0.0, 255.0)
+    gain = uniform(5, 1.0 - contrast, 1.0 + contrast)[:, None, None, None]
+    offset = uniform(6, -brightness, brightness)[:, None, None, None]
+    pixels = tf.clip_by_value((pixels - mean) * gain + mean + offset, 0.0, 255.0)
 
     # Random erasing: one rectangle of 2-25% of the area, filled with noise, half the time.
     erase_seeds = tf.random.experimental.stateless_split(seeds[7], 5)
     e = lambda i, lo, hi: tf.random.stateless_uniform([batch], erase_seeds[i], lo, hi)  # noqa: E731
-    area = e(0, 0.02, 0.25) * size * size
+    area = e(0, 0.02, erase_max_area) * size * size
     aspect = tf.exp(e(1, math.log(0.3), math.log(3.3)))
     h = tf.minimum(tf.sqrt(area * aspect), size)
     w = tf.minimum(tf.sqrt(area / aspect), size)
@@ -122,6 +132,7 @@ def augment(pixels: tf.Tensor, seed: tf.Tensor, max_rotation: float = 12.0, max_
 
 def train_dataset(files: list[str], image_size: int, batch_size: int, seed: int = 0,
                   input_context: tf.distribute.InputContext | None = None, augment_images: bool = True,
+                  augment_preset: str = "strong",
                   shuffle_buffer: int = 16384) -> tf.data.Dataset:
     """An endless, shuffled, augmented dataset of (pixels, label) batches for one input pipeline.
 
@@ -148,7 +159,8 @@ def train_dataset(files: list[str], image_size: int, batch_size: int, seed: int 
     if augment_images:
         counter = tf.data.Dataset.counter()
         ds = tf.data.Dataset.zip((ds, counter)).map(
-            lambda b, i: (augment(b["pixels"], tf.stack([tf.cast(seed, tf.int64), i])), b["label"]),
+            lambda b, i: (augment(b["pixels"], tf.stack([tf.cast(seed, tf.int64), i]), **AUGMENT_PRESETS[augment_preset]),
+                          b["label"]),
             num_parallel_calls=AUTOTUNE,
         )
     else:

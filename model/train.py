@@ -56,6 +56,9 @@ def parse_args(argv):
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
     p.add_argument("--resume", action="store_true", help="resume (the default when checkpoints exist)")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--augment", choices=["strong", "light"], default="strong", help="augmentation preset")
+    p.add_argument("--init-weights", default=None,
+                   help="start from an exported model dir (or .weights.h5), e.g. to fine-tune; ignored on resume")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1:
@@ -114,6 +117,24 @@ def worker_dir(model_dir: str, strategy, name: str) -> str:
         return f"{model_dir}/{name}"
     resolver = strategy.cluster_resolver
     return f"{model_dir}/.workers/{resolver.task_type}-{resolver.task_id}/{name}"
+
+
+def init_from(model, source: str) -> None:
+    """Loads weights from an exported model directory (its model.keras) or a .weights.h5 file."""
+    import tempfile
+
+    from model.export import load
+
+    if source.endswith(".weights.h5"):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, "init.weights.h5")
+            tf.io.gfile.copy(source, local, overwrite=True)
+            model.load_weights(local)
+        return
+    exported, _ = load(source)
+    if [w.shape for w in exported.get_weights()] != [w.shape for w in model.get_weights()]:
+        raise ValueError(f"{source} is a {exported.name}, which does not match --arch {model.name}")
+    model.set_weights(exported.get_weights())
 
 
 # =========================================================================== schedule
@@ -191,14 +212,19 @@ def run(argv=None) -> dict:
     if chief_ckpts and not args.fresh:
         checkpoint.restore(chief_ckpts).expect_partial()
         log.info("train: resumed from %s at step %d", chief_ckpts, int(step_var.numpy()))
-    elif args.resume and not chief_ckpts:
-        log.info("train: --resume given but no checkpoint in %s/checkpoints; starting fresh", model_dir)
+    else:
+        if args.resume:
+            log.info("train: --resume given but no checkpoint in %s/checkpoints; starting fresh", model_dir)
+        if args.init_weights:
+            init_from(model, args.init_weights)
+            log.info("train: initialised weights from %s", args.init_weights)
 
     # ----------------------------------------------------------------- input
     def dataset_fn(ctx: tf.distribute.InputContext):
         return data.train_dataset(
             train_files, image_size, ctx.get_per_replica_batch_size(global_batch),
             seed=args.seed + int(step_var.numpy()), input_context=ctx, augment_images=not args.no_augment,
+            augment_preset=args.augment,
         )
 
     dist_ds = strategy.distribute_datasets_from_function(dataset_fn)

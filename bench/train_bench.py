@@ -1,7 +1,7 @@
 """Training throughput, side by side in one run: the tf.data input pipeline alone, the training
 step on in-memory tensors, and the full job (`emotion train`, input + step + checkpoints).
 
-    python bench/train_bench.py --data /tmp/fer-ingest --arch vgg_s --batch-size 128 --steps 40
+    PYTHONPATH=bench python bench/train_bench.py --data /tmp/fer-ingest --arch vgg_s --batch-size 128 --steps 40
 """
 
 import argparse

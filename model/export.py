@@ -144,3 +144,22 @@ def load(model_dir: str) -> tuple[keras.Model, dict]:
     if model.output_shape[-1] != len(LABELS):
         raise ModelMismatchError(f"{model_dir} outputs {model.output_shape[-1]} classes, expected {len(LABELS)}")
     return model, metadata
+
+
+def main(argv=None) -> None:
+    """Rebuilds DIR/export/saved_model from DIR/export/model.keras (the shipped model carries only the
+    .keras file to stay small):  python -m model.export --model-dir model/shipped"""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m model.export")
+    p.add_argument("--model-dir", required=True)
+    args = p.parse_args(argv)
+    model, metadata = load(args.model_dir)
+    _serving_module(model, int(metadata["image_size"])).write_out(
+        f"{args.model_dir.rstrip('/')}/export/saved_model", verbose=False
+    )
+    print(f"wrote {args.model_dir.rstrip('/')}/export/saved_model")
+
+
+if __name__ == "__main__":
+    main()

@@ -80,7 +80,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        summary = predict.run(["--input", args.input, "--output", out, "--model", args.model])
+        # Same work as the raw loop (one view per image): TTA off.
+        summary = predict.run(["--input", args.input, "--output", out, "--model", args.model, "--tta", "none"])
         beam_s = time.perf_counter() - t
     result["beam_predict_seconds"] = round(beam_s, 2)
     result["beam_predict_images_per_s"] = round(summary["totals"]["predicted"] / beam_s, 1)
@@ -88,6 +89,9 @@ def main():
     result["beam_accuracy"] = summary["accuracy"]
 
     if args.peer:
+        import warnings
+
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
         peer = keras.models.load_model(args.peer, compile=False)
         peer_fn = lambda b: peer(np.stack([cv2.resize(i, (64, 64)) for i in b])[..., None].astype(np.float32)  # noqa: E731
                                  / 127.5 - 1.0, training=False).numpy()

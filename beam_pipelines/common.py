@@ -54,6 +54,23 @@ def pipeline_options(beam_args: list[str], save_main_session: bool) -> PipelineO
     return options
 
 
+def split_and_class_dir(rel: str) -> tuple[str | None, str | None]:
+    """(canonical split, class folder) of a path relative to the input root:
+    <split>/<class>/... or <class>/...; (None, None) for a file directly under the root."""
+    from schemas import canonical_split
+
+    parts = rel.split("/")
+    if len(parts) >= 3 and canonical_split(parts[0]):
+        return canonical_split(parts[0]), parts[1]
+    return None, parts[0] if len(parts) >= 2 else None
+
+
+def extension(path: str) -> str:
+    """The lower-cased extension of a path's file name, with its dot ('' when none)."""
+    name = path.rsplit("/", 1)[-1]
+    return "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
 def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beam_pipelines.common import join, write_bytes
-from model.metrics import calibration_bins, expected_calibration_error, summarize
+from model.metrics import calibration_bin, expected_calibration_error, summarize
 from schemas import CONFUSION_SCHEMA, LABEL_TO_INDEX, LABELS, NUM_CLASSES, PER_CLASS_SCHEMA
 
 CALIBRATION_BINS = 15
@@ -46,8 +46,11 @@ class EvaluationFn(beam.CombineFn):
         acc["labelled"] += 1
         t, p = LABEL_TO_INDEX[row["true_label"]], row["predicted_index"]
         acc["confusion"][t, p] += 1
-        count, conf, corr = calibration_bins([row["confidence"]], [t == p], CALIBRATION_BINS)
-        acc["bins"] = (acc["bins"][0] + count, acc["bins"][1] + conf, acc["bins"][2] + corr)
+        b = int(calibration_bin(row["confidence"], CALIBRATION_BINS))
+        count, conf, corr = acc["bins"]
+        count[b] += 1
+        conf[b] += row["confidence"]
+        corr[b] += float(t == p)
         if pixels is not None:
             item = (row["uri"], row["true_label"], row["predicted_label"], row["confidence"], pixels)
             if t != p:

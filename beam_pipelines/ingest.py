@@ -33,6 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipelines.common import (
     UsageError,
     check_remote_paths,
+    extension,
     is_dry_run,
     is_remote_runner,
     join,
@@ -40,6 +41,7 @@ from beam_pipelines.common import (
     merge_counts,
     pipeline_options,
     remove_outputs,
+    split_and_class_dir,
     write_bytes,
 )
 from beam_pipelines.preprocess import (
@@ -50,7 +52,7 @@ from beam_pipelines.preprocess import (
     is_non_data,
     preprocess,
 )
-from schemas import LABEL_TO_INDEX, LABELS, REJECTED_SCHEMA, SCHEMA_VERSION, canonical_label, canonical_split
+from schemas import LABEL_TO_INDEX, LABELS, REJECTED_SCHEMA, SCHEMA_VERSION, canonical_label
 from schemas.tfrecord import encode_example, tfrecord_frame
 
 SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # the evaluation copy of a duplicate wins
@@ -115,9 +117,9 @@ class ListFiles(beam.DoFn):
                 name = rel.rsplit("/", 1)[-1]
                 skipped[name] = skipped.get(name, 0) + 1
                 continue
-            parts = rel.split("/")
-            if len(parts) >= 3 and canonical_split(parts[0]):
-                splits.add(canonical_split(parts[0]))
+            folder_split, _ = split_and_class_dir(rel)
+            if folder_split:
+                splits.add(folder_split)
             total_bytes += size
             batch.append((path, size))
             if len(batch) >= self.args.files_per_batch:
@@ -125,7 +127,7 @@ class ListFiles(beam.DoFn):
                 batch = []
         if batch:
             yield batch
-        n_files = sum(skipped.values()) + sum(1 for p, _ in paths if not is_non_data(p[len(root) + 1 :]))
+        n_files = len(paths)
         data_files = n_files - sum(skipped.values())
         num_shards = self.args.num_shards or max(
             1, math.ceil(data_files * (self.args.image_size**2 + 200) / TARGET_SHARD_BYTES)
@@ -177,14 +179,9 @@ class DecodeBatch(beam.DoFn):
         shards: dict[int, list] = {}
         rejected: dict[str, int] = {}
         for path, _size in batch:
-            rel = path[len(root) + 1 :]
-            parts = rel.split("/")
             reason = detail = None
-            if len(parts) >= 3 and canonical_split(parts[0]):
-                folder_split, class_dir = canonical_split(parts[0]), parts[1]
-            else:
-                folder_split, class_dir = None, parts[0] if len(parts) >= 2 else None
-            ext = "." + rel.rsplit(".", 1)[-1].lower() if "." in parts[-1] else ""
+            folder_split, class_dir = split_and_class_dir(path[len(root) + 1 :])
+            ext = extension(path)
             if class_dir is None:
                 reason, detail = "no_class_folder", "file is not inside a class folder"
             elif canonical_label(class_dir) is None:

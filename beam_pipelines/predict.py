@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -36,12 +35,14 @@ from beam_pipelines import evaluation
 from beam_pipelines.common import (
     UsageError,
     check_remote_paths,
+    extension,
     is_dry_run,
     is_remote_runner,
     join,
     log,
     pipeline_options,
     remove_outputs,
+    split_and_class_dir,
     write_bytes,
 )
 from beam_pipelines.preprocess import (
@@ -52,7 +53,7 @@ from beam_pipelines.preprocess import (
     preprocess,
     resize,
 )
-from schemas import LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label, canonical_split
+from schemas import LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label
 from schemas.tables import bigquery_schema_json
 
 OUTPUT_NAMES = ["predictions", "rejected", "evaluation", "plots", "summary.json", "bigquery"]
@@ -139,12 +140,8 @@ def _reject(uri, reason, detail=""):
 
 def label_from_path(rel: str) -> tuple[str | None, str | None]:
     """(true label, split) from <class>/file or <split>/<class>/file; (None, None) for others."""
-    parts = rel.split("/")
-    if len(parts) >= 3 and canonical_split(parts[0]):
-        return canonical_label(parts[1]), canonical_split(parts[0])
-    if len(parts) >= 2:
-        return canonical_label(parts[0]), None
-    return None, None
+    split, class_dir = split_and_class_dir(rel)
+    return (canonical_label(class_dir) if class_dir else None), split
 
 
 class ListImages(beam.DoFn):
@@ -178,7 +175,7 @@ class DecodeImages(beam.DoFn):
         for path in paths:
             rel = path[len(self.root) + 1 :]
             label, split = label_from_path(rel)
-            ext = "." + path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+            ext = extension(path)
             if ext not in IMAGE_EXTENSIONS:
                 yield _reject(path, "unsupported_extension", f"extension {ext or '(none)'!r} is not an image type")
                 continue

@@ -47,10 +47,15 @@ def summarize(matrix: np.ndarray) -> dict:
     }
 
 
+def calibration_bin(confidence, bins: int = 15):
+    """The equal-width confidence bin (0 .. bins-1) of a confidence or an array of them."""
+    return np.minimum((np.asarray(confidence, np.float64) * bins).astype(np.int64), bins - 1)
+
+
 def calibration_bins(confidence, correct, bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(count, sum of confidence, sum of correct) per equal-width confidence bin."""
     confidence = np.asarray(confidence, np.float64)
-    idx = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    idx = calibration_bin(confidence, bins)
     count = np.bincount(idx, minlength=bins).astype(np.int64)
     conf_sum = np.bincount(idx, weights=confidence, minlength=bins)
     corr_sum = np.bincount(idx, weights=np.asarray(correct, np.float64), minlength=bins)

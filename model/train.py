@@ -28,7 +28,6 @@ import signal
 import sys
 import time
 
-import numpy as np
 import tensorflow as tf
 
 log = logging.getLogger("emotion")
@@ -160,7 +159,7 @@ def run(argv=None) -> dict:
 
     from model import archs, data, export, plots
     from model import evaluate as evaluation
-    from schemas import LABELS, NUM_CLASSES
+    from schemas import NUM_CLASSES
 
     model_dir = args.model_dir.rstrip("/")
     chief = is_chief(strategy)
@@ -289,8 +288,8 @@ def run(argv=None) -> dict:
 
     def save_checkpoint():
         manager.save(checkpoint_number=int(step_var.numpy()))
-        if not chief:
-            tf.io.gfile.rmtree(os.path.dirname(ckpt_dir)) if tf.io.gfile.exists(os.path.dirname(ckpt_dir)) else None
+        if not chief and tf.io.gfile.exists(os.path.dirname(ckpt_dir)):  # a worker's scratch copy
+            tf.io.gfile.rmtree(os.path.dirname(ckpt_dir))
 
     best_weights = f"{model_dir}/best.weights.h5"
 

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emotion: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     _quiet_logs(command)
-    from beam_pipelines.common import UsageError
+    from beam_pipelines.errors import UsageError
 
     module = importlib.import_module(COMMANDS[command][0])
     try:

@@ -8,11 +8,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 
+from beam_pipelines.errors import UsageError  # noqa: F401  (re-exported for the pipelines)
+
 log = logging.getLogger("emotion")
-
-
-class UsageError(Exception):
-    """An error the user caused (bad path, bad option): the CLI prints one line and exits 2."""
 
 
 def pipeline_options(beam_args: list[str], save_main_session: bool) -> PipelineOptions:

@@ -44,7 +44,7 @@ from beam_pipelines.common import (
     split_and_class_dir,
     write_bytes,
 )
-from beam_pipelines.preprocess import (
+from model.preprocess import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     PreprocessError,

@@ -14,7 +14,7 @@ Outputs under --output:
 
 Labels come from folder names (<class>/ or <split>/<class>/, through the alias map) or
 from the TFRecords; elsewhere true_label is null. Preprocessing is the function ingest
-uses (beam_pipelines.preprocess.preprocess).
+uses (model.preprocess.preprocess).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from beam_pipelines.common import (
     split_and_class_dir,
     write_bytes,
 )
-from beam_pipelines.preprocess import (
+from model.preprocess import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     PreprocessError,
@@ -53,17 +53,11 @@ from beam_pipelines.preprocess import (
     preprocess,
     resize,
 )
+from model import SHIPPED_MODEL, resolve_model_dir  # noqa: F401  (SHIPPED_MODEL: for callers)
 from schemas import LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label
 from schemas.tables import bigquery_schema_json
 
 OUTPUT_NAMES = ["predictions", "rejected", "evaluation", "plots", "summary.json", "bigquery"]
-SHIPPED_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model", "shipped")
-
-
-def resolve_model_dir(model: str) -> str:
-    """'shipped' means the model installed with this package, wherever it runs (a Dataflow
-    worker's image included); anything else is a path or gs:// URI."""
-    return SHIPPED_MODEL if model == "shipped" else model
 
 
 def parse_args(argv):
@@ -182,7 +176,7 @@ class DecodeImages(beam.DoFn):
             try:
                 with FileSystems.open(path) as f:
                     data = f.read()
-                pixels, digest = preprocess(data, self.image_size, self.face_crop, self.max_pixels)
+                pixels, digest = preprocess(data, self.image_size, self.face_crop, self.max_pixels, as_float=True)
             except PreprocessError as exc:
                 yield _reject(path, exc.reason, exc.detail)
                 continue
@@ -253,7 +247,8 @@ class ToRow(beam.DoFn):
             "model_fingerprint": self.model_info["model_fingerprint"],
             "run_timestamp": self.run_timestamp,
         }
-        yield row, pixels.tobytes()
+        # 8-bit thumbnails for the samples plot (model inputs from images are float).
+        yield row, np.clip(np.round(pixels), 0, 255).astype(np.uint8).tobytes()
 
 
 class WriteSummary(beam.DoFn):

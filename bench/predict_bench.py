@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from beam_pipelines import predict  # noqa: E402
-from beam_pipelines.preprocess import preprocess  # noqa: E402
+from model.preprocess import preprocess  # noqa: E402
 from model.export import load  # noqa: E402
 from model.metrics import confusion, summarize  # noqa: E402
 from schemas import LABELS, canonical_label  # noqa: E402

@@ -43,6 +43,13 @@ def vgg_xs(image_size: int = 48, num_classes: int = 7) -> keras.Model:
     return model
 
 
+def vgg_m(image_size: int = 48, num_classes: int = 7) -> keras.Model:
+    """vgg_s at double width (~4.7M parameters, about 4x the compute): for accelerator-trained models."""
+    model = vgg_s(image_size, num_classes, width=64, dropout=0.5)
+    model.name = "vgg_m"
+    return model
+
+
 def resnet_s(image_size: int = 48, num_classes: int = 7, width: int = 32) -> keras.Model:
     """A small pre-activation-free ResNet: a stem, three stages of two residual blocks."""
     inputs, x = _stem(image_size)
@@ -64,7 +71,7 @@ def resnet_s(image_size: int = 48, num_classes: int = 7, width: int = 32) -> ker
     return keras.Model(inputs, outputs, name="resnet_s")
 
 
-ARCHS = {"vgg_s": vgg_s, "vgg_xs": vgg_xs, "resnet_s": resnet_s}
+ARCHS = {"vgg_s": vgg_s, "vgg_xs": vgg_xs, "vgg_m": vgg_m, "resnet_s": resnet_s}
 
 
 def build(name: str, image_size: int, num_classes: int) -> keras.Model:

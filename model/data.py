@@ -10,11 +10,9 @@ overhead stays out of the way of the training step.
 from __future__ import annotations
 
 import json
-import math
-
-import numpy as np
 import tensorflow as tf
 
+from model import augment as augmentation
 from schemas import FEATURES, LABELS, NUM_CLASSES, SCHEMA_VERSION
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -59,72 +57,13 @@ def decode_batch(serialized: tf.Tensor, image_size: int) -> dict:
 # --------------------------------------------------------------------------- augmentation
 
 
-# Augmentation presets: "strong" for training from scratch, "light" for fine-tuning.
-AUGMENT_PRESETS = {
-    "strong": dict(max_rotation=12.0, max_shift=0.1, max_zoom=0.12, brightness=25.0, contrast=0.25,
-                   erase_prob=0.5, erase_max_area=0.25),
-    "light": dict(max_rotation=8.0, max_shift=0.08, max_zoom=0.08, brightness=15.0, contrast=0.15,
-                  erase_prob=0.25, erase_max_area=0.12),
-}
-
-
-def augment(pixels: tf.Tensor, seed: tf.Tensor, max_rotation: float = 12.0, max_shift: float = 0.1,
-            max_zoom: float = 0.12, brightness: float = 25.0, contrast: float = 0.25, erase_prob: float = 0.5,
-            erase_max_area: float = 0.25) -> tf.Tensor:
-    """Random flip, rotation, shift, zoom, brightness/contrast and erasing, per image.
-
-    pixels: (B, S, S, 1) float in [0, 255]. Stateless: the same seed gives the same batch.
-    """
+def augment_batch(pixels: tf.Tensor, seed: tf.Tensor, preset: str) -> tf.Tensor:
+    """model.augment.augment on one batch, its random draws taken from a stateless seed."""
     batch = tf.shape(pixels)[0]
-    size = tf.cast(tf.shape(pixels)[1], tf.float32)
-    seeds = tf.random.experimental.stateless_split(seed, 8)
-
-    def uniform(i, lo, hi, shape=None):
-        return tf.random.stateless_uniform(shape or [batch], seeds[i], lo, hi)
-
-    flip = uniform(0, 0.0, 1.0) < 0.5
-    pixels = tf.where(flip[:, None, None, None], tf.reverse(pixels, axis=[2]), pixels)
-
-    # One affine transform per image: rotate and zoom about the centre, then shift.
-    angle = uniform(1, -max_rotation, max_rotation) * (math.pi / 180.0)
-    scale = uniform(2, 1.0 - max_zoom, 1.0 + max_zoom)
-    tx = uniform(3, -max_shift, max_shift) * size
-    ty = uniform(4, -max_shift, max_shift) * size
-    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    c = (size - 1.0) / 2.0
-    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2).
-    a0, a1, b0, b1 = cos, -sin, sin, cos
-    a2 = c - a0 * c - a1 * c - tx
-    b2 = c - b0 * c - b1 * c - ty
-    zeros = tf.zeros_like(a0)
-    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    pixels = tf.raw_ops.ImageProjectiveTransformV3(
-        images=pixels, transforms=transforms, output_shape=tf.shape(pixels)[1:3],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
-    )
-
-    # Brightness and contrast jitter.
-    mean = tf.reduce_mean(pixels, axis=[1, 2, 3], keepdims=True)
-    gain = uniform(5, 1.0 - contrast, 1.0 + contrast)[:, None, None, None]
-    offset = uniform(6, -brightness, brightness)[:, None, None, None]
-    pixels = tf.clip_by_value((pixels - mean) * gain + mean + offset, 0.0, 255.0)
-
-    # Random erasing: one rectangle of 2-25% of the area, filled with noise, half the time.
-    erase_seeds = tf.random.experimental.stateless_split(seeds[7], 5)
-    e = lambda i, lo, hi: tf.random.stateless_uniform([batch], erase_seeds[i], lo, hi)  # noqa: E731
-    area = e(0, 0.02, erase_max_area) * size * size
-    aspect = tf.exp(e(1, math.log(0.3), math.log(3.3)))
-    h = tf.minimum(tf.sqrt(area * aspect), size)
-    w = tf.minimum(tf.sqrt(area / aspect), size)
-    y0 = e(2, 0.0, 1.0) * (size - h)
-    x0 = e(3, 0.0, 1.0) * (size - w)
-    active = e(4, 0.0, 1.0) < erase_prob
-    grid = tf.range(size)
-    in_y = (grid[None, :] >= y0[:, None]) & (grid[None, :] < (y0 + h)[:, None])
-    in_x = (grid[None, :] >= x0[:, None]) & (grid[None, :] < (x0 + w)[:, None])
-    mask = in_y[:, :, None] & in_x[:, None, :] & active[:, None, None]
-    noise = tf.random.stateless_uniform(tf.shape(pixels), seeds[6] + 1, 0.0, 255.0)
-    return tf.where(mask[..., None], noise, pixels)
+    draws_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    draws = tf.random.stateless_uniform([batch, augmentation.NUM_DRAWS], draws_seed)
+    noise = tf.random.stateless_uniform(tf.shape(pixels), noise_seed, 0.0, 255.0)
+    return augmentation.augment(pixels, draws, noise, **augmentation.PRESETS[preset])
 
 
 # --------------------------------------------------------------------------- datasets
@@ -159,7 +98,7 @@ def train_dataset(files: list[str], image_size: int, batch_size: int, seed: int 
     if augment_images:
         counter = tf.data.Dataset.counter()
         ds = tf.data.Dataset.zip((ds, counter)).map(
-            lambda b, i: (augment(b["pixels"], tf.stack([tf.cast(seed, tf.int64), i]), **AUGMENT_PRESETS[augment_preset]),
+            lambda b, i: (augment_batch(b["pixels"], tf.stack([tf.cast(seed, tf.int64), i]), augment_preset),
                           b["label"]),
             num_parallel_calls=AUTOTUNE,
         )
@@ -172,22 +111,3 @@ def eval_dataset(files: list[str], image_size: int, batch_size: int = 256) -> tf
     """Every record once, in file order: dicts with pixels, label, uri, sha256."""
     ds = tf.data.TFRecordDataset(files).batch(batch_size)
     return ds.map(lambda s: decode_batch(s, image_size), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
-
-
-def load_arrays(files: list[str], image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A whole (small) split as numpy arrays: (N, S, S, 1) float32 pixels and int labels."""
-    xs, ys = [], []
-    for batch in eval_dataset(files, image_size):
-        xs.append(batch["pixels"].numpy())
-        ys.append(batch["label"].numpy())
-    if not xs:
-        return np.zeros((0, image_size, image_size, 1), np.float32), np.zeros((0,), np.int32)
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def class_weights(counts: dict[str, int], power: float = 0.5) -> np.ndarray:
-    """Per-class loss weights (N / (K n_c)) ** power, normalised to mean 1 over examples."""
-    n = np.array([max(1, counts.get(label, 0)) for label in LABELS], np.float64)
-    w = (n.sum() / (NUM_CLASSES * n)) ** power
-    w *= n.sum() / (w * n).sum()
-    return w.astype(np.float32)

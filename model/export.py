@@ -5,6 +5,7 @@
                                                 serve_pixels (float pixels -> probabilities)
     DIR/metadata.json               labels, image size, preprocessing, schema, data fingerprint,
                                     metrics, command and versions
+    DIR/MODEL_CARD.md               intended use, data, recipe, metrics, cross-checks, known limits
 
 Loading refuses a model whose labels or schema disagree with this code.
 """
@@ -22,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from model import serving, tta
 from schemas import LABELS, LABELS_VERSION, SCHEMA_VERSION
 
 METADATA = "metadata.json"
@@ -50,22 +52,22 @@ def versions() -> dict:
     }
 
 
-def _serving_module(model: keras.Model, image_size: int) -> keras.export.ExportArchive:
+def _serving_module(model: keras.Model, image_size: int, tta_mode: str = "none") -> keras.export.ExportArchive:
+    """serve: encoded image bytes -> probabilities, with model/preprocess.py's steps (model/serving.py)
+    and the recommended test-time augmentation, so a deployed SavedModel is the model predict evaluated.
+    serve_pixels: already preprocessed pixels -> probabilities (same TTA)."""
     archive = keras.export.ExportArchive()
     archive.track(model)
 
     def probabilities(pixels):
-        return tf.nn.softmax(tf.cast(model(pixels, training=False), tf.float32), axis=-1)
-
-    def decode_one(data):
-        image = tf.io.decode_image(data, channels=1, expand_animations=False, dtype=tf.uint8)
-        image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size], method="area", antialias=True)
-        return tf.clip_by_value(tf.round(image), 0.0, 255.0)
+        return tta.probabilities(lambda views: model(views, training=False), pixels, tta_mode)
 
     archive.add_endpoint(
         name="serve",
         fn=lambda images: {
-            "probabilities": probabilities(tf.map_fn(decode_one, images, fn_output_signature=tf.float32)),
+            "probabilities": probabilities(
+                tf.map_fn(lambda data: serving.preprocess(data, image_size), images, fn_output_signature=tf.float32)
+            ),
             "labels": tf.constant(list(LABELS)),
         },
         input_signature=[tf.TensorSpec([None], tf.string, name="images")],
@@ -89,7 +91,8 @@ def export(model: keras.Model, model_dir: str, metadata: dict) -> dict:
         local = os.path.join(tmp, "model.keras")
         model.save(local)
         tf.io.gfile.copy(local, f"{export_dir}/model.keras", overwrite=True)
-    _serving_module(model, image_size).write_out(f"{export_dir}/saved_model", verbose=False)
+    _serving_module(model, image_size, metadata.get("recommended_tta", "none")).write_out(
+        f"{export_dir}/saved_model", verbose=False)
     metadata = {
         "labels": list(LABELS),
         "labels_version": LABELS_VERSION,
@@ -97,8 +100,10 @@ def export(model: keras.Model, model_dir: str, metadata: dict) -> dict:
         "image_size": image_size,
         "input": "float32 pixels in [0, 255], shape (N, S, S, 1), grayscale",
         "preprocessing": {
-            "function": "beam_pipelines.preprocess.preprocess",
+            "function": "model.preprocess.preprocess",
             "steps": "OpenCV decode -> 8-bit grayscale -> optional Haar face crop -> centre square -> resize (INTER_AREA)",
+            "serving": "model.serving.preprocess: the same steps in TensorFlow ops (no face crop), then the "
+                       "recommended TTA",
         },
         "model_fingerprint": fingerprint,
         "model_version": f"{model.name}-{fingerprint[:12]}",
@@ -109,7 +114,23 @@ def export(model: keras.Model, model_dir: str, metadata: dict) -> dict:
     }
     with tf.io.gfile.GFile(f"{model_dir.rstrip('/')}/{METADATA}", "w") as f:
         f.write(json.dumps(metadata, indent=2) + "\n")
+    write_model_card(model_dir, metadata)
     return metadata
+
+
+def write_model_card(model_dir: str, metadata: dict) -> str:
+    """DIR/MODEL_CARD.md from the metadata (model/templates/model_card.md.j2); returns its path."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("model", "templates"), autoescape=False,
+                             undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
+    per_class = [name for name in ("test", f"test_{metadata.get('recommended_tta')}_tta") if name in metadata.get("metrics", {})]
+    card = env.get_template("model_card.md.j2").render(
+        m=metadata, imported=metadata.get("training", {}).get("imported_run"), per_class_splits=per_class)
+    path = f"{model_dir.rstrip('/')}/MODEL_CARD.md"
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(card)
+    return path
 
 
 def read_metadata(model_dir: str) -> dict:
@@ -148,17 +169,18 @@ def load(model_dir: str) -> tuple[keras.Model, dict]:
 
 def main(argv=None) -> None:
     """Rebuilds DIR/export/saved_model from DIR/export/model.keras (the shipped model carries only the
-    .keras file to stay small):  python -m model.export --model-dir model/shipped"""
+    .keras file to stay small) and DIR/MODEL_CARD.md:  python -m model.export --model-dir model/shipped"""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m model.export")
     p.add_argument("--model-dir", required=True)
     args = p.parse_args(argv)
     model, metadata = load(args.model_dir)
-    _serving_module(model, int(metadata["image_size"])).write_out(
+    _serving_module(model, int(metadata["image_size"]), metadata.get("recommended_tta", "none")).write_out(
         f"{args.model_dir.rstrip('/')}/export/saved_model", verbose=False
     )
-    print(f"wrote {args.model_dir.rstrip('/')}/export/saved_model")
+    write_model_card(args.model_dir, metadata)
+    print(f"wrote {args.model_dir.rstrip('/')}/export/saved_model and MODEL_CARD.md")
 
 
 if __name__ == "__main__":

@@ -30,19 +30,28 @@ import time
 
 import tensorflow as tf
 
+from beam_pipelines.errors import UsageError
+from model.augment import PRESETS
+from model.tta import MODES as TTA_MODES
+
 log = logging.getLogger("emotion")
 
 
-def parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emotion train", description="tf.distribute training on ingest output")
+    p.add_argument("--config", default=None,
+                   help="recipe: a checked-in name (model/recipes/NAME.toml, e.g. shipped, demo) or a TOML path; "
+                        "flags given on the command line override it")
     p.add_argument("--data", required=True, help="ingest output folder (tfrecords/ and stats.json)")
     p.add_argument("--model-dir", required=True, help="checkpoints, logs, history, export (local or gs://)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30,
+                   help="0 with --import-run: evaluate and export weights trained elsewhere")
     p.add_argument("--batch-size", type=int, default=64, help="per replica; the global batch scales with replicas")
     p.add_argument("--strategy", choices=["auto", "one-device", "mirrored", "multi-worker"], default="auto")
     p.add_argument("--cpu-replicas", type=int, default=0, help="split the CPU into N logical devices (mirrored)")
-    p.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto", help="auto: on with GPUs")
-    p.add_argument("--arch", default="vgg_s", help="vgg_s, vgg_xs or resnet_s")
+    p.add_argument("--mixed-precision", choices=["auto", "on", "off"], default="auto",
+                   help="auto: float16 on GPUs, bfloat16 on CPUs with AVX512_BF16 or AMX, else float32")
+    p.add_argument("--arch", default="vgg_s", help="vgg_s, vgg_xs, vgg_m or resnet_s")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     p.add_argument("--lr", type=float, default=None, help="peak LR for a global batch of 256 (sgd 0.1, adamw 2e-3)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -55,13 +64,41 @@ def parse_args(argv):
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
     p.add_argument("--resume", action="store_true", help="resume (the default when checkpoints exist)")
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--augment", choices=["strong", "light"], default="strong", help="augmentation preset")
+    p.add_argument("--augment", choices=sorted(PRESETS), default="strong", help="augmentation preset")
+    p.add_argument("--tta", choices=["auto", *TTA_MODES], default="auto",
+                   help="test-time augmentation the export recommends; auto: the best on val")
     p.add_argument("--init-weights", default=None,
-                   help="start from an exported model dir (or .weights.h5), e.g. to fine-tune; ignored on resume")
+                   help="start from an exported model dir (or .weights.h5; 'shipped': the shipped model), "
+                        "e.g. to fine-tune; ignored on resume")
+    p.add_argument("--import-run", default=None,
+                   help="folder written by model/train_portable.py (weights, history, run.json): evaluate and "
+                        "export its weights here instead of training (implies --epochs 0)")
     p.add_argument("--seed", type=int, default=42)
+    return p
+
+
+def parse_args(argv):
+    from model import recipe
+
+    p = build_parser()
+    argv = list(argv if argv is not None else sys.argv[1:])
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", default=None)
+    known, _ = config.parse_known_args(argv)
+    recipe_values = {}
+    if known.config:
+        allowed = {a.dest for a in p._actions} - {"help", "config", "data", "model_dir"}
+        try:
+            recipe_values = recipe.load(known.config, allowed)
+        except recipe.RecipeError as exc:
+            raise UsageError(str(exc)) from None
+        p.set_defaults(**recipe_values)
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1:
-        p.error("--epochs and --batch-size must be positive")
+    args.recipe = recipe_values
+    if args.import_run:
+        args.epochs = 0
+    if args.epochs < 0 or args.batch_size < 1 or (args.epochs == 0 and not args.import_run):
+        raise UsageError("--epochs and --batch-size must be positive (--epochs 0 only with --import-run)")
     return args
 
 
@@ -118,11 +155,51 @@ def worker_dir(model_dir: str, strategy, name: str) -> str:
     return f"{model_dir}/.workers/{resolver.task_type}-{resolver.task_id}/{name}"
 
 
+def cpu_has_bfloat16() -> bool:
+    """AVX512_BF16 or AMX: the CPU computes bfloat16 natively (Linux /proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def precision_policy(mode: str, has_gpu: bool) -> str:
+    """The Keras dtype policy for --mixed-precision: auto picks what the hardware runs fastest."""
+    if mode == "off":
+        return "float32"
+    if has_gpu:
+        return "mixed_float16"
+    if mode == "on" or cpu_has_bfloat16():
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def import_run(run_dir: str, best_weights: str, history_path: str) -> tuple[dict, list[dict]]:
+    """Copies a portable run's weights and history into this model dir; returns (run.json, history rows)."""
+    run_dir = run_dir.rstrip("/")
+    for name in ("best.weights.h5", "history.csv", "run.json"):
+        if not tf.io.gfile.exists(f"{run_dir}/{name}"):
+            raise UsageError(f"--import-run {run_dir} has no {name}: not a model/train_portable.py output")
+    tf.io.gfile.makedirs(os.path.dirname(best_weights))
+    tf.io.gfile.copy(f"{run_dir}/best.weights.h5", best_weights, overwrite=True)
+    tf.io.gfile.copy(f"{run_dir}/history.csv", history_path, overwrite=True)
+    with tf.io.gfile.GFile(f"{run_dir}/run.json") as f:
+        info = json.load(f)
+    with tf.io.gfile.GFile(history_path) as f:
+        history = list(csv.DictReader(f))
+    return info, history
+
+
 def init_from(model, source: str) -> None:
     """Loads weights from an exported model directory (its model.keras) or a .weights.h5 file."""
     import tempfile
 
+    from model import resolve_model_dir
     from model.export import load
+
+    source = resolve_model_dir(source)
 
     if source.endswith(".weights.h5"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -132,20 +209,8 @@ def init_from(model, source: str) -> None:
         return
     exported, _ = load(source)
     if [w.shape for w in exported.get_weights()] != [w.shape for w in model.get_weights()]:
-        raise ValueError(f"{source} is a {exported.name}, which does not match --arch {model.name}")
+        raise UsageError(f"--init-weights {source} is a {exported.name}, which does not match --arch {model.name}")
     model.set_weights(exported.get_weights())
-
-
-# =========================================================================== schedule
-
-
-def lr_at(step, peak: float, warmup_steps: int, total_steps: int):
-    """Linear warm-up, then cosine decay to 1% of the peak (a function of the global step)."""
-    step = tf.cast(step, tf.float32)
-    warm = peak * (step + 1.0) / float(max(1, warmup_steps))
-    progress = tf.clip_by_value((step - warmup_steps) / float(max(1, total_steps - warmup_steps)), 0.0, 1.0)
-    cosine = peak * (0.01 + 0.99 * 0.5 * (1.0 + tf.cos(math.pi * progress)))
-    return tf.where(step < warmup_steps, warm, cosine)
 
 
 # =========================================================================== main
@@ -157,7 +222,7 @@ def run(argv=None) -> dict:
 
     import keras
 
-    from model import archs, data, export, plots
+    from model import archs, data, export, optimization, plots
     from model import evaluate as evaluation
     from schemas import NUM_CLASSES
 
@@ -166,9 +231,10 @@ def run(argv=None) -> dict:
     replicas = strategy.num_replicas_in_sync
     global_batch = args.batch_size * replicas
     gpus = tf.config.list_physical_devices("GPU")
-    mixed = args.mixed_precision == "on" or (args.mixed_precision == "auto" and bool(gpus))
-    if mixed:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = precision_policy(args.mixed_precision, bool(gpus))
+    keras.mixed_precision.set_global_policy(policy)
+    mixed = policy != "float32"
+    loss_scaling = policy == "mixed_float16"  # bfloat16 has float32's exponent range: no loss scaling
     keras.utils.set_random_seed(args.seed)
 
     stats = data.read_stats(args.data)
@@ -179,26 +245,23 @@ def run(argv=None) -> dict:
         raise ValueError(f"{n_train} training images is fewer than one global batch of {global_batch}")
     steps_per_epoch = args.steps_per_epoch or max(1, n_train // global_batch)
     total_steps = steps_per_epoch * args.epochs
-    peak_lr = (args.lr or (0.1 if args.optimizer == "sgd" else 2e-3)) * global_batch / 256
-    weights = tf.constant(data.class_weights(stats["written"].get("train", {}), args.class_weight_power))
+    peak_lr = optimization.peak_lr(args.optimizer, args.lr, global_batch)
+    weights = tf.constant(optimization.class_weights(stats["written"].get("train", {}), args.class_weight_power))
 
     log.info(
         "train: %s, %d replica(s), global batch %d, %d steps/epoch x %d epochs, arch %s%s",
         strategy_name(strategy), replicas, global_batch, steps_per_epoch, args.epochs, args.arch,
-        ", mixed precision" if mixed else "",
+        f", {policy}" if mixed else "",
     )
 
     # ----------------------------------------------------------------- model, optimizer, checkpoint
     with strategy.scope():
         model = archs.build(args.arch, image_size, NUM_CLASSES)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-        schedule = lambda: lr_at(step_var, peak_lr, int(args.warmup_epochs * steps_per_epoch), total_steps)  # noqa: E731
-        if args.optimizer == "sgd":
-            optimizer = keras.optimizers.SGD(learning_rate=peak_lr, momentum=0.9, nesterov=True,
-                                             weight_decay=args.weight_decay)
-        else:
-            optimizer = keras.optimizers.AdamW(learning_rate=peak_lr, weight_decay=args.weight_decay * 100)
-        if mixed:
+        lr_schedule = optimization.WarmupCosine(peak_lr, int(args.warmup_epochs * steps_per_epoch), total_steps)
+        schedule = lambda: lr_schedule(step_var)  # noqa: E731
+        optimizer = optimization.build_optimizer(args.optimizer, peak_lr, args.weight_decay)
+        if loss_scaling:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
         best_f1 = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="best_val_macro_f1")
@@ -237,7 +300,7 @@ def run(argv=None) -> dict:
             smoothed = onehot * (1.0 - args.label_smoothing) + args.label_smoothing / NUM_CLASSES
             per_example = tf.nn.softmax_cross_entropy_with_logits(smoothed, logits) * tf.gather(weights, labels)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-            scaled = optimizer.scale_loss(loss) if mixed else loss
+            scaled = optimizer.scale_loss(loss) if loss_scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
@@ -301,6 +364,13 @@ def run(argv=None) -> dict:
             local = os.path.join(tmp, "best.weights.h5")
             model.save_weights(local)
             tf.io.gfile.copy(local, best_weights, overwrite=True)
+
+    # ----------------------------------------------------------------- weights trained elsewhere
+    imported = None
+    if args.import_run:
+        imported, history = import_run(args.import_run, best_weights, history_path)
+        log.info("train: imported %s (%s, %d epochs); evaluating and exporting it",
+                 args.import_run, imported.get("device", "?"), len(history))
 
     # ----------------------------------------------------------------- the loop
     start_step = int(step_var.numpy())
@@ -385,6 +455,8 @@ def run(argv=None) -> dict:
 
     # ----------------------------------------------------------------- export (chief only)
     plots.training_curves(history, f"{model_dir}/plots/training_curves.png")
+    # The export computes in float32 whatever precision trained it: predict and serving see one model.
+    keras.mixed_precision.set_global_policy("float32")
     final = archs.build(args.arch, image_size, NUM_CLASSES)
     import tempfile
 
@@ -400,10 +472,13 @@ def run(argv=None) -> dict:
 
     splits = [split for split, present in (("val", has_val), ("test", has_test)) if present]
     results = evaluation.evaluate_all(predict_final, args.data, splits, image_size)
-    recommended_tta = evaluation.best_tta(results)  # chosen on val, never on test
+    # Chosen on val, never on test, unless the recipe fixes it.
+    recommended_tta = evaluation.best_tta(results) if args.tta == "auto" else args.tta
     best_epoch = None
-    if history and has_val:
+    if history and has_val and all(h.get("val_macro_f1") not in (None, "") for h in history):
         best_epoch = int(max(history, key=lambda h: float(h["val_macro_f1"]))["epoch"])
+    elif imported:
+        best_epoch = imported.get("best_epoch")
     metadata = export.export(
         final,
         model_dir,
@@ -420,16 +495,19 @@ def run(argv=None) -> dict:
                 "strategy": strategy_name(strategy),
                 "replicas": replicas,
                 "global_batch": global_batch,
-                "epochs_run": epoch,
+                "epochs_run": len(history) if imported else epoch,
                 "steps": int(step_var.numpy()),
                 "best_epoch": best_epoch,
                 "stopped_early": stopped_early,
-                "mixed_precision": mixed,
+                "mixed_precision": policy,
                 "optimizer": args.optimizer,
                 "peak_lr": peak_lr,
                 "seconds_this_run": round(train_seconds, 1),
                 "resumed_from_step": start_step,
+                **({"imported_run": imported} if imported else {}),
             },
+            "recipe": {"config": args.recipe.get("config"),
+                       "values": {k: v for k, v in args.recipe.items() if k != "config"}} if args.recipe else None,
             "metrics": {
                 name: {k: v for k, v in m.items() if k != "confusion"} | {"confusion": m["confusion"]}
                 for name, m in results.items()
@@ -437,6 +515,7 @@ def run(argv=None) -> dict:
         },
     )
     for name, m in results.items():
-        log.info("train: %-15s accuracy %.4f  macro-F1 %.4f  (%d images)", name, m["accuracy"], m["macro_f1"], m["examples"])
+        log.info("train: %-15s accuracy %.4f  macro-F1 %.4f  ECE %.3f  (%d images)", name, m["accuracy"],
+                 m["macro_f1"], m["ece"], m["examples"])
     log.info("train: exported %s to %s/export", metadata["model_version"], model_dir)
     return metadata

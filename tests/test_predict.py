@@ -184,3 +184,38 @@ def test_tta_makes_mirror_images_agree(model_dir, tmp_path):
     np.testing.assert_allclose(probs["flip"]["a.png"], probs["flip"]["b.png"], atol=1e-5)
     np.testing.assert_allclose(probs["crops"]["a.png"], probs["crops"]["b.png"], atol=1e-5)
     np.testing.assert_allclose(probs["flip"]["a.png"], (probs["none"]["a.png"] + probs["none"]["b.png"]) / 2, atol=1e-5)
+
+
+def test_face_crop_rejects_frames_without_a_face(model_dir, tmp_path):
+    """--face-crop: a frame where the detector finds no face is a rejected row (no_face), never a guess;
+    a face pasted into a larger frame is found and predicted."""
+    import cv2
+
+    from model.preprocess import PreprocessError, face_box
+
+    def framed(path):
+        frame = np.full((400, 300), 120, np.uint8)
+        face = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        frame[100:292, 60:252] = cv2.resize(face, (192, 192), interpolation=cv2.INTER_CUBIC)
+        return frame
+
+    def detected(frame):
+        try:
+            return face_box(frame) is not None
+        except PreprocessError:
+            return False
+
+    # A frame the detector finds a face in (it misses some tight FER crops; bench/face_crop_bench.py).
+    frame = next(f for f in map(framed, sorted(SAMPLE.glob("happy/*.jpg"))) if detected(f))
+    blank = np.random.default_rng(0).integers(100, 140, (300, 300)).astype(np.uint8)
+    (tmp_path / "in" / "happy").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "in" / "happy" / "framed.png"), frame)
+    cv2.imwrite(str(tmp_path / "in" / "happy" / "no_face.png"), blank)
+    out = tmp_path / "out"
+    summary = predict.run(["--input", str(tmp_path / "in"), "--output", str(out), "--model", str(model_dir),
+                           "--face-crop"])
+    assert summary["totals"]["matched"] == 2 and summary["totals"]["balanced"]
+    assert summary["rejected"] == {"no_face": 1}
+    rejected = read_table(out, "rejected").to_pylist()
+    assert [(r["uri"].rsplit("/", 1)[1], r["reason"]) for r in rejected] == [("no_face.png", "no_face")]
+    assert [r["uri"].rsplit("/", 1)[1] for r in read_table(out, "predictions").to_pylist()] == ["framed.png"]

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from beam_pipelines.preprocess import PreprocessError, crop_face, decode_gray, pixel_hash, preprocess, sniff_format
+from model.preprocess import PreprocessError, crop_face, decode_gray, pixel_hash, preprocess, sniff_format
 from conftest import jpeg_with_orientation, synthetic_face
 from schemas import LABELS, PREDICTIONS_SCHEMA, bigquery_schema, canonical_label, canonical_split, encode_example
 from schemas.tfrecord import FEATURES, tfrecord_frame

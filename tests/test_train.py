@@ -144,10 +144,13 @@ def test_exported_model_agrees_with_weights_and_serving_signature(tiny_model):
     pixels = rng.integers(0, 256, (5, 48, 48, 1)).astype(np.float32)
     np.testing.assert_allclose(model.predict(pixels, verbose=0), reference.predict(pixels, verbose=0), atol=1e-5)
 
+    from model import tta
+
     served = tf.saved_model.load(str(tiny_model / "export" / "saved_model"))
     encoded = [cv2.imencode(".png", p[:, :, 0].astype(np.uint8))[1].tobytes() for p in pixels]
     probs = served.serve(tf.constant(encoded))["probabilities"].numpy()
-    expected = tf.nn.softmax(model(pixels)).numpy()
+    # Serving applies the TTA the model recommends, as predict does.
+    expected = tta.probabilities(model, tf.constant(pixels), meta["recommended_tta"]).numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(served.serve_pixels(tf.constant(pixels))["probabilities"].numpy(), expected, atol=1e-5)

@@ -1,6 +1,10 @@
-"""The one preprocessing function shared by ingest and predict.
+"""The model's input contract: the one preprocessing function that ingest, predict and training use.
 
-decode (OpenCV) -> 8-bit grayscale -> optional Haar-cascade face crop -> resize.
+decode (OpenCV) -> 8-bit grayscale -> optional Haar-cascade face crop -> centre square -> resize.
+
+It lives with the model, not the pipelines (it imports neither Beam nor TensorFlow): the exported
+SavedModel's `serve` signature re-expresses these steps in TensorFlow ops (model/serving.py), and
+tests/test_serving.py holds the two to the same probabilities on a corpus of awkward images.
 
 Every failure raises `PreprocessError(reason, detail)`; the pipelines turn it into a
 dead-letter row, so a bad file never crashes a job.
@@ -205,8 +209,13 @@ def _cascade():
     return cascade
 
 
-def crop_face(gray: np.ndarray, margin: float = 0.15) -> np.ndarray:
-    """Crops the largest frontal face (Haar cascade) with a margin, as a square."""
+# Margin around the detected box, as a share of its side on each side: FER2013's faces show the
+# whole face with a little forehead and chin, a little more than the Haar box (bench/face_crop_bench.py).
+FACE_MARGIN = 0.15
+
+
+def face_box(gray: np.ndarray) -> tuple[float, float, float, float]:
+    """(x, y, w, h) of the largest frontal face (Haar cascade), in the image's pixels."""
     h, w = gray.shape
     scale = 1.0
     probe = gray
@@ -220,7 +229,13 @@ def crop_face(gray: np.ndarray, margin: float = 0.15) -> np.ndarray:
     if len(faces) == 0:
         raise PreprocessError("no_face", "no frontal face found by the Haar cascade")
     x, y, fw, fh = max(faces, key=lambda f: (f[2] * f[3], -f[0], -f[1]))
-    x, y, fw, fh = (v / scale for v in (x, y, fw, fh))
+    return tuple(float(v) / scale for v in (x, y, fw, fh))
+
+
+def crop_box(gray: np.ndarray, box: tuple[float, float, float, float], margin: float = FACE_MARGIN) -> np.ndarray:
+    """A square around the box's centre, its side the box's longer side plus `margin` on each side."""
+    h, w = gray.shape
+    x, y, fw, fh = box
     side = max(fw, fh) * (1 + 2 * margin)
     cx, cy = x + fw / 2, y + fh / 2
     x0, y0 = int(round(max(0, cx - side / 2))), int(round(max(0, cy - side / 2)))
@@ -228,27 +243,43 @@ def crop_face(gray: np.ndarray, margin: float = 0.15) -> np.ndarray:
     return gray[y0:y1, x0:x1]
 
 
-def resize(gray: np.ndarray, size: int) -> np.ndarray:
+def crop_face(gray: np.ndarray, margin: float = FACE_MARGIN) -> np.ndarray:
+    """Crops the largest frontal face (Haar cascade) with a margin, as a square; no face: PreprocessError."""
+    return crop_box(gray, face_box(gray), margin)
+
+
+def resize(gray: np.ndarray, size: int, as_float: bool = False) -> np.ndarray:
+    """Centre square, then INTER_AREA down / INTER_LINEAR up to (size, size).
+
+    as_float: resample in float32 and keep the result unrounded (what predict feeds the model, and what
+    the SavedModel's `serve` computes in TensorFlow ops); otherwise 8-bit, for TFRecords.
+    """
     h, w = gray.shape
-    if (h, w) == (size, size):
-        return gray
     if h != w:  # centre-crop to a square first: faces are not stretched
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
         gray = gray[top : top + side, left : left + side]
+    if as_float:
+        gray = gray.astype(np.float32)
+    if gray.shape[0] == size:
+        return gray
     interpolation = cv2.INTER_AREA if gray.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(gray, (size, size), interpolation=interpolation)
 
 
 def preprocess(
-    data: bytes, image_size: int = 48, face_crop: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, image_size: int = 48, face_crop: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+    as_float: bool = False,
 ) -> tuple[np.ndarray, str]:
-    """Encoded bytes -> (image_size x image_size uint8 grayscale, pixel hash of the decoded source)."""
+    """Encoded bytes -> (image_size x image_size grayscale, pixel hash of the decoded source).
+
+    uint8 for TFRecords (ingest); float32 in [0, 255], not rounded, with as_float (predict).
+    """
     gray = decode_gray(data, max_pixels)
     digest = pixel_hash(gray)
     if face_crop:
         gray = crop_face(gray)
-    return resize(gray, image_size), digest
+    return resize(gray, image_size, as_float), digest
 
 
 def image_metrics(gray: np.ndarray) -> tuple[float, float, float]:

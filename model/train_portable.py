@@ -1,0 +1,241 @@
+"""Portable training: the same architectures, recipes, augmentation, loss and LR schedule as
+`emotion train`, on any Keras 3 backend, from numpy arrays. It exists for accelerator machines that
+have JAX but no TensorFlow; its output is imported back here by `emotion train --import-run`, which
+evaluates on val and test, chooses the TTA on val and exports through the usual path.
+
+    # 1. here (TensorFlow): the ingest output's train and val splits as one array file
+    python -m model.train_portable export-arrays --data /tmp/fer-out --output /tmp/fer-arrays.npz
+    # 2. on the accelerator (no TensorFlow needed)
+    KERAS_BACKEND=jax python -m model.train_portable train --arrays fer-arrays.npz --config shipped \\
+        --out run/ [--max-seconds 420]
+    # 3. here: evaluate (val, test), choose TTA on val, export
+    emotion train --config shipped --data /tmp/fer-out --model-dir /tmp/ship --import-run run/
+
+`train` writes run/best.weights.h5 (the epoch with the best val macro-F1), run/history.csv (the
+columns of `emotion train`'s history) and run/run.json (device, epochs, timings, data fingerprint).
+
+--max-seconds caps the wall time: a short probe measures the step time, and the number of epochs
+is cut to what fits (the schedule is then built for that many epochs, so the cosine still ends);
+run.json records the epochs actually run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import lzma
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from schemas import LABELS
+
+SPLITS = ("train", "val")
+
+
+# =========================================================================== export-arrays (TensorFlow side)
+
+
+def export_arrays(data_dir: str, output: str) -> dict:
+    """Writes OUTPUT (.npz): uint8 pixels and int labels of the train and val splits, plus stats."""
+    from model import data
+
+    stats = data.read_stats(data_dir)
+    size = int(stats["image_size"])
+    arrays = {}
+    for split in SPLITS:
+        xs, ys = [], []
+        for batch in data.eval_dataset(data.split_files(data_dir, split), size):
+            xs.append(batch["pixels"].numpy().astype(np.uint8))
+            ys.append(batch["label"].numpy().astype(np.int8))
+        arrays[f"{split}_pixels"] = np.concatenate(xs)
+        arrays[f"{split}_labels"] = np.concatenate(ys)
+    info = {"data": data_dir, "fingerprint": stats.get("fingerprint"), "image_size": size,
+            "labels": list(LABELS), "train_counts": stats["written"].get("train", {}),
+            "examples": {s: int(len(arrays[f"{s}_labels"])) for s in SPLITS}}
+    np.savez(output, info=np.array(json.dumps(info)), **arrays)
+    return info
+
+
+def load_arrays(path: str) -> tuple[dict, dict]:
+    """(arrays, info) from an export-arrays file; .xz-compressed copies are read too."""
+    if path.endswith(".xz"):
+        with tempfile.NamedTemporaryFile(suffix=".npz", delete=False) as tmp, lzma.open(path) as src:
+            shutil.copyfileobj(src, tmp, length=1 << 24)
+        path = tmp.name
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files if k != "info"}
+        info = json.loads(str(f["info"]))
+    if tuple(info["labels"]) != LABELS:
+        raise ValueError(f"{path} has labels {info['labels']}, this code expects {list(LABELS)}")
+    return arrays, info
+
+
+# =========================================================================== train (any Keras backend)
+
+
+def macro_f1(model, pixels: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
+    """(accuracy, macro-F1) of the model's argmax (no TTA, as `emotion train` selects epochs)."""
+    from model import metrics
+
+    logits = model.predict(pixels, batch_size=batch_size, verbose=0)
+    summary = metrics.summarize(metrics.confusion(labels, np.argmax(logits, -1)))
+    return summary["accuracy"], summary["macro_f1"]
+
+
+def train(args) -> dict:
+    import keras
+
+    from model import archs, augment, optimization, recipe
+
+    r = recipe.load(args.config)
+    if args.seed is not None:
+        r["seed"] = args.seed
+    arch, batch, epochs = r.get("arch", "vgg_s"), int(r.get("batch_size", 128)), int(args.epochs or r["epochs"])
+    arrays, info = load_arrays(args.arrays)
+    x_train = arrays["train_pixels"].astype(np.float32)
+    y_train = arrays["train_labels"].astype(np.int32)
+    x_val, y_val = arrays["val_pixels"].astype(np.float32), arrays["val_labels"].astype(np.int32)
+    size = int(info["image_size"])
+
+    device = keras.config.backend()
+    has_accelerator = device == "jax" and _jax_platform() != "cpu"
+    policy = "float32" if r.get("mixed_precision", "auto") == "off" else ("mixed_bfloat16" if has_accelerator else "float32")
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(int(r.get("seed", 42)))
+
+    steps_per_epoch = len(x_train) // batch
+    peak = optimization.peak_lr(r.get("optimizer", "sgd"), r.get("lr"), batch)
+    class_w = optimization.class_weights(info["train_counts"], float(r.get("class_weight_power", 0.5)))
+    sample_w = class_w[y_train]
+    onehot = np.eye(len(LABELS), dtype=np.float32)[y_train]
+
+    net = archs.build(arch, size, len(LABELS))
+    trainer = keras.Sequential([keras.Input((size, size, 1)),
+                                augment.RandomAugment(r.get("augment", "light"), seed=int(r.get("seed", 42))), net])
+    initial = trainer.get_weights()
+
+    def compile_for(n_epochs: int):
+        schedule = optimization.WarmupCosine(peak, int(float(r.get("warmup_epochs", 1.0)) * steps_per_epoch),
+                                             steps_per_epoch * n_epochs)
+        trainer.compile(
+            optimizer=optimization.build_optimizer(r.get("optimizer", "sgd"), schedule, float(r.get("weight_decay", 5e-4))),
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                      label_smoothing=float(r.get("label_smoothing", 0.1))),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            steps_per_execution=args.steps_per_execution,
+        )
+
+    started = time.time()
+    # ---------------------------------------------------------------- probe: step time -> epochs that fit
+    if args.max_seconds:
+        compile_for(epochs)
+        probe = min(len(x_train), 40 * batch)
+        fit_kw = dict(batch_size=batch, epochs=1, verbose=0, shuffle=False)
+        trainer.fit(x_train[:probe], onehot[:probe], sample_weight=sample_w[:probe], **fit_kw)  # compiles
+        t0 = time.time()
+        trainer.fit(x_train[:probe], onehot[:probe], sample_weight=sample_w[:probe], **fit_kw)
+        epoch_seconds = (time.time() - t0) / (probe // batch) * steps_per_epoch * 1.25 + 1.0  # +val, +slack for contention
+        left = args.max_seconds - (time.time() - started) - 30  # 30 s: recompile and saving
+        fitting = max(1, int(left // epoch_seconds))
+        print(f"probe: {epoch_seconds:.2f} s/epoch; {fitting} epochs fit in {left:.0f} s", flush=True)
+        if fitting < epochs:
+            epochs = fitting
+        trainer.set_weights(initial)
+    compile_for(epochs)
+
+    # ---------------------------------------------------------------- train, select on val
+    os.makedirs(args.out, exist_ok=True)
+    best = {"f1": -1.0, "epoch": None}
+    history: list[dict] = []
+
+    class Track(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            elapsed = time.time() - self.t0
+            acc, f1 = macro_f1(net, x_val, y_val)
+            lr = float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate))
+            history.append({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": lr,
+                            "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
+                            "images_per_s": steps_per_epoch * batch / max(elapsed, 1e-9),
+                            "epoch_seconds": elapsed, "val_accuracy": acc, "val_macro_f1": f1})
+            if f1 > best["f1"]:
+                best.update(f1=f1, epoch=epoch + 1)
+                net.save_weights(os.path.join(args.out, "best.weights.h5"))
+            _write_history(os.path.join(args.out, "history.csv"), history)
+            print(f"epoch {epoch + 1}/{epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
+                  f"val acc {acc:.4f}  val macro-F1 {f1:.4f}  {elapsed:.1f}s", flush=True)
+            if args.max_seconds and time.time() - started > args.max_seconds:
+                print("max-seconds reached: stopping", flush=True)
+                self.model.stop_training = True
+
+    trainer.fit(x_train, onehot, sample_weight=sample_w, batch_size=batch, epochs=epochs, shuffle=True,
+                verbose=0, callbacks=[Track()])
+    run = {
+        "trainer": "model/train_portable.py", "backend": device, "device": _device_name(),
+        "precision_policy": policy, "config": args.config, "recipe": {k: v for k, v in r.items() if k != "config"},
+        "epochs_planned": epochs, "epochs_run": len(history), "best_epoch": best["epoch"],
+        "best_val_macro_f1": best["f1"], "global_batch": batch, "peak_lr": peak,
+        "train_seconds": round(time.time() - started, 1), "data_fingerprint": info.get("fingerprint"),
+        "examples": info["examples"], "keras": keras.__version__, "command": " ".join(sys.argv),
+    }
+    with open(os.path.join(args.out, "run.json"), "w") as f:
+        f.write(json.dumps(run, indent=2) + "\n")
+    return run
+
+
+def _write_history(path: str, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _jax_platform() -> str:
+    import jax
+
+    return jax.devices()[0].platform
+
+
+def _device_name() -> str:
+    try:
+        import jax
+
+        return str(jax.devices()[0].device_kind)
+    except ImportError:
+        import platform
+
+        return platform.processor() or "cpu"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m model.train_portable")
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export-arrays", help="ingest output -> train/val arrays (.npz); needs TensorFlow")
+    e.add_argument("--data", required=True)
+    e.add_argument("--output", required=True)
+    t = sub.add_parser("train", help="train from an arrays file on any Keras backend")
+    t.add_argument("--arrays", required=True, help=".npz from export-arrays (or .npz.xz)")
+    t.add_argument("--config", default="shipped", help="recipe name or TOML path")
+    t.add_argument("--out", required=True)
+    t.add_argument("--seed", type=int, default=None, help="override the recipe's seed (another ensemble member)")
+    t.add_argument("--epochs", type=int, default=0, help="override the recipe's epochs (0: keep)")
+    t.add_argument("--steps-per-execution", type=int, default=1,
+                   help="training steps per compiled call: fewer host round-trips for small models on accelerators")
+    t.add_argument("--max-seconds", type=float, default=0, help="wall-time cap; epochs are cut to fit (0: none)")
+    args = p.parse_args(argv)
+    if args.command == "export-arrays":
+        print(json.dumps(export_arrays(args.data, args.output)))
+    else:
+        print(json.dumps(train(args), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -47,6 +47,7 @@ from beam_pipelines.common import (
 )
 from model.preprocess import (
     DEFAULT_MAX_PIXELS,
+    FACE_DETECTORS,
     IMAGE_EXTENSIONS,
     PreprocessError,
     is_non_data,
@@ -70,6 +71,9 @@ def parse_args(argv):
     crop.add_argument("--face-crop", dest="face_crop", action="store_true", default=None,
                       help="crop faces (default: as the model was trained)")
     crop.add_argument("--no-face-crop", dest="face_crop", action="store_false")
+    p.add_argument("--face-detector", choices=FACE_DETECTORS, default="haar",
+                   help="with --face-crop: haar (fast) or mtcnn (finds far more faces, ~4x slower per image; "
+                        "bench/face_crop_bench.py)")
     p.add_argument("--tta", choices=["none", "flip", "crops"], default=None,
                    help="test-time augmentation: flip (2 views), crops (10 shifted/mirrored views); "
                         "default: as the model's metadata recommends")
@@ -162,8 +166,9 @@ class ListImages(beam.DoFn):
 class DecodeImages(beam.DoFn):
     """A batch of paths -> (uri, (pixels, sha256, true_label, split)) per image; rejects on the side."""
 
-    def __init__(self, root, image_size, face_crop, max_pixels):
+    def __init__(self, root, image_size, face_crop, max_pixels, face_detector="haar"):
         self.root, self.image_size, self.face_crop, self.max_pixels = root, image_size, face_crop, max_pixels
+        self.face_detector = face_detector
 
     def process(self, paths):
         for path in paths:
@@ -176,7 +181,8 @@ class DecodeImages(beam.DoFn):
             try:
                 with FileSystems.open(path) as f:
                     data = f.read()
-                pixels, digest = preprocess(data, self.image_size, self.face_crop, self.max_pixels, as_float=True)
+                pixels, digest = preprocess(data, self.image_size, self.face_crop, self.max_pixels, as_float=True,
+                                            face_detector=self.face_detector)
             except PreprocessError as exc:
                 yield _reject(path, exc.reason, exc.detail)
                 continue
@@ -266,6 +272,7 @@ class WriteSummary(beam.DoFn):
             "model_version": self.model_info["model_version"],
             "model_fingerprint": self.model_info["model_fingerprint"],
             "face_crop": self.args.face_crop,
+            "face_detector": self.args.face_detector if self.args.face_crop else None,
             "tta": self.args.tta,
             "totals": {
                 "matched": matched,
@@ -311,7 +318,8 @@ class Predict(beam.PTransform):
             decoded = (
                 listing.batches
                 | "SpreadBatches" >> beam.Reshuffle()
-                | "DecodeImages" >> beam.ParDo(DecodeImages(a.input, self.image_size, a.face_crop, a.max_pixels))
+                | "DecodeImages" >> beam.ParDo(DecodeImages(a.input, self.image_size, a.face_crop, a.max_pixels,
+                                                                      a.face_detector))
                 .with_outputs("rejected", main="images")
             )
             inputs, rejected, counts = decoded.images, decoded.rejected, listing.counts

@@ -4,9 +4,10 @@ FER2013 faces are upscaled and pasted into larger frames (2-4x the face size, ra
 flat / noise / gradient backgrounds, brightness 0.7-1.3x). Then, side by side in one run:
 
   crops      `emotion predict` on the original 48x48 faces (the reference)
-  haar       `emotion predict --face-crop` on the frames (the product path: OpenCV's Haar cascade)
-  mtcnn      the `mtcnn` package's detector (if installed) on the same frames, cropped with the same
-             margin rule, through the same model and TTA (in process; detection time measured alone)
+  frames     `emotion predict --face-crop --face-detector haar|mtcnn` on the frames (the product path)
+  in process every detector of model.preprocess (haar, mtcnn) on the same frames, for each crop
+             margin, through the same model and TTA; the reference is the model on the same faces
+             uncropped, on the same subset (detection time measured alone)
 
 Accuracy on frames counts a frame with no face found as a miss ("all frames") and also among
 frames where a face was found. --margins tunes the crop margin on *train* faces (never test)
@@ -73,9 +74,9 @@ def write_sets(faces, out: pathlib.Path, seed: int) -> None:
             cv2.imwrite(str(target), image)
 
 
-def emotion_predict(input_dir: pathlib.Path, out: pathlib.Path, model: str, face_crop: bool) -> dict:
+def emotion_predict(input_dir: pathlib.Path, out: pathlib.Path, model: str, detector: str | None) -> dict:
     cmd = [sys.executable, "-m", "beam_pipelines.cli", "predict", "--input", str(input_dir), "--output", str(out),
-           "--model", model] + (["--face-crop"] if face_crop else [])
+           "--model", model] + (["--face-crop", "--face-detector", detector] if detector else [])
     t = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     summary = json.loads((out / "summary.json").read_text())
@@ -92,27 +93,12 @@ def score(summary: dict, total: int) -> dict:
             "wall_s": round(summary["wall_s"], 1)}
 
 
-def haar_box(gray: np.ndarray):
-    try:
-        return preprocess.face_box(gray)
-    except preprocess.PreprocessError:
-        return None
-
-
-def mtcnn_detector():
-    try:
-        from mtcnn import MTCNN
-    except ImportError:
-        return None
-    detector = MTCNN()
-
+def detector(name: str):
     def box(gray: np.ndarray):
-        rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
-        faces = detector.detect_faces(rgb)
-        if not faces:
+        try:
+            return preprocess.face_box(gray, name)
+        except preprocess.PreprocessError:
             return None
-        x, y, w, h = max(faces, key=lambda f: f["box"][2] * f["box"][3])["box"]
-        return float(x), float(y), float(w), float(h)
 
     return box
 
@@ -129,7 +115,12 @@ def in_process_scores(frames_dir: pathlib.Path, detectors: dict, margins, model_
     files = sorted(frames_dir.glob("*/*.png"))
     labels = np.array([LABELS.index(p.parent.name) for p in files])
     images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in files]
-    results = {}
+    # The same faces uncropped (the crops/ twin of each frame): the reference on any subset.
+    originals = np.stack([cv2.imread(str(frames_dir.parent / "crops" / p.parent.name / p.name), cv2.IMREAD_GRAYSCALE)
+                          for p in files])[..., None].astype(np.float32)
+    reference_correct = tta.probabilities(lambda v: model(v, training=False), tf.constant(originals),
+                                          mode).numpy().argmax(-1) == labels
+    results = {"reference_accuracy_all": round(float(reference_correct.mean()), 4)}
     for name, detect in detectors.items():
         t = time.perf_counter()
         boxes = [detect(image) for image in images]
@@ -148,6 +139,7 @@ def in_process_scores(frames_dir: pathlib.Path, detectors: dict, margins, model_
             per_margin[str(margin)] = {"accuracy_found": round(correct / len(crops), 4),
                                        "accuracy_all_frames": round(correct / len(files), 4)}
         results[name] = {"face_found_share": round(float(found.mean()), 4),
+                         "reference_accuracy_found": round(float(reference_correct[found].mean()), 4),
                          "detect_ms_per_frame": round(1000 * detect_s / len(files), 2), "by_margin": per_margin}
     return results
 
@@ -157,27 +149,27 @@ def main():
     p.add_argument("--faces", required=True, help="FER2013 root with train/ and test/ <class>/ folders")
     p.add_argument("--limit", type=int, default=1000, help="faces per run (sampled, fixed seed)")
     p.add_argument("--model", default="shipped")
-    p.add_argument("--margins", type=float, nargs="*", default=[0.0, 0.1, 0.15, 0.2, 0.3])
+    p.add_argument("--margins", type=float, nargs="*", default=[-0.1, -0.05, 0.0, 0.05, 0.1, 0.15])
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     root = pathlib.Path(args.faces)
     from model import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
-    detectors = {"haar": haar_box}
-    mtcnn_box = mtcnn_detector()
-    if mtcnn_box:
-        detectors["mtcnn"] = mtcnn_box
-    report = {"model": model_dir, "faces": args.limit, "current_margin": preprocess.FACE_MARGIN}
+    detectors = {name: detector(name) for name in preprocess.FACE_DETECTORS}
+    report = {"model": model_dir, "faces": args.limit, "margins_in_use": preprocess.FACE_MARGINS}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         # Margins are tuned on train faces; test faces are only measured.
         write_sets(sample_faces(root / "train", args.limit, args.seed), tmp / "tune", args.seed)
         report["tune_on_train"] = in_process_scores(tmp / "tune" / "frames", detectors, args.margins, model_dir)
         write_sets(sample_faces(root / "test", args.limit, args.seed), tmp / "test", args.seed + 1)
-        crops = emotion_predict(tmp / "test" / "crops", tmp / "out-crops", model_dir, face_crop=False)
-        haar = emotion_predict(tmp / "test" / "frames", tmp / "out-haar", model_dir, face_crop=True)
-        report["test_emotion_predict"] = {"crops": score(crops, args.limit), "frames_face_crop": score(haar, args.limit)}
+        report["test_emotion_predict"] = {
+            "crops": score(emotion_predict(tmp / "test" / "crops", tmp / "out-crops", model_dir, None), args.limit),
+            **{f"frames_face_crop_{name}": score(emotion_predict(tmp / "test" / "frames", tmp / f"out-{name}",
+                                                                model_dir, name), args.limit)
+               for name in preprocess.FACE_DETECTORS},
+        }
         report["test_in_process"] = in_process_scores(tmp / "test" / "frames", detectors, args.margins, model_dir)
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(report, indent=2))

@@ -207,7 +207,7 @@ def test_face_crop_rejects_frames_without_a_face(model_dir, tmp_path):
 
     # A frame the detector finds a face in (it misses some tight FER crops; bench/face_crop_bench.py).
     frame = next(f for f in map(framed, sorted(SAMPLE.glob("happy/*.jpg"))) if detected(f))
-    blank = np.random.default_rng(0).integers(100, 140, (300, 300)).astype(np.uint8)
+    blank = np.tile(np.linspace(90, 160, 300), (300, 1)).astype(np.uint8)  # a smooth wall: no face
     (tmp_path / "in" / "happy").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "in" / "happy" / "framed.png"), frame)
     cv2.imwrite(str(tmp_path / "in" / "happy" / "no_face.png"), blank)
@@ -219,3 +219,31 @@ def test_face_crop_rejects_frames_without_a_face(model_dir, tmp_path):
     rejected = read_table(out, "rejected").to_pylist()
     assert [(r["uri"].rsplit("/", 1)[1], r["reason"]) for r in rejected] == [("no_face.png", "no_face")]
     assert [r["uri"].rsplit("/", 1)[1] for r in read_table(out, "predictions").to_pylist()] == ["framed.png"]
+
+
+def test_mtcnn_detector_finds_faces_haar_misses(model_dir, tmp_path):
+    """--face-detector mtcnn: the framed FER faces where the Haar cascade finds nothing are found."""
+    import cv2
+
+    from model.preprocess import PreprocessError, face_box
+
+    def missed_by_haar(path):
+        frame = np.full((360, 360), 90, np.uint8)
+        face = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        frame[80:272, 100:292] = cv2.resize(face, (192, 192), interpolation=cv2.INTER_CUBIC)
+        try:
+            face_box(frame, "haar")
+        except PreprocessError:
+            return frame
+        return None
+
+    frames = [f for f in map(missed_by_haar, sorted(SAMPLE.glob("surprise/*.jpg"))[:12]) if f is not None][:3]
+    assert frames, "the Haar cascade found every face"
+    for i, frame in enumerate(frames):
+        (tmp_path / "in" / "surprise").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "in" / "surprise" / f"f{i}.png"), frame)
+    out = tmp_path / "out"
+    summary = predict.run(["--input", str(tmp_path / "in"), "--output", str(out), "--model", str(model_dir),
+                           "--face-crop", "--face-detector", "mtcnn"])
+    assert summary["face_detector"] == "mtcnn" and summary["totals"]["balanced"]
+    assert summary["totals"]["predicted"] >= len(frames) - 1, summary

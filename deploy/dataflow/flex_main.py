@@ -43,6 +43,7 @@ PARAMETERS = {
         "output": "--output",
         "model": "--model",
         "face_crop": None,
+        "face_detector": "--face-detector",
         "batch_size": "--batch-size",
         "files_per_batch": "--files-per-batch",
         "max_pixels": "--max-pixels",

@@ -110,6 +110,21 @@ def peek_dimensions(data: bytes, fmt: str) -> tuple[int, int] | None:
     return None
 
 
+def _jpeg_scan_start(data: bytes) -> int:
+    """Offset of the main image's first start-of-scan marker, walking the segments from SOI (so an
+    EXIF thumbnail's markers inside APP1 are skipped); len(data) when there is none."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xDA:
+            return i
+        if marker in (0xD8, 0x01, 0xFF) or 0xD0 <= marker <= 0xD7:
+            i += 1 if marker == 0xFF else 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return len(data)
+
+
 def _png_has_alpha(data: bytes) -> bool:
     color_type = data[25] if len(data) > 25 else 0
     return color_type in (4, 6) or b"tRNS" in data[:4096]
@@ -138,9 +153,11 @@ def decode_gray(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
     dims = peek_dimensions(data, fmt)
     if dims is not None and dims[0] * dims[1] > max_pixels:
         raise PreprocessError("too_large", f"{dims[0]}x{dims[1]} exceeds {max_pixels} pixels")
-    if fmt == "jpeg" and not data.rstrip(b"\x00")[-2:] == b"\xff\xd9":
-        raise PreprocessError("truncated_image", "JPEG has no end-of-image marker")
-    if fmt == "png" and b"IEND" not in data[-16:]:
+    # Truncation: the end marker must follow the image data. Bytes after it (phones append some)
+    # are fine: decoders stop at the marker.
+    if fmt == "jpeg" and data.rfind(b"\xff\xd9") < _jpeg_scan_start(data):
+        raise PreprocessError("truncated_image", "JPEG has no end-of-image marker after its image data")
+    if fmt == "png" and data.rfind(b"IEND") < 33:  # after the signature and IHDR
         raise PreprocessError("truncated_image", "PNG has no IEND chunk")
 
     # EXIF orientation is applied unless IMREAD_UNCHANGED, which alone keeps alpha;

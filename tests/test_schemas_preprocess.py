@@ -151,6 +151,18 @@ def test_truncated_and_corrupt_and_too_large():
     png = _encode(synthetic_face(5), ".png")
     with pytest.raises(PreprocessError, match="truncated_image"):
         decode_gray(png[:-20])
+    # A file that decodes is not rejected for bytes after its end marker (phones append some).
+    trailing = b"\x00MPF" + bytes(range(256)) * 8
+    np.testing.assert_array_equal(decode_gray(jpg + trailing), decode_gray(jpg))
+    np.testing.assert_array_equal(decode_gray(png + trailing), decode_gray(png))
+    # ... but a JPEG cut inside its scan is truncated even when its EXIF thumbnail ends with a marker.
+    exif = jpeg_with_orientation(synthetic_face(6), 1)
+    thumb = b"\xff\xd8\xff\xd9"
+    app1 = b"Exif\x00\x00" + thumb
+    with_thumb = exif[:2] + b"\xff\xe1" + len(app1 + b"..").to_bytes(2, "big") + app1 + exif[2:]
+    assert decode_gray(with_thumb).shape == (48, 48)
+    with pytest.raises(PreprocessError, match="truncated_image"):
+        decode_gray(with_thumb[: len(with_thumb) * 2 // 3])
     corrupt = png[:40] + bytes(len(png) - 52) + png[-12:]
     with pytest.raises(PreprocessError, match="corrupt_image"):
         decode_gray(corrupt)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import time
 from collections.abc import Iterable, Sequence
 
@@ -54,7 +53,7 @@ from model.preprocess import (
     preprocess,
     resize,
 )
-from model import SHIPPED_MODEL, resolve_model_dir  # noqa: F401  (SHIPPED_MODEL: for callers)
+from model import resolve_model_dir
 from schemas import LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label
 from schemas.tables import bigquery_schema_json
 

@@ -23,6 +23,7 @@ import tensorflow as tf  # noqa: E402
 
 from beam_pipelines import predict  # noqa: E402
 from model.preprocess import preprocess  # noqa: E402
+from model import SHIPPED_MODEL  # noqa: E402
 from model.export import load  # noqa: E402
 from model.metrics import confusion, summarize  # noqa: E402
 from schemas import LABELS, canonical_label  # noqa: E402
@@ -60,7 +61,7 @@ def metrics_of(y, probs):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--input", required=True)
-    p.add_argument("--model", default=predict.SHIPPED_MODEL)
+    p.add_argument("--model", default=SHIPPED_MODEL)
     p.add_argument("--peer", default="")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)

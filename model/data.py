@@ -13,7 +13,7 @@ import json
 import tensorflow as tf
 
 from model import augment as augmentation
-from schemas import FEATURES, LABELS, NUM_CLASSES, SCHEMA_VERSION
+from schemas import FEATURES, LABELS, SCHEMA_VERSION
 
 AUTOTUNE = tf.data.AUTOTUNE
 

@@ -22,7 +22,6 @@ import argparse
 import csv
 import json
 import logging
-import math
 import os
 import signal
 import sys

@@ -1,4 +1,4 @@
-"""Helpers shared by the Beam pipelines: options, paths, output cleanup, stats merging."""
+"""Helpers shared by the Beam pipelines: options, paths, storage access checks, stats merging."""
 
 from __future__ import annotations
 
@@ -84,21 +84,6 @@ def is_remote_runner(options: PipelineOptions) -> bool:
     return is_dataflow_runner(options.view_as(StandardOptions).runner)
 
 
-def remove_outputs(output: str, names: list[str]) -> None:
-    """Deletes earlier outputs (files or folders named in `names`) so reruns leave nothing stale."""
-    for name in names:
-        pattern = join(output, name)
-        targets = []
-        for pat in (pattern, join(pattern, "**")):
-            try:
-                for match in FileSystems.match([pat])[0].metadata_list:
-                    targets.append(match.path)
-            except Exception:  # nothing there
-                pass
-        if targets:
-            FileSystems.delete(sorted(set(targets), reverse=True))
-
-
 def merge_counts(a: dict, b: dict) -> dict:
     """Adds nested dicts of numbers; other values: first wins."""
     out = dict(a)
@@ -123,9 +108,70 @@ def read_bytes(path: str) -> bytes:
 
 
 def is_dry_run(options: PipelineOptions) -> bool:
+    """--dry_run builds a Dataflow job without submitting it, and touches no storage."""
     from apache_beam.options.pipeline_options import TestOptions
 
-    return bool(options.view_as(TestOptions).dry_run)
+    dry_run = bool(options.view_as(TestOptions).dry_run)
+    if dry_run and not is_remote_runner(options):
+        raise UsageError("--dry_run builds a Dataflow job: use it with --runner DataflowRunner")
+    return dry_run
+
+
+def check_max_pixels(max_pixels: int) -> None:
+    """--max-pixels must lie under OpenCV's own ceiling (model.preprocess sets it before importing
+    cv2), or larger images would be refused by the decoder whatever the flag says."""
+    import os
+
+    import model.preprocess  # noqa: F401  (sets the ceiling)
+
+    ceiling = int(os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"])
+    if not 0 < max_pixels <= ceiling:
+        raise UsageError(f"--max-pixels must be between 1 and the decoder's ceiling {ceiling:,} "
+                         "(raise it by setting OPENCV_IO_MAX_IMAGE_PIXELS in the environment)")
+
+
+GCS_TIMEOUT_S = 20
+
+
+def check_storage_access(*paths: str) -> None:
+    """Every gs:// path's bucket answers within GCS_TIMEOUT_S with the credentials at hand, or one
+    line says what is missing. (Unchecked, Beam's GCS client retries for minutes, then fails with
+    an error that never mentions credentials.)"""
+    buckets = sorted({p[len("gs://"):].split("/", 1)[0] for p in paths if str(p).startswith("gs://")})
+    if not buckets:
+        return
+    import os
+
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    if not os.environ.get("STORAGE_EMULATOR_HOST"):  # the emulator needs no credentials
+        try:
+            google.auth.default()
+        except DefaultCredentialsError:
+            raise UsageError(
+                "gs:// paths need Google Cloud credentials and none were found: run "
+                "`gcloud auth application-default login` (Application Default Credentials) or set "
+                "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"
+            ) from None
+    from google.api_core.exceptions import Forbidden, NotFound
+    from google.api_core.retry import Retry
+    from google.cloud import storage
+
+    client = storage.Client()
+    for bucket in buckets:
+        try:
+            next(iter(client.list_blobs(bucket, max_results=1, timeout=GCS_TIMEOUT_S,
+                                        retry=Retry(timeout=GCS_TIMEOUT_S))), None)
+        except NotFound:
+            raise UsageError(f"bucket gs://{bucket} does not exist") from None
+        except Forbidden as exc:
+            raise UsageError(f"no access to gs://{bucket} with the current credentials: {exc.message}") from None
+        except Exception as exc:
+            raise UsageError(
+                f"cannot reach gs://{bucket} within {GCS_TIMEOUT_S} s ({type(exc).__name__}): check the network "
+                "and the Application Default Credentials (`gcloud auth application-default login`)"
+            ) from None
 
 
 def check_remote_paths(options: PipelineOptions, **paths: str) -> None:

@@ -105,23 +105,23 @@ class _DropBeamNoise(logging.Filter):
 
 
 def _check_model(path: str, what: str) -> dict:
-    from model.export import ModelMismatchError, read_metadata
+    from model.export import ModelError, read_metadata
 
     try:
         return read_metadata(path)
-    except (FileNotFoundError, ModelMismatchError) as exc:
+    except (FileNotFoundError, ModelError) as exc:
         raise UsageError(f"{what}: {exc}") from None
 
 
 def _check_input(path: str) -> None:
-    from apache_beam.io.filesystems import FileSystems
+    from beam_pipelines.listing import exists_any
 
     if "://" not in path and not os.path.exists(path):
         raise UsageError(f"--input {path} does not exist")
     if "://" not in path and not os.path.isdir(path):
         raise UsageError(f"--input {path} is not a folder")
     try:
-        found = FileSystems.match([join(path, "**")], limits=[1])[0].metadata_list
+        found = exists_any(path)
     except Exception as exc:
         raise UsageError(f"cannot list --input {path}: {exc}") from None
     if not found:
@@ -193,6 +193,9 @@ def run(argv=None) -> dict:
     data_input = _absolute(args.input)
     _check_input(data_input)
     _check_output(output)
+    from beam_pipelines.report import check_report_is_ours
+
+    check_report_is_ours(output)
     if args.shipped_model is not None:
         shipped = _absolute(args.shipped_model)
         shipped_meta = _check_model(shipped, "--shipped-model")

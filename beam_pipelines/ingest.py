@@ -22,9 +22,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import logging
 import math
+import sys
 import time
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -32,7 +35,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines.common import (
     UsageError,
+    check_max_pixels,
     check_remote_paths,
+    check_storage_access,
     extension,
     is_dry_run,
     is_remote_runner,
@@ -40,10 +45,12 @@ from beam_pipelines.common import (
     log,
     merge_counts,
     pipeline_options,
-    remove_outputs,
     split_and_class_dir,
     write_bytes,
 )
+from beam_pipelines.listing import PROBLEMS as LISTING_PROBLEMS
+from beam_pipelines.listing import exists_any, list_entries
+from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim, remove_tree
 from model.preprocess import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -52,12 +59,20 @@ from model.preprocess import (
     is_non_data,
     preprocess,
 )
-from schemas import LABEL_TO_INDEX, LABELS, REJECTED_SCHEMA, SCHEMA_VERSION, canonical_label
+from schemas import (
+    LABEL_TO_INDEX,
+    LABELS,
+    REJECTED_SCHEMA,
+    SCHEMA_VERSION,
+    canonical_label,
+    eval_split_too_small,
+    min_eval_images,
+)
 from schemas.tfrecord import encode_example, tfrecord_frame
 
 SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # the evaluation copy of a duplicate wins
 TARGET_SHARD_BYTES = 32 << 20
-OUTPUT_NAMES = ["tfrecords", "rejected", "stats.json", "plots", ".spill"]
+OUTPUT_NAMES = ["tfrecords", "rejected", "stats.json", "plots"]
 
 
 def parse_args(argv):
@@ -76,7 +91,10 @@ def parse_args(argv):
     parser.add_argument("--num-shards", type=int, default=0, help="shards per split (0: from the data size)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are rejected")
     parser.add_argument("--files-per-batch", type=int, default=256, help="files decoded per work item")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files under --output that no earlier run of this pipeline wrote")
     args, beam_args = parser.parse_known_args(argv)
+    check_max_pixels(args.max_pixels)
     if not 8 <= args.image_size <= 512:
         raise UsageError("--image-size must be between 8 and 512")
     if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
@@ -108,10 +126,9 @@ class ListFiles(beam.DoFn):
         self.args = args
 
     def process(self, root):
-        matches = FileSystems.match([join(root, "**")])[0].metadata_list
-        paths = sorted((m.path, m.size_in_bytes) for m in matches)
-        splits, skipped, total_bytes, batch = set(), {}, 0, []
-        for path, size in paths:
+        splits, skipped, total_bytes, batch, n_files = set(), {}, 0, [], 0
+        for path, size, problem in list_entries(root):
+            n_files += 1
             rel = path[len(root) + 1 :]
             if is_non_data(rel):
                 name = rel.rsplit("/", 1)[-1]
@@ -121,13 +138,12 @@ class ListFiles(beam.DoFn):
             if folder_split:
                 splits.add(folder_split)
             total_bytes += size
-            batch.append((path, size))
+            batch.append((path, problem))
             if len(batch) >= self.args.files_per_batch:
                 yield batch
                 batch = []
         if batch:
             yield batch
-        n_files = len(paths)
         data_files = n_files - sum(skipped.values())
         num_shards = self.args.num_shards or max(
             1, math.ceil(data_files * (self.args.image_size**2 + 200) / TARGET_SHARD_BYTES)
@@ -178,11 +194,13 @@ class DecodeBatch(beam.DoFn):
         root, a = self.args.input, self.args
         shards: dict[int, list] = {}
         rejected: dict[str, int] = {}
-        for path, _size in batch:
+        for path, problem in batch:
             reason = detail = None
             folder_split, class_dir = split_and_class_dir(path[len(root) + 1 :])
             ext = extension(path)
-            if class_dir is None:
+            if problem is not None:
+                reason, detail = problem, LISTING_PROBLEMS[problem]
+            elif class_dir is None:
                 reason, detail = "no_class_folder", "file is not inside a class folder"
             elif canonical_label(class_dir) is None:
                 reason, detail = "unknown_class", f"folder {class_dir!r} maps to no emotion class"
@@ -212,10 +230,10 @@ class DecodeBatch(beam.DoFn):
         batch_id = hashlib.blake2b("\n".join(p for p, _ in batch).encode(), digest_size=10).hexdigest()
         for shard, items in shards.items():
             # Deterministic names: a retried bundle rewrites the same file with the same bytes.
-            spill = join(self.args.output, ".spill", f"{shard:05d}-{batch_id}.pixels")
+            spill = join(self.args.staging, ".spill", f"{shard:05d}-{batch_id}.pixels")
             write_bytes(spill, b"".join(item[5] for item in items))
             size = len(items[0][5])
-            yield shard, [(*item[:5], spill, i * size) for i, item in enumerate(items)]
+            yield shard, [Record(*item[:5], spill, i * size) for i, item in enumerate(items)]
         yield beam.pvalue.TaggedOutput("stats", {"rejected": rejected})
 
 
@@ -226,8 +244,8 @@ def shard_path(output, split, shard, num_shards):
     return join(output, "tfrecords", f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
 
 
-def output_splits(summary, args):
-    splits = set(summary["input_splits"])
+def output_splits(summary, args, carve):
+    splits = set(summary["input_splits"]) | set(carve)
     if summary["carve_val"]:
         splits.add("val")
     if not summary["input_splits"]:  # no split folders: all three come from the hash
@@ -239,61 +257,121 @@ def _empty_split_stats():
     return {key: {"sum": 0.0, "sumsq": 0.0} for key in ("brightness", "contrast", "log_sharpness")} | {"n": 0}
 
 
+class Record(NamedTuple):
+    """One decoded image on its way to its shard (its pixels wait in a spill file)."""
+
+    digest: str  # sha256 of the preprocessed pixels
+    split: str
+    label: str
+    uri: str
+    metrics: tuple  # (brightness, contrast, sharpness)
+    spill: str
+    offset: int
+
+
+def resolve_copies(batches) -> tuple[list[Record], list[tuple[str, str, str]], dict]:
+    """The records of one shard (every copy of an image lands in the same shard) -> the records
+    kept, the (uri, reason, detail) of those dropped, and duplicate/conflict/leakage counts.
+    The evaluation copy of a duplicate wins (test over val over train), so leakage always
+    removes the training-side copy."""
+    by_hash: dict[str, list[Record]] = {}
+    for records in batches:
+        for record in records:
+            by_hash.setdefault(record.digest, []).append(record)
+    counts = {
+        "rejected": {},
+        "duplicates": {"groups": 0, "redundant_files": 0, "within_split": 0, "leakage": {}},
+        "conflicts": {"groups": 0, "files": 0},
+    }
+    kept, dropped = [], []
+    for copies in by_hash.values():
+        copies.sort(key=lambda r: (SPLIT_PRIORITY[r.split], r.uri))
+        if len(copies) > 1:
+            counts["duplicates"]["groups"] += 1
+        labels = sorted({r.label for r in copies})
+        if len(labels) > 1:
+            counts["conflicts"]["groups"] += 1
+            counts["conflicts"]["files"] += len(copies)
+            counts["rejected"]["conflicting_labels"] = counts["rejected"].get("conflicting_labels", 0) + len(copies)
+            dropped += [(r.uri, "conflicting_labels", f"{len(copies)} pixel-identical copies labelled {labels}")
+                        for r in copies]
+            continue
+        keeper = copies[0]
+        kept.append(keeper)
+        for r in copies[1:]:
+            counts["duplicates"]["redundant_files"] += 1
+            if r.split == keeper.split:
+                reason = "duplicate"
+                counts["duplicates"]["within_split"] += 1
+            else:
+                reason = "leakage"
+                pair = f"{r.split}->{keeper.split}"
+                counts["duplicates"]["leakage"][pair] = counts["duplicates"]["leakage"].get(pair, 0) + 1
+            counts["rejected"][reason] = counts["rejected"].get(reason, 0) + 1
+            dropped.append((r.uri, reason, f"pixel-identical to {keeper.uri} (kept in {keeper.split})"))
+    return kept, dropped, counts
+
+
+class CountKept(beam.DoFn):
+    """Images per split that one shard keeps after de-duplication (the input of plan_splits)."""
+
+    def process(self, element):
+        kept, _, _ = resolve_copies(element[1])
+        counts: dict[str, int] = {}
+        for record in kept:
+            counts[record.split] = counts.get(record.split, 0) + 1
+        yield counts
+
+
+def plan_splits(kept: dict, summary: dict, args) -> dict:
+    """Which evaluation splits to carve afresh from train: those that de-duplication and leakage
+    removal (or the input) left too small to decide anything (schemas.eval_split_too_small),
+    when the carve itself would be large enough. {split: {"fraction", "found", "needed"}}."""
+    n_train = kept.get("train", 0)
+    carve = {}
+    if summary["input_splits"]:  # content-hash splits are sized by their fractions already
+        for split, fraction in (("test", args.test_fraction), ("val", args.val_fraction)):
+            found = kept.get(split, 0)
+            present = split in summary["input_splits"] or (split == "val" and summary["carve_val"])
+            carved = int(fraction * n_train)
+            if (present and fraction > 0 and eval_split_too_small(found, n_train)
+                    and not eval_split_too_small(carved, n_train - carved)):
+                carve[split] = {"fraction": fraction, "found": found, "needed": min_eval_images(n_train)}
+    return carve
+
+
+def carved_split(record: Record, carve: dict, seed: int) -> str:
+    """The split of a kept record once the plan's fresh splits are carved from train (by content
+    hash, salted per split so that the two carves are independent)."""
+    if record.split != "train":
+        return record.split
+    for split in ("test", "val"):
+        if split in carve and hash_unit(seed, f"{split}:{record.digest}") < carve[split]["fraction"]:
+            return split
+    return "train"
+
+
 class DedupeAndWriteShard(beam.DoFn):
-    """All records of one shard (every copy of an image lands in the same shard):
-    resolve duplicates, conflicts and leakage, then write one TFRecord file per split."""
+    """All records of one shard: resolve duplicates, conflicts and leakage, carve the planned
+    splits, then write one TFRecord file per split."""
 
     def __init__(self, args):
         self.args = args
 
-    def process(self, element, summary):
+    def process(self, element, summary, carve):
         shard, batches = element
-        by_hash: dict[str, list] = {}
-        for records in batches:
-            for record in records:
-                by_hash.setdefault(record[0], []).append(record)
-        stats = {
-            "written": {},
-            "image_stats": {},
-            "rejected": {},
-            "duplicates": {"groups": 0, "redundant_files": 0, "within_split": 0, "leakage": {}},
-            "conflicts": {"groups": 0, "files": 0},
-            "fingerprint": 0,
-        }
-        kept = []
-        for digest, copies in by_hash.items():
-            copies.sort(key=lambda r: (SPLIT_PRIORITY[r[1]], r[3]))
-            if len(copies) > 1:
-                stats["duplicates"]["groups"] += 1
-            labels = sorted({r[2] for r in copies})
-            if len(labels) > 1:
-                stats["conflicts"]["groups"] += 1
-                stats["conflicts"]["files"] += len(copies)
-                stats["rejected"]["conflicting_labels"] = stats["rejected"].get("conflicting_labels", 0) + len(copies)
-                for r in copies:
-                    yield _reject(r[3], "conflicting_labels", f"{len(copies)} pixel-identical copies labelled {labels}")
-                continue
-            keeper = copies[0]
-            kept.append(keeper)
-            for r in copies[1:]:
-                stats["duplicates"]["redundant_files"] += 1
-                if r[1] == keeper[1]:
-                    reason = "duplicate"
-                    stats["duplicates"]["within_split"] += 1
-                else:
-                    reason = "leakage"
-                    pair = f"{r[1]}->{keeper[1]}"
-                    stats["duplicates"]["leakage"][pair] = stats["duplicates"]["leakage"].get(pair, 0) + 1
-                stats["rejected"][reason] = stats["rejected"].get(reason, 0) + 1
-                yield _reject(r[3], reason, f"pixel-identical to {keeper[3]} (kept in {keeper[1]})")
-
+        kept, dropped, counts = resolve_copies(batches)
+        for uri, reason, detail in dropped:
+            yield _reject(uri, reason, detail)
+        stats = {"written": {}, "image_stats": {}, "fingerprint": 0, **counts}
+        kept = [record._replace(split=carved_split(record, carve, self.args.seed)) for record in kept]
         kept.sort(key=lambda r: (r[1], r[0], r[3]))
         size = self.args.image_size
         spilled = {}
         for spill in sorted({r[5] for r in kept}):
             with FileSystems.open(spill) as f:
                 spilled[spill] = f.read()
-        files = {split: [] for split in output_splits(summary, self.args)}
+        files = {split: [] for split in output_splits(summary, self.args, carve)}
         for digest, split, label, uri, (brightness, contrast, sharpness), spill, offset in kept:
             pixels = spilled[spill][offset : offset + size * size]
             files.setdefault(split, []).append(
@@ -322,7 +400,7 @@ class DedupeAndWriteShard(beam.DoFn):
                 s[key]["sumsq"] += value * value
             stats["fingerprint"] += int(hashlib.sha256(f"{digest}:{split}:{label}".encode()).hexdigest()[:16], 16)
         for split, frames in files.items():
-            write_bytes(shard_path(self.args.output, split, shard, summary["num_shards"]), b"".join(frames))
+            write_bytes(shard_path(self.args.staging, split, shard, summary["num_shards"]), b"".join(frames))
         yield beam.pvalue.TaggedOutput("stats", stats)
 
 
@@ -332,10 +410,10 @@ class WriteEmptyShards(beam.DoFn):
     def __init__(self, args):
         self.args = args
 
-    def process(self, written_shards, summary):
+    def process(self, written_shards, summary, carve):
         for shard in sorted(set(range(summary["num_shards"])) - set(written_shards)):
-            for split in output_splits(summary, self.args):
-                write_bytes(shard_path(self.args.output, split, shard, summary["num_shards"]), b"")
+            for split in output_splits(summary, self.args, carve):
+                write_bytes(shard_path(self.args.staging, split, shard, summary["num_shards"]), b"")
         yield len(written_shards)
 
 
@@ -393,7 +471,7 @@ def health_warnings(image_stats: dict) -> list[str]:
     return warnings
 
 
-def finalize_stats(raw: dict, summary: dict, args) -> dict:
+def finalize_stats(raw: dict, summary: dict, carve: dict, args) -> dict:
     written = {split: dict(sorted(c.items(), key=lambda kv: LABELS.index(kv[0]))) for split, c in raw.get("written", {}).items()}
     n_written = sum(sum(c.values()) for c in written.values())
     rejected = dict(sorted(raw.get("rejected", {}).items()))
@@ -422,7 +500,9 @@ def finalize_stats(raw: dict, summary: dict, args) -> dict:
         "input": args.input,
         "output": args.output,
         "split_source": "folders" if summary["input_splits"] else "content_hash",
-        "val_carved_from_train": summary["carve_val"],
+        "val_carved_from_train": summary["carve_val"] or "val" in carve,
+        # Evaluation splits that de-duplication or the input left too small, carved afresh from train.
+        "splits_carved_from_train": carve,
         "val_fraction": args.val_fraction,
         "test_fraction": args.test_fraction if not summary["input_splits"] else None,
         "seed": args.seed,
@@ -450,6 +530,11 @@ def finalize_stats(raw: dict, summary: dict, args) -> dict:
         "fingerprint": f"{raw.get('fingerprint', 0) % (1 << 64):016x}-{n_written}",
     }
     stats["warnings"] = health_warnings(image_stats)
+    for split, c in sorted(carve.items()):
+        stats["warnings"].append(
+            f"{split} held {c['found']} image(s) after de-duplication, fewer than the {c['needed']} needed to decide "
+            f"anything: a fresh {split} of {c['fraction']:.0%} of train was carved by content hash (those images kept too)"
+        )
     if dup["leakage"]:
         stats["warnings"].append(
             "pixel-identical images across splits: "
@@ -492,14 +577,14 @@ class WriteStats(beam.DoFn):
     def __init__(self, args):
         self.args = args
 
-    def process(self, raw, summary):
-        stats = finalize_stats(raw, summary, self.args)
-        write_bytes(join(self.args.output, "stats.json"), (json.dumps(stats, indent=2) + "\n").encode(), "application/json")
-        write_bytes(join(self.args.output, "plots", "class_distribution.png"), plot_class_distribution(stats), "image/png")
+    def process(self, raw, summary, carve):
+        stats = finalize_stats(raw, summary, carve, self.args)
+        write_bytes(join(self.args.staging, "stats.json"), (json.dumps(stats, indent=2) + "\n").encode(), "application/json")
+        write_bytes(join(self.args.staging, "plots", "class_distribution.png"), plot_class_distribution(stats), "image/png")
         for warning in stats["warnings"]:
             logging.getLogger("emotion").warning("ingest: %s", warning)
         # Every shard is written once stats exist (they are merged from the shard writers).
-        remove_outputs(self.args.output, [".spill"])
+        remove_tree(join(self.args.staging, ".spill"))
         yield stats
 
 
@@ -509,9 +594,9 @@ class WriteStats(beam.DoFn):
 class Ingest(beam.PTransform):
     """Image root -> TFRecord shards + rejected rows + stats (the whole ingest, as one transform)."""
 
-    def __init__(self, args):
+    def __init__(self, args, plan: CommitPlan):
         super().__init__()
-        self.args = args
+        self.args, self.plan = args, plan
 
     def expand(self, pbegin):
         a = self.args
@@ -526,22 +611,27 @@ class Ingest(beam.PTransform):
             | "SpreadBatches" >> beam.Reshuffle()
             | "DecodeBatches" >> beam.ParDo(DecodeBatch(a), summary).with_outputs("rejected", "stats", main="shards")
         )
-        written = (
-            decoded.shards
-            | "GroupByShard" >> beam.GroupByKey()
-            | "DedupeAndWrite" >> beam.ParDo(DedupeAndWriteShard(a), summary).with_outputs("stats", "rejected", main="done")
+        grouped = decoded.shards | "GroupByShard" >> beam.GroupByKey()
+        # Known only once duplicates and leakage are resolved: whether val/test are left too small.
+        carve = beam.pvalue.AsSingleton(
+            grouped
+            | "CountKept" >> beam.ParDo(CountKept())
+            | "MergeKept" >> beam.CombineGlobally(MergeStats())
+            | "PlanSplits" >> beam.Map(plan_splits, summary, a)
         )
+        written = grouped | "DedupeAndWrite" >> beam.ParDo(DedupeAndWriteShard(a), summary, carve).with_outputs(
+            "stats", "rejected", main="done")
         # Shards that got no image are written empty, so each split is a complete N-of-N set.
-        _ = (
+        empty_shards = (
             decoded.shards
             | "ShardIds" >> beam.Keys()
             | "DistinctShards" >> beam.Distinct()
             | "AllShardIds" >> beam.combiners.ToList()
-            | "WriteEmptyShards" >> beam.ParDo(WriteEmptyShards(a), summary)
+            | "WriteEmptyShards" >> beam.ParDo(WriteEmptyShards(a), summary, carve)
         )
         rejected = (decoded.rejected, written.rejected) | "AllRejected" >> beam.Flatten()
-        _ = rejected | "WriteRejected" >> beam.io.WriteToParquet(
-            join(a.output, "rejected", "rejected"),
+        rejected_files = rejected | "WriteRejected" >> beam.io.WriteToParquet(
+            join(a.staging, "rejected", "rejected"),
             REJECTED_SCHEMA,
             file_name_suffix=".parquet",
         )
@@ -549,9 +639,10 @@ class Ingest(beam.PTransform):
             (decoded.stats, written.stats)
             | "AllStats" >> beam.Flatten()
             | "MergeStats" >> beam.CombineGlobally(MergeStats())
-            | "WriteStats" >> beam.ParDo(WriteStats(a), summary)
+            | "WriteStats" >> beam.ParDo(WriteStats(a), summary, carve)
         )
-        return stats
+        totals = stats | "Totals" >> beam.Map(lambda s: s["totals"])
+        return pbegin | "Commit" >> CommitOutputs(self.plan, totals, after=[empty_shards, rejected_files, stats])
 
 
 def run(argv=None, save_main_session=True) -> dict | None:
@@ -559,23 +650,25 @@ def run(argv=None, save_main_session=True) -> dict | None:
     args, beam_args = parse_args(argv)
     options = pipeline_options(beam_args, save_main_session)
     check_remote_paths(options, input=args.input, output=args.output)
-    try:
-        found = FileSystems.match([join(args.input, "**")], limits=[1])[0].metadata_list
-    except Exception as exc:
-        raise UsageError(f"cannot list --input {args.input}: {exc}") from None
-    if not found:
-        raise UsageError(f"no files under --input {args.input}")
-    if not is_dry_run(options):
-        remove_outputs(args.output, OUTPUT_NAMES)
+    dry_run = is_dry_run(options)
+    if not dry_run:  # a dry run touches no storage
+        check_storage_access(args.input, args.output)
+        try:
+            found = exists_any(args.input)
+        except Exception as exc:
+            raise UsageError(f"cannot list --input {args.input}: {exc}") from None
+        if not found:
+            raise UsageError(f"no files under --input {args.input}" + ("" if "://" in args.input or os.path.exists(args.input) else ": it does not exist"))
+    claim = OutputClaim(args.output, "ingest", OUTPUT_NAMES, overwrite=args.overwrite, description={
+        "command": " ".join(["emotion", "ingest", *(sys.argv[2:] if argv is None else argv)]), "input": args.input, "options": {k: v for k, v in vars(args).items() if k not in ("input", "output")},
+        "remote": is_remote_runner(options)})
     started = time.time()
     log.info("ingest: %s -> %s", args.input, args.output)
-    pipeline = beam.Pipeline(options=options)
-    _ = pipeline | "Ingest" >> Ingest(args)
-    result = pipeline.run()
-    if is_remote_runner(options):
-        log.info("ingest: submitted %s", result.job_id() if getattr(result, "has_job", False) else "")
-        return None
-    result.wait_until_finish()
+    if dry_run:
+        return _run_pipeline(args, options, claim.dry_run_plan())
+    with claim as plan:
+        if _run_pipeline(args, options, plan) is None:
+            return None
     with FileSystems.open(join(args.output, "stats.json")) as f:
         stats = json.loads(f.read())
     t = stats["totals"]
@@ -584,3 +677,16 @@ def run(argv=None, save_main_session=True) -> dict | None:
         t["matched"], t["written"], t["rejected"], t["skipped_non_data"], time.time() - started,
     )
     return stats
+
+
+def _run_pipeline(args, options, plan: CommitPlan):
+    """Runs (or submits) the pipeline writing under the plan's staging folder; True when it ran here."""
+    args.staging = plan.write_root
+    pipeline = beam.Pipeline(options=options)
+    _ = pipeline | "Ingest" >> Ingest(args, plan)
+    result = pipeline.run()
+    if is_remote_runner(options):
+        log.info("ingest: submitted %s", result.job_id() if getattr(result, "has_job", False) else "")
+        return None
+    result.wait_until_finish()
+    return True

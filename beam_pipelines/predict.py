@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import sys
 import time
 from collections.abc import Iterable, Sequence
 
@@ -33,17 +35,21 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from beam_pipelines import evaluation
 from beam_pipelines.common import (
     UsageError,
+    check_max_pixels,
     check_remote_paths,
+    check_storage_access,
     extension,
     is_dry_run,
     is_remote_runner,
     join,
     log,
     pipeline_options,
-    remove_outputs,
     split_and_class_dir,
     write_bytes,
 )
+from beam_pipelines.listing import PROBLEMS as LISTING_PROBLEMS
+from beam_pipelines.listing import escape_glob, exists_any, list_entries
+from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim
 from model.preprocess import (
     DEFAULT_MAX_PIXELS,
     FACE_DETECTORS,
@@ -79,7 +85,10 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=128, help="largest model batch")
     p.add_argument("--files-per-batch", type=int, default=256)
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files under --output that no earlier run of this pipeline wrote")
     args, beam_args = p.parse_known_args(argv)
+    check_max_pixels(args.max_pixels)
     args.input = args.input.rstrip("/")
     args.output = args.output.rstrip("/")
     return args, beam_args
@@ -146,14 +155,13 @@ class ListImages(beam.DoFn):
         self.files_per_batch = files_per_batch
 
     def process(self, root):
-        matches = FileSystems.match([join(root, "**")])[0].metadata_list
         skipped, batch, matched = 0, [], 0
-        for m in sorted(matches, key=lambda m: m.path):
+        for path, _size, problem in list_entries(root):
             matched += 1
-            if is_non_data(m.path):
+            if is_non_data(path):
                 skipped += 1
                 continue
-            batch.append(m.path)
+            batch.append((path, problem))
             if len(batch) >= self.files_per_batch:
                 yield batch
                 batch = []
@@ -163,17 +171,21 @@ class ListImages(beam.DoFn):
 
 
 class DecodeImages(beam.DoFn):
-    """A batch of paths -> (uri, (pixels, sha256, true_label, split)) per image; rejects on the side."""
+    """A batch of (path, listing problem) -> (uri, (pixels, sha256, true_label, split)) per image;
+    rejects on the side."""
 
     def __init__(self, root, image_size, face_crop, max_pixels, face_detector="haar"):
         self.root, self.image_size, self.face_crop, self.max_pixels = root, image_size, face_crop, max_pixels
         self.face_detector = face_detector
 
     def process(self, paths):
-        for path in paths:
+        for path, problem in paths:
             rel = path[len(self.root) + 1 :]
             label, split = label_from_path(rel)
             ext = extension(path)
+            if problem is not None:
+                yield _reject(path, problem, LISTING_PROBLEMS[problem])
+                continue
             if ext not in IMAGE_EXTENSIONS:
                 yield _reject(path, "unsupported_extension", f"extension {ext or '(none)'!r} is not an image type")
                 continue
@@ -214,10 +226,11 @@ class ParseExamples(beam.DoFn):
 
 
 def tfrecord_pattern(path: str) -> str | None:
-    """The TFRecord glob for --input, or None when it is an image folder."""
+    """The TFRecord glob for --input, or None when it is an image folder. An --input naming
+    .tfrecord files is a pattern (the one place a path is a glob); a folder name is literal."""
     if ".tfrecord" in path.rsplit("/", 1)[-1]:
         return path
-    candidate = join(path, "tfrecords", "*.tfrecord")
+    candidate = join(escape_glob(path), "tfrecords", "*.tfrecord")
     try:
         if FileSystems.match([candidate], limits=[1])[0].metadata_list:
             return candidate
@@ -285,22 +298,24 @@ class WriteSummary(beam.DoFn):
             "accuracy": evaluated.get("accuracy"),
             "macro_f1": evaluated.get("macro_f1"),
         }
-        write_bytes(join(self.args.output, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
+        write_bytes(join(self.args.staging, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
         yield summary
 
 
 class Predict(beam.PTransform):
     """Input root/glob -> predictions, rejected rows, evaluation and summary."""
 
-    def __init__(self, args, model_info, image_size, run_timestamp):
+    def __init__(self, args, model_info, image_size, run_timestamp, plan: CommitPlan, pattern: str | None):
         super().__init__()
+        self.pattern = pattern
         self.args, self.model_info, self.image_size, self.run_timestamp = args, model_info, image_size, run_timestamp
+        self.plan = plan
 
     def expand(self, pbegin):
         a = self.args
-        pattern = tfrecord_pattern(a.input)
-        if pattern:
-            records = pbegin | "ReadTFRecords" >> beam.io.ReadFromTFRecord(pattern)
+        if self.pattern:
+            # Matched by the launcher already (a --dry_run does not look at storage at all).
+            records = pbegin | "ReadTFRecords" >> beam.io.ReadFromTFRecord(self.pattern, validate=False)
             inputs = records | "ParseExamples" >> beam.ParDo(ParseExamples(self.image_size))
             counts = (
                 records
@@ -331,27 +346,27 @@ class Predict(beam.PTransform):
             | "RunInference" >> RunInference(handler)
             | "ToRows" >> beam.ParDo(ToRow(self.model_info, self.run_timestamp))
         )
-        _ = (
+        prediction_files = (
             rows
             | "RowsOnly" >> beam.Map(lambda rp: rp[0])
             | "WritePredictions" >> beam.io.WriteToParquet(
-                join(a.output, "predictions", "predictions"), PREDICTIONS_SCHEMA, file_name_suffix=".parquet"
+                join(a.staging, "predictions", "predictions"), PREDICTIONS_SCHEMA, file_name_suffix=".parquet"
             )
         )
-        _ = rejected | "WriteRejected" >> beam.io.WriteToParquet(
-            join(a.output, "rejected", "rejected"), REJECTED_SCHEMA, file_name_suffix=".parquet"
+        rejected_files = rejected | "WriteRejected" >> beam.io.WriteToParquet(
+            join(a.staging, "rejected", "rejected"), REJECTED_SCHEMA, file_name_suffix=".parquet"
         )
         evaluated = (
             rows
             | "Evaluate" >> beam.CombineGlobally(evaluation.EvaluationFn())
-            | "WriteEvaluation" >> beam.ParDo(evaluation.WriteEvaluation(a.output, self.image_size, self.model_info))
+            | "WriteEvaluation" >> beam.ParDo(evaluation.WriteEvaluation(a.staging, self.image_size, self.model_info))
         )
         rejected_counts = (
             rejected
             | "Reasons" >> beam.Map(lambda r: r["reason"])
             | "CountReasons" >> beam.combiners.Count.PerElement()
         )
-        return (
+        summary = (
             pbegin
             | "SummaryTrigger" >> beam.Create([None])
             | "WriteSummary" >> beam.ParDo(
@@ -361,6 +376,8 @@ class Predict(beam.PTransform):
                 beam.pvalue.AsSingleton(evaluated),
             )
         )
+        totals = summary | "Totals" >> beam.Map(lambda s: s["totals"])
+        return pbegin | "Commit" >> CommitOutputs(self.plan, totals, after=[prediction_files, rejected_files, summary])
 
 
 def run(argv=None, save_main_session=True) -> dict | None:
@@ -368,38 +385,34 @@ def run(argv=None, save_main_session=True) -> dict | None:
     options = pipeline_options(beam_args, save_main_session)
     check_remote_paths(options, input=args.input, output=args.output,
                        **({} if args.model == "shipped" else {"model": args.model}))
-    from model.export import ModelMismatchError, read_metadata
-
-    try:
-        metadata = read_metadata(resolve_model_dir(args.model))
-    except (FileNotFoundError, ModelMismatchError) as exc:
-        raise UsageError(str(exc)) from None
+    dry_run = is_dry_run(options)
+    # Everything that can be checked is checked before the output is touched.
+    metadata = _check_model(args.model, load_weights=not dry_run) if not (dry_run and "://" in args.model) else {}
     if args.face_crop is None:
         args.face_crop = bool(metadata.get("training_data", {}).get("face_crop", False))
     if args.tta is None:
         args.tta = metadata.get("recommended_tta", "none")
-    pattern = tfrecord_pattern(args.input)
-    probe = pattern or join(args.input, "**")
-    try:
-        found = FileSystems.match([probe], limits=[1])[0].metadata_list
-    except Exception as exc:
-        raise UsageError(f"cannot list --input {args.input}: {exc}") from None
-    if not found:
-        raise UsageError(f"no files under --input {args.input}")
-    model_info = {k: metadata[k] for k in ("model_version", "model_fingerprint")}
-    if not is_dry_run(options):
-        remove_outputs(args.output, OUTPUT_NAMES)
-        write_bytes(join(args.output, "bigquery", "predictions.schema.json"),
-                    bigquery_schema_json(PREDICTIONS_SCHEMA).encode())
-    run_timestamp = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    if not dry_run:  # a dry run touches no storage
+        check_storage_access(args.input, args.output)
+    # A dry run reads an --input naming .tfrecord files as TFRecords and anything else as images.
+    pattern = args.input if dry_run and ".tfrecord" in args.input.rsplit("/", 1)[-1] else None
+    if not dry_run:
+        pattern = tfrecord_pattern(args.input)
+        _check_input(args.input, pattern)
+    model_info = {k: metadata.get(k, "unknown") for k in ("model_version", "model_fingerprint")}
+    claim = OutputClaim(args.output, "predict", OUTPUT_NAMES, overwrite=args.overwrite, description={
+        "command": " ".join(["emotion", "predict", *(sys.argv[2:] if argv is None else argv)]),
+        "input": args.input, "model": args.model, **model_info,
+        "options": {k: v for k, v in vars(args).items() if k not in ("input", "output", "model")},
+        "remote": is_remote_runner(options)})
+    image_size = int(metadata.get("image_size", 48))
     log.info("predict: %s -> %s with %s", args.input, args.output, model_info["model_version"])
     started = time.time()
-    pipeline = beam.Pipeline(options=options)
-    _ = pipeline | "Predict" >> Predict(args, model_info, int(metadata["image_size"]), run_timestamp)
-    result = pipeline.run()
-    if is_remote_runner(options):
-        return None
-    result.wait_until_finish()
+    if dry_run:
+        return _run_pipeline(args, options, model_info, image_size, claim.dry_run_plan(), pattern)
+    with claim as plan:
+        if _run_pipeline(args, options, model_info, image_size, plan, pattern) is None:
+            return None
     with FileSystems.open(join(args.output, "summary.json")) as f:
         summary = json.loads(f.read())
     t = summary["totals"]
@@ -410,3 +423,41 @@ def run(argv=None, save_main_session=True) -> dict | None:
         if summary.get("accuracy") is not None else "",
     )
     return summary
+
+
+def _check_model(model: str, load_weights: bool) -> dict:
+    """The model's metadata, after loading it the way workers will (a model that cannot be used
+    stops the run here, with one line, before anything is written)."""
+    from model.export import ModelError, load, read_metadata
+
+    try:
+        if load_weights:
+            return load(resolve_model_dir(model))[1]
+        return read_metadata(resolve_model_dir(model))
+    except (FileNotFoundError, ModelError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_input(path: str, pattern: str | None) -> None:
+    try:
+        found = FileSystems.match([pattern], limits=[1])[0].metadata_list if pattern else exists_any(path)
+    except Exception as exc:
+        raise UsageError(f"cannot list --input {path}: {exc}") from None
+    if not found:
+        raise UsageError(f"no files under --input {path}" + ("" if "://" in path or os.path.exists(path) else ": it does not exist"))
+
+
+def _run_pipeline(args, options, model_info: dict, image_size: int, plan: CommitPlan, pattern: str | None):
+    """Runs (or submits) the pipeline writing under the plan's staging folder; True when it ran here."""
+    args.staging = plan.write_root
+    if not is_dry_run(options):
+        write_bytes(join(args.staging, "bigquery", "predictions.schema.json"),
+                    bigquery_schema_json(PREDICTIONS_SCHEMA).encode())
+    run_timestamp = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    pipeline = beam.Pipeline(options=options)
+    _ = pipeline | "Predict" >> Predict(args, model_info, image_size, run_timestamp, plan, pattern)
+    result = pipeline.run()
+    if is_remote_runner(options):
+        return None
+    result.wait_until_finish()
+    return True

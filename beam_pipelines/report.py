@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines.common import UsageError, join, log, write_bytes
+from beam_pipelines.common import UsageError, join, log, read_bytes, write_bytes
 
 REPORT_NAME = "report.html"
+GENERATOR_TAG = "<meta name=generator content=\"emotion report\">"  # marks a page this command may replace
 MANIFEST = "demo.json"  # optional: titles and order of the sections, written by `emotion demo`
 MAX_REJECTED_ROWS = 50
 KIND_ORDER = {"ingest": 0, "train": 1, "predict": 2}
@@ -965,7 +966,7 @@ def build(root: str, title: str | None = None) -> str:
         nav += '<a href="#compare">Models compared</a>'
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = (
-        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>{GENERATOR_TAG}"
         '<meta name=viewport content="width=device-width,initial-scale=1">'
         f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
         f"<header><h1>{e(title)}</h1><p>Folder <code>{e(root)}</code> &middot; generated {e(now)} by "
@@ -979,8 +980,16 @@ def build(root: str, title: str | None = None) -> str:
     return path
 
 
+def check_report_is_ours(root: str) -> None:
+    """A report.html already in the folder is replaced only if this command wrote it."""
+    path = join(root, REPORT_NAME)
+    if FileSystems.exists(path) and GENERATOR_TAG.encode() not in read_bytes(path)[:4096]:
+        raise UsageError(f"{path} exists and was not written by emotion report; move it away first")
+
+
 def run(argv=None) -> str:
     args = parse_args(argv)
+    check_report_is_ours(args.output)
     path = build(args.output, args.title)
     print(f"report: {path}")
     return path

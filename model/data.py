@@ -10,8 +10,10 @@ overhead stays out of the way of the training step.
 from __future__ import annotations
 
 import json
+
 import tensorflow as tf
 
+from beam_pipelines.errors import UsageError
 from model import augment as augmentation
 from schemas import FEATURES, LABELS, SCHEMA_VERSION
 
@@ -24,21 +26,40 @@ def feature_spec() -> dict:
 
 
 def read_stats(data_dir: str) -> dict:
-    with tf.io.gfile.GFile(f"{data_dir.rstrip('/')}/stats.json") as f:
-        stats = json.load(f)
+    """DATA/stats.json of an ingest output, after the schema and label checks; UsageError (one line)
+    when --data is not an ingest output this code can read."""
+    root = data_dir.rstrip("/")
+    path = f"{root}/stats.json"
+    if not tf.io.gfile.exists(path):
+        if not tf.io.gfile.exists(root):
+            raise UsageError(f"--data {data_dir} does not exist")
+        raise UsageError(f"--data {data_dir} has no stats.json: not an emotion ingest output (run emotion ingest "
+                         f"and pass its --output)")
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            stats = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}): re-run emotion ingest") from None
+    if not isinstance(stats, dict):
+        raise UsageError(f"{path} is not an ingest summary (a JSON object): re-run emotion ingest")
     if stats.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
-            f"{data_dir} was written with schema version {stats.get('schema_version')}, this code reads {SCHEMA_VERSION}"
+        raise UsageError(
+            f"--data {data_dir} was written with schema version {stats.get('schema_version')}, this code reads "
+            f"{SCHEMA_VERSION}: re-run emotion ingest with this version"
         )
     if tuple(stats.get("labels", ())) != LABELS:
-        raise ValueError(f"{data_dir} has labels {stats.get('labels')}, this code expects {list(LABELS)}")
+        raise UsageError(f"--data {data_dir} has labels {stats.get('labels')}, this code expects {list(LABELS)}: "
+                         f"re-run emotion ingest with this version")
+    for key, kind in (("image_size", int), ("written", dict), ("written_per_split", dict)):
+        if not isinstance(stats.get(key), kind):
+            raise UsageError(f"{path} has no valid {key}: not an emotion ingest summary; re-run emotion ingest")
     return stats
 
 
 def split_files(data_dir: str, split: str) -> list[str]:
     files = sorted(tf.io.gfile.glob(f"{data_dir.rstrip('/')}/tfrecords/{split}-*-of-*.tfrecord"))
     if not files:
-        raise FileNotFoundError(f"no {split} TFRecords under {data_dir}/tfrecords")
+        raise UsageError(f"no {split} TFRecords under {data_dir.rstrip('/')}/tfrecords: re-run emotion ingest")
     return files
 
 

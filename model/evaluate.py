@@ -9,7 +9,6 @@ writes the metrics and the TTA mode that is best on val into the model's metadat
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import tensorflow as tf
@@ -65,7 +64,7 @@ def format_report(name: str, m: dict) -> str:
 
 
 def main(argv=None):
-    from model.export import load
+    from model.export import load, write_metadata
 
     p = argparse.ArgumentParser(prog="python -m model.evaluate")
     p.add_argument("--model", required=True)
@@ -89,8 +88,7 @@ def main(argv=None):
     if args.update_metadata:
         meta["metrics"] = {**meta.get("metrics", {}), **results}
         meta["recommended_tta"] = best_tta(results)
-        with tf.io.gfile.GFile(f"{args.model.rstrip('/')}/metadata.json", "w") as f:
-            f.write(json.dumps(meta, indent=2) + "\n")
+        write_metadata(args.model, meta)  # replaced in one step: never half a file
         print(f"recommended_tta: {meta['recommended_tta']} (best val macro-F1)")
 
 

@@ -4,10 +4,14 @@
     DIR/export/saved_model/         signatures: serve (encoded image bytes -> probabilities)
                                                 serve_pixels (float pixels -> probabilities)
     DIR/metadata.json               labels, image size, preprocessing, schema, data fingerprint,
-                                    metrics, command and versions
+                                    weights fingerprint, metrics, command and versions
     DIR/MODEL_CARD.md               intended use, data, recipe, metrics, cross-checks, known limits
 
-Loading refuses a model whose labels or schema disagree with this code.
+A model directory is whole or refused. An export is written into DIR/.export-staging-<id>/ and
+committed by renames, metadata.json last (see _commit), so an export killed at any point leaves either
+the previous model whole or a directory that load() refuses. Loading checks that export/model.keras is
+the model metadata.json describes (weights fingerprint, input size, classes) and that its labels and
+schema are this code's; every problem is a ModelError with one line that says what to do.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import platform
 import sys
 import tempfile
+import uuid
 
 import keras
 import numpy as np
@@ -27,10 +32,23 @@ from model import serving, tta
 from schemas import LABELS, LABELS_VERSION, SCHEMA_VERSION
 
 METADATA = "metadata.json"
+EXPORT = "export"
+KERAS_FILE = "model.keras"
+STAGING_PREFIX = ".export-staging-"  # a new export being written
+RETIRED_PREFIX = ".export-old-"  # the previous export, between the two commit renames
 
 
-class ModelMismatchError(ValueError):
-    """The model on disk was trained for other labels or another schema version."""
+class ModelError(ValueError):
+    """A model directory that cannot be used as it is; the message is one line that says what to do."""
+
+
+class ModelMismatchError(ModelError):
+    """The model on disk was made for other labels or another schema version, or its files disagree
+    (model.keras is not the model metadata.json describes)."""
+
+
+class ModelNotFoundError(ModelError, FileNotFoundError):
+    """metadata.json or export/model.keras is missing: not an exported model, or an interrupted export."""
 
 
 def weights_fingerprint(model: keras.Model) -> str:
@@ -80,19 +98,16 @@ def _serving_module(model: keras.Model, image_size: int, tta_mode: str = "none")
     return archive
 
 
+# =========================================================================== writing
+
+
 def export(model: keras.Model, model_dir: str, metadata: dict) -> dict:
-    """Writes export/ and metadata.json for a trained (non-distributed) model; returns the metadata."""
+    """Writes export/ and metadata.json for a trained (non-distributed) model, whole or not at all;
+    returns the metadata. An exception leaves the previous export and metadata as they were.
+    One export at a time per model directory (training exports from the chief only)."""
+    root = model_dir.rstrip("/")
     image_size = int(model.input_shape[1])
-    export_dir = f"{model_dir.rstrip('/')}/export"
-    tf.io.gfile.makedirs(export_dir)
     fingerprint = weights_fingerprint(model)
-    # Keras writes .keras files through a local path; copy it so gs:// model dirs work.
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "model.keras")
-        model.save(local)
-        tf.io.gfile.copy(local, f"{export_dir}/model.keras", overwrite=True)
-    _serving_module(model, image_size, metadata.get("recommended_tta", "none")).write_out(
-        f"{export_dir}/saved_model", verbose=False)
     metadata = {
         "labels": list(LABELS),
         "labels_version": LABELS_VERSION,
@@ -112,10 +127,72 @@ def export(model: keras.Model, model_dir: str, metadata: dict) -> dict:
         "versions": versions(),
         "command": " ".join(sys.argv),
     }
-    with tf.io.gfile.GFile(f"{model_dir.rstrip('/')}/{METADATA}", "w") as f:
-        f.write(json.dumps(metadata, indent=2) + "\n")
-    write_model_card(model_dir, metadata)
+    tf.io.gfile.makedirs(root)
+    staging = f"{root}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    try:
+        tf.io.gfile.makedirs(staging)
+        _save_keras(model, f"{staging}/{KERAS_FILE}")
+        if weights_fingerprint(_load_keras(f"{staging}/{KERAS_FILE}")) != fingerprint:
+            raise ModelError(f"{staging}/{KERAS_FILE} does not read back as the model just saved; export again")
+        _serving_module(model, image_size, metadata.get("recommended_tta", "none")).write_out(
+            f"{staging}/saved_model", verbose=False)
+    except BaseException:
+        _remove(staging)
+        raise
+    _commit(root, staging, metadata)
+    _remove_leftovers(root)  # of exports interrupted before this one
+    write_model_card(root, metadata)
     return metadata
+
+
+def _commit(root: str, staging: str, metadata: dict) -> None:
+    """Puts a complete staging folder in place of DIR/export, then writes metadata.json.
+
+    Local disks rename folders atomically: export/ is moved aside, staging/ becomes export/,
+    metadata.json is replaced by a rename, and the old export is removed last. Killed between two
+    steps, the directory holds no export/ (refused as missing) or a new model.keras beside the old
+    metadata.json (refused: the fingerprints differ). An exception puts the previous export back.
+
+    Object stores (gs://) cannot rename a folder in one step; there metadata.json is deleted first,
+    so that the directory is refused as "no metadata.json" until the new export is copied in whole."""
+    export_dir = f"{root}/{EXPORT}"
+    final = f"{root}/{METADATA}"
+    pending = f"{root}/.{METADATA}.{uuid.uuid4().hex[:12]}"
+    try:
+        _write_file(pending, json.dumps(metadata, indent=2) + "\n")
+    except BaseException:
+        _remove(staging)
+        _remove(pending)
+        raise
+    if not _is_local(root):
+        if tf.io.gfile.exists(final):
+            tf.io.gfile.remove(final)
+        _remove(export_dir)
+        _copy_tree(staging, export_dir)
+        tf.io.gfile.rename(pending, final, overwrite=True)
+        _remove(staging)
+        return
+    retired = f"{root}/{RETIRED_PREFIX}{uuid.uuid4().hex[:12]}"
+    had_export = tf.io.gfile.exists(export_dir)
+    try:
+        if had_export:
+            tf.io.gfile.rename(export_dir, retired)
+        tf.io.gfile.rename(staging, export_dir)
+        tf.io.gfile.rename(pending, final, overwrite=True)
+    except BaseException:
+        if not tf.io.gfile.exists(staging) and tf.io.gfile.exists(export_dir):
+            tf.io.gfile.rename(export_dir, staging)  # the new export was in place: take it out again
+        if had_export and tf.io.gfile.exists(retired):
+            tf.io.gfile.rename(retired, export_dir)
+        _remove(staging)
+        _remove(pending)
+        raise
+    _remove(retired)
+
+
+def write_metadata(model_dir: str, metadata: dict) -> None:
+    """Replaces DIR/metadata.json in one step (a rename), e.g. to add metrics; the model is unchanged."""
+    _write_file(f"{model_dir.rstrip('/')}/{METADATA}", json.dumps(metadata, indent=2) + "\n", atomic=True)
 
 
 def write_model_card(model_dir: str, metadata: dict) -> str:
@@ -128,42 +205,163 @@ def write_model_card(model_dir: str, metadata: dict) -> str:
     card = env.get_template("model_card.md.j2").render(
         m=metadata, imported=metadata.get("training", {}).get("imported_run"), per_class_splits=per_class)
     path = f"{model_dir.rstrip('/')}/MODEL_CARD.md"
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(card)
+    _write_file(path, card, atomic=True)
     return path
 
 
-def read_metadata(model_dir: str) -> dict:
-    path = f"{model_dir.rstrip('/')}/{METADATA}"
+# --------------------------------------------------------------------------- file helpers
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _write_file(path: str, text: str, atomic: bool = False) -> None:
+    """Writes text; atomic: to a temporary name beside it, then renamed over it."""
+    target = path
+    if atomic:
+        head, name = path.rsplit("/", 1) if "/" in path else (".", path)
+        path = f"{head}/.{name}.{uuid.uuid4().hex[:12]}"
+    try:
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(text)
+        if atomic:
+            tf.io.gfile.rename(path, target, overwrite=True)
+    except BaseException:
+        if atomic:
+            _remove(path)
+        raise
+
+
+def _remove(path: str) -> None:
+    if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+    elif tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    for folder, _, files in tf.io.gfile.walk(src):
+        target = dst + folder[len(src):]
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(f"{folder}/{name}", f"{target}/{name}", overwrite=True)
+
+
+def _leftovers(root: str) -> list[str]:
+    """What interrupted exports left in a model directory."""
+    patterns = (f"{STAGING_PREFIX}*", f"{RETIRED_PREFIX}*", f".{METADATA}.*")
+    return sorted(p for pattern in patterns for p in tf.io.gfile.glob(f"{root}/{pattern}"))
+
+
+def _remove_leftovers(root: str) -> None:
+    for path in _leftovers(root):
+        _remove(path)
+
+
+def _save_keras(model: keras.Model, path: str) -> None:
+    # Keras writes .keras files through a local path; copy it so gs:// model dirs work.
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, KERAS_FILE)
+        model.save(local)
+        tf.io.gfile.copy(local, path, overwrite=True)
+
+
+def _load_keras(path: str) -> keras.Model:
+    import zipfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, KERAS_FILE)
+        try:
+            tf.io.gfile.copy(path, local, overwrite=True)
+            if not zipfile.is_zipfile(local):
+                raise ValueError("not a .keras zip archive")
+            return keras.models.load_model(local, compile=False, safe_mode=True)
+        except Exception as exc:  # a truncated zip, a file from another Keras, a non-model: all one answer
+            reason = (str(exc).replace(local, path).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelError(f"{path} cannot be read as a Keras model ({reason}): a damaged or partly copied "
+                             f"export; re-export it") from None
+
+
+# =========================================================================== reading and checking
+
+
+def read_metadata(model_dir: str, verify: bool = True) -> dict:
+    """metadata.json of an exported model directory, after the checks load() makes (verify=False:
+    only those that need no model.keras read: metadata present and readable, labels, schema)."""
+    if verify:
+        return load(model_dir)[1]
+    return _read_metadata(model_dir.rstrip("/"))
+
+
+def _interrupted(root: str) -> str:
+    return " (an export into it was interrupted)" if _leftovers(root) else ""
+
+
+def _read_metadata(root: str) -> dict:
+    path = f"{root}/{METADATA}"
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"no {METADATA} in {model_dir}: not an exported model directory")
-    with tf.io.gfile.GFile(path) as f:
-        metadata = json.load(f)
-    check_compatible(metadata, model_dir)
+        if not tf.io.gfile.exists(root):
+            raise ModelNotFoundError(f"model directory {root} does not exist")
+        raise ModelNotFoundError(f"no {METADATA} in {root}{_interrupted(root)}: not an exported model "
+                                 f"directory; export or re-export it")
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            metadata = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}): re-export the model") from None
+    if not isinstance(metadata, dict):
+        raise ModelError(f"{path} is not a model's metadata (a JSON object): re-export the model")
+    check_compatible(metadata, root)
+    for key, kind in (("model_fingerprint", str), ("image_size", int)):
+        if not isinstance(metadata.get(key), kind):
+            raise ModelMismatchError(f"{path} has no valid {key}: a hand-edited or foreign metadata file; "
+                                     f"re-export the model")
     return metadata
 
 
 def check_compatible(metadata: dict, where: str = "model") -> None:
     if tuple(metadata.get("labels", ())) != LABELS:
         raise ModelMismatchError(
-            f"{where} was trained for labels {metadata.get('labels')}, this code uses {list(LABELS)}"
+            f"{where} was trained for labels {metadata.get('labels')}, this code uses {list(LABELS)}: "
+            f"use a model trained on these labels"
         )
     if metadata.get("schema_version") != SCHEMA_VERSION:
         raise ModelMismatchError(
-            f"{where} has schema version {metadata.get('schema_version')}, this code reads {SCHEMA_VERSION}"
+            f"{where} has schema version {metadata.get('schema_version')}, this code reads {SCHEMA_VERSION}: "
+            f"use a model exported by this version"
         )
 
 
-def load(model_dir: str) -> tuple[keras.Model, dict]:
-    """(Keras model, metadata) of an exported model directory, after the compatibility check."""
-    metadata = read_metadata(model_dir)
-    path = f"{model_dir.rstrip('/')}/export/model.keras"
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "model.keras")
-        tf.io.gfile.copy(path, local, overwrite=True)
-        model = keras.models.load_model(local, compile=False, safe_mode=True)
+def check_model(model: keras.Model, metadata: dict, model_dir: str = "model") -> None:
+    """model.keras is the model metadata.json describes: same weights, input size and classes."""
+    root = model_dir.rstrip("/")
+    keras_path, metadata_path = f"{root}/{EXPORT}/{KERAS_FILE}", f"{root}/{METADATA}"
+    stored, actual = metadata["model_fingerprint"], weights_fingerprint(model)
+    if stored != actual:
+        raise ModelMismatchError(
+            f"{keras_path} does not match {metadata_path} (fingerprint {actual[:12]} vs {stored[:12]}): "
+            f"an interrupted or hand-edited export; re-export it")
+    size = int(metadata["image_size"])
+    shape = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else None
+    if shape != (size, size, 1):
+        raise ModelMismatchError(
+            f"{keras_path} takes inputs of shape {shape}, {metadata_path} says image_size {size}: "
+            f"a hand-edited export; re-export it")
     if model.output_shape[-1] != len(LABELS):
-        raise ModelMismatchError(f"{model_dir} outputs {model.output_shape[-1]} classes, expected {len(LABELS)}")
+        raise ModelMismatchError(f"{keras_path} outputs {model.output_shape[-1]} classes, expected {len(LABELS)}: "
+                                 f"re-export it")
+
+
+def load(model_dir: str) -> tuple[keras.Model, dict]:
+    """(Keras model, metadata) of an exported model directory, after every check; ModelError if any fails."""
+    root = model_dir.rstrip("/")
+    metadata = _read_metadata(root)
+    path = f"{root}/{EXPORT}/{KERAS_FILE}"
+    if not tf.io.gfile.exists(path):
+        raise ModelNotFoundError(f"{path} is missing{_interrupted(root)}: re-export the model")
+    model = _load_keras(path)
+    check_model(model, metadata, root)
     return model, metadata
 
 
@@ -175,12 +373,25 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m model.export")
     p.add_argument("--model-dir", required=True)
     args = p.parse_args(argv)
-    model, metadata = load(args.model_dir)
-    _serving_module(model, int(metadata["image_size"]), metadata.get("recommended_tta", "none")).write_out(
-        f"{args.model_dir.rstrip('/')}/export/saved_model", verbose=False
-    )
-    write_model_card(args.model_dir, metadata)
-    print(f"wrote {args.model_dir.rstrip('/')}/export/saved_model and MODEL_CARD.md")
+    root = args.model_dir.rstrip("/")
+    try:
+        model, metadata = load(root)
+    except ModelError as exc:
+        p.exit(2, f"{p.prog}: error: {exc}\n")
+    target = f"{root}/{EXPORT}/saved_model"
+    staging = f"{root}/{EXPORT}/.saved_model-{uuid.uuid4().hex[:12]}"
+    try:
+        _serving_module(model, int(metadata["image_size"]), metadata.get("recommended_tta", "none")).write_out(
+            staging, verbose=False)
+        _remove(target)
+        if _is_local(root):
+            tf.io.gfile.rename(staging, target)
+        else:
+            _copy_tree(staging, target)
+    finally:
+        _remove(staging)
+    write_model_card(root, metadata)
+    print(f"wrote {target} and MODEL_CARD.md")
 
 
 if __name__ == "__main__":

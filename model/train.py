@@ -196,20 +196,59 @@ def init_from(model, source: str) -> None:
     import tempfile
 
     from model import resolve_model_dir
-    from model.export import load
+    from model.export import ModelError, load
 
     source = resolve_model_dir(source)
 
     if source.endswith(".weights.h5"):
+        if not tf.io.gfile.exists(source):
+            raise UsageError(f"--init-weights {source} does not exist")
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, "init.weights.h5")
             tf.io.gfile.copy(source, local, overwrite=True)
             model.load_weights(local)
         return
-    exported, _ = load(source)
+    try:
+        exported, _ = load(source)
+    except ModelError as exc:
+        raise UsageError(f"--init-weights {source}: {exc}") from None
     if [w.shape for w in exported.get_weights()] != [w.shape for w in model.get_weights()]:
         raise UsageError(f"--init-weights {source} is a {exported.name}, which does not match --arch {model.name}")
     model.set_weights(exported.get_weights())
+
+
+# =========================================================================== data checks
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def check_data(data_dir: str) -> dict:
+    """stats.json of --data, after the checks that need neither a model nor a device: an ingest output
+    with train TFRecords, training images of at least two classes, and a val split (where there is one)
+    large enough to choose epochs on. A UsageError (one line) names what is wrong otherwise."""
+    from model import data
+    from schemas import eval_split_too_small, min_eval_images
+
+    stats = data.read_stats(data_dir)
+    n_train = int(stats["written_per_split"].get("train", 0))
+    n_val = int(stats["written_per_split"].get("val", 0))
+    if n_train <= 0:
+        raise UsageError(f"--data {data_dir} holds no training images (its stats.json counts none in train): "
+                         f"re-run emotion ingest on an input with training images")
+    data.split_files(data_dir, "train")
+    classes = [label for label, n in stats["written"].get("train", {}).items() if int(n) > 0]
+    if len(classes) < 2:
+        raise UsageError(f"--data {data_dir} has training images of {len(classes)} class"
+                         f"{'' if len(classes) == 1 else 'es'} ({', '.join(classes) or 'none'}); a classifier needs "
+                         f"at least 2: check the class folders given to emotion ingest")
+    if n_val and eval_split_too_small(n_val, n_train):
+        raise UsageError(
+            f"--data {data_dir}: val holds {_plural(n_val, 'image')}, fewer than the {min_eval_images(n_train):,} "
+            f"needed to choose epochs next to {_plural(n_train, 'training image')}: re-run emotion ingest (it carves "
+            f"a fresh val from train when val is this small) or pass it a larger --val-fraction")
+    return stats
 
 
 # =========================================================================== main
@@ -217,6 +256,7 @@ def init_from(model, source: str) -> None:
 
 def run(argv=None) -> dict:
     args = parse_args(argv)
+    stats = check_data(args.data)  # cheap, and touches no device
     strategy = make_strategy(args)  # before anything else touches TensorFlow's devices
 
     import keras
@@ -236,12 +276,13 @@ def run(argv=None) -> dict:
     loss_scaling = policy == "mixed_float16"  # bfloat16 has float32's exponent range: no loss scaling
     keras.utils.set_random_seed(args.seed)
 
-    stats = data.read_stats(args.data)
     image_size = int(stats["image_size"])
     train_files = data.split_files(args.data, "train")
     n_train = int(stats["written_per_split"].get("train", 0))
     if n_train < global_batch:
-        raise ValueError(f"{n_train} training images is fewer than one global batch of {global_batch}")
+        raise UsageError(f"--data {args.data} holds {_plural(n_train, 'training image')}, fewer than one global batch "
+                         f"of {global_batch} (--batch-size {args.batch_size} x {_plural(replicas, 'replica')}): "
+                         f"lower --batch-size")
     steps_per_epoch = args.steps_per_epoch or max(1, n_train // global_batch)
     total_steps = steps_per_epoch * args.epochs
     peak_lr = optimization.peak_lr(args.optimizer, args.lr, global_batch)

@@ -9,9 +9,11 @@ from schemas.labels import (  # noqa: F401
     LABELS_VERSION,
     NUM_CLASSES,
     SPLIT_ALIASES,
+    SPLITS,
     canonical_label,
     canonical_split,
 )
+from schemas.splits import MIN_EVAL_IMAGES, eval_split_too_small, min_eval_images  # noqa: F401
 from schemas.tfrecord import (  # noqa: F401
     SCHEMA_VERSION,
     FEATURES,

@@ -391,6 +391,41 @@ def test_ingest_then_predict_on_gcs(gcs, model_dir, tmp_path):
     assert {r["uri"]: r["split"] for r in rows} == records
 
 
+def test_output_ownership_and_lock_on_gcs(gcs, tmp_path):
+    """The data-safety rules hold on gs:// as on disk: manifest, staging committed and gone, the lock
+    released; a busy output, and files no run wrote, stop a run before it writes anything."""
+    from beam_pipelines.errors import UsageError
+    from beam_pipelines.outputs import OutputLock
+
+    raw = tmp_path / "raw"
+    make_split_tree(raw, per_class=1, splits=("train", "test"))
+    upload_tree(gcs, raw, "emotion-test", "own/raw")
+    bucket = gcs.bucket("emotion-test")
+    args = ["--input", "gs://emotion-test/own/raw", "--output", "gs://emotion-test/own/out", "--val-fraction", "0"]
+
+    ingest.run(args)
+    manifest = json.loads(bucket.blob("own/out/_run.json").download_as_bytes())
+    assert manifest["state"] == "complete" and manifest["counts"]["written"] == 14
+    names = blob_names(gcs, "emotion-test", "own/out/")
+    assert sorted(f"own/out/{rel}" for rel in manifest["files"]) == sorted(n for n in names if not n.endswith("_run.json"))
+    assert not any("_staging" in n or n.endswith("_run.lock") for n in names)
+
+    holder = OutputLock("gs://emotion-test/own/out", "ingest-elsewhere")
+    holder.holder["host"] = "another-host"  # a run on another machine: never taken over
+    holder.acquire()
+    with pytest.raises(UsageError, match="in use by run ingest-elsewhere"):
+        ingest.run(args)
+    holder.release()
+    assert not bucket.blob("own/out/_run.lock").exists()
+
+    bucket.blob("own/out/plots/mine.png").upload_from_string(b"the user's")
+    with pytest.raises(UsageError, match="no earlier run of this pipeline wrote"):
+        ingest.run(args)
+    assert blob_names(gcs, "emotion-test", "own/out/") == sorted(names + ["own/out/plots/mine.png"])
+    ingest.run([*args, "--overwrite"])
+    assert not bucket.blob("own/out/plots/mine.png").exists()
+
+
 # =========================================================================== flex templates
 
 

@@ -151,6 +151,9 @@ def test_multiprocess_rerun_is_deterministic_and_leaves_nothing_stale(folder_run
     (again / "predictions" / "stale-00007-of-00009.parquet").write_bytes(b"old")
     (again / "evaluation").mkdir()
     (again / "evaluation" / "old.json").write_text("{}")
+    # An earlier run's files (its manifest lists them): a re-run removes those it does not write again.
+    (again / "_run.json").write_text(json.dumps({"run_id": "predict-earlier", "stage": "predict", "state": "complete",
+        "files": ["predictions/stale-00007-of-00009.parquet", "evaluation/old.json"]}))
     summary = predict.run(["--input", str(SAMPLE), "--output", str(again), "--model", str(model_dir),
                            "--runner", "DirectRunner", "--direct_num_workers", "2",
                            "--direct_running_mode", "multi_processing"])

@@ -178,6 +178,20 @@ def test_sniffing_ignores_extensions():
     assert sniff_format(_encode(synthetic_face(1), ".png")) == "png"
     assert sniff_format(_encode(synthetic_face(1), ".bmp")) == "bmp"
     assert sniff_format(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "webp"
+    assert sniff_format(b"II+\x00\x08\x00\x00\x00") == sniff_format(b"MM\x00+\x00\x08\x00\x00") == "tiff"  # BigTIFF
+    assert sniff_format(b"P5\n4 4\n255\n" + bytes(16)) is None  # PNM: OpenCV reads it, we do not hand it over
+
+
+def test_opencv_errors_other_than_its_ceiling_are_corrupt(monkeypatch):
+    import model.preprocess as pp
+
+    def refuse(buf, flags):
+        raise cv2.error("OpenCV(4.14.0) grfmt_tiff.cpp:1: error: (-215:Assertion failed) ok in function 'readData'")
+
+    monkeypatch.setattr(pp.cv2, "imdecode", refuse)
+    with pytest.raises(PreprocessError) as err:
+        decode_gray(_encode(synthetic_face(2), ".tiff"))
+    assert err.value.reason == "corrupt_image" and "readData" in err.value.detail
 
 
 def test_preprocess_resizes_and_hashes_source_pixels():

@@ -75,7 +75,9 @@ TARGET_SHARD_BYTES = 32 << 20
 OUTPUT_NAMES = ["tfrecords", "rejected", "stats.json", "plots"]
 
 
-def parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
+    """The options of this stage: the one source for the CLI and the Dataflow flex template
+    (deploy/dataflow/*.metadata.json are checked against it by tests)."""
     parser = argparse.ArgumentParser(prog="emotion ingest", description=__doc__.split("\n")[0])
     parser.add_argument("--input", required=True, help="image root: <root>/<split>/<class>/* or <root>/<class>/*")
     parser.add_argument("--output", required=True, help="output folder (local or gs://)")
@@ -93,6 +95,11 @@ def parse_args(argv):
     parser.add_argument("--files-per-batch", type=int, default=256, help="files decoded per work item")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files under --output that no earlier run of this pipeline wrote")
+    return parser
+
+
+def parse_args(argv):
+    parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     check_max_pixels(args.max_pixels)
     if not 8 <= args.image_size <= 512:

@@ -66,7 +66,9 @@ from schemas.tables import bigquery_schema_json
 OUTPUT_NAMES = ["predictions", "rejected", "evaluation", "plots", "summary.json", "bigquery"]
 
 
-def parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
+    """The options of this stage: the one source for the CLI and the Dataflow flex template
+    (deploy/dataflow/*.metadata.json are checked against it by tests)."""
     p = argparse.ArgumentParser(prog="emotion predict", description=__doc__.split("\n")[0])
     p.add_argument("--input", required=True, help="image folder, or TFRecords (a glob or an ingest output folder)")
     p.add_argument("--output", required=True)
@@ -87,6 +89,11 @@ def parse_args(argv):
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     p.add_argument("--overwrite", action="store_true",
                    help="replace files under --output that no earlier run of this pipeline wrote")
+    return p
+
+
+def parse_args(argv):
+    p = build_parser()
     args, beam_args = p.parse_known_args(argv)
     check_max_pixels(args.max_pixels)
     args.input = args.input.rstrip("/")

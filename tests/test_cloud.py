@@ -165,6 +165,23 @@ def test_predict_builds_a_complete_dataflow_job_offline(kind, tmp_path, model_di
     assert opts["machine_type"] == "n1-standard-8"
 
 
+@pytest.mark.parametrize("stage", ["ingest", "predict"])
+def test_a_dry_run_on_gs_paths_touches_no_storage(stage, model_dir, dataflow_jobs, monkeypatch):
+    """No credentials and no network (a GCS endpoint where nothing listens): a dry run still builds
+    the whole job at once, because it neither lists the input nor claims the output."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    started = time.monotonic()
+    io = ["--input", "gs://no-such-bucket/faces", "--output", "gs://no-such-bucket/out"]
+    if stage == "ingest":
+        result = ingest.run([*io, *DRY_RUN, *WORKER_OPTIONS])
+    else:
+        result = predict.run([*io, "--model", str(model_dir), *DRY_RUN, *GPU_OPTIONS])
+    assert result is None and len(dataflow_jobs) == 1
+    assert f"{stage.capitalize()}/Commit/MoveIntoPlace" in step_names(dataflow_jobs[0])
+    assert time.monotonic() - started < 30
+
+
 def makefile_command(target: str, **variables) -> list[str]:
     """The command `make <target>` in deploy/dataflow/Makefile would run, as argv."""
     make = shutil.which("make")

@@ -3,6 +3,7 @@
     emotion ingest  --input RAW --output OUT [Beam options...]
     emotion train   --data INGEST_OUT --model-dir DIR [...]
     emotion predict --input IMAGES_OR_TFRECORDS --output OUT [--model DIR] [Beam options...]
+    emotion compare --a PREDS_A --b PREDS_B --output DIR   (or --table ROOT --a RUN_ID --b RUN_ID)
     emotion report  --output DIR
     emotion demo    [--output DIR]
 """
@@ -18,6 +19,7 @@ COMMANDS = {
     "ingest": ("beam_pipelines.ingest", "raw image folders -> validated, sharded TFRecords"),
     "train": ("model.train", "tf.distribute training -> checkpoints, TensorBoard, exported model"),
     "predict": ("beam_pipelines.predict", "Beam batch inference -> Parquet predictions + evaluation"),
+    "compare": ("beam_pipelines.compare", "two prediction runs over the same images, model against model"),
     "report": ("beam_pipelines.report", "static HTML report of an ingest/train/predict output"),
     "demo": ("beam_pipelines.demo", "ingest -> train -> predict -> report on the embedded sample"),
 }

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emotion ingest", description=__doc__.split("\n")[0])
     parser.add_argument("--input", required=True, help="image root: <root>/<split>/<class>/* or <root>/<class>/*")
     parser.add_argument("--output", required=True, help="output folder (local or gs://)")
-    parser.add_argument("--image-size", type=int, default=48)
+    parser.add_argument("--image-size", type=int, default=48, help="side of the square grayscale images written (8-512)")
     parser.add_argument("--face-crop", action="store_true", help="crop the largest face (Haar cascade)")
     parser.add_argument(
         "--val-fraction", type=float, default=0.1, help="val carved from train by content hash when the input has no val"
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="salt of the content-hash split assignment")
     parser.add_argument("--num-shards", type=int, default=0, help="shards per split (0: from the data size)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are rejected")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are rejected as too_large, from their header, before decoding")
     parser.add_argument("--files-per-batch", type=int, default=256, help="files decoded per work item")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files under --output that no earlier run of this pipeline wrote")

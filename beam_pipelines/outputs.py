@@ -268,9 +268,9 @@ class OutputClaim:
     """The launcher's side of a run into --output: lock, check, stage; abort on failure."""
 
     def __init__(self, output: str, stage: str, names: list[str], overwrite: bool = False,
-                 description: dict | None = None):
+                 description: dict | None = None, run_id: str | None = None):
         self.output, self.stage, self.names, self.overwrite = output.rstrip("/"), stage, tuple(names), overwrite
-        self.run_id = new_run_id(stage)
+        self.run_id = run_id or new_run_id(stage)
         self.description = description or {}
         self.lock = OutputLock(self.output, self.run_id)
         self.previous = None

@@ -49,7 +49,8 @@ from beam_pipelines.common import (
 )
 from beam_pipelines.listing import PROBLEMS as LISTING_PROBLEMS
 from beam_pipelines.listing import escape_glob, exists_any, list_entries
-from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim
+from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim, remove_tree
+from beam_pipelines.table import DataFingerprint, TablePlan, WriteTable, check_run_id, code_version, commit_table
 from model.preprocess import (
     DEFAULT_MAX_PIXELS,
     FACE_DETECTORS,
@@ -71,13 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     (deploy/dataflow/*.metadata.json are checked against it by tests)."""
     p = argparse.ArgumentParser(prog="emotion predict", description=__doc__.split("\n")[0])
     p.add_argument("--input", required=True, help="image folder, or TFRecords (a glob or an ingest output folder)")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True,
+                   help="folder for predictions/, evaluation/, plots/, summary.json (local or gs://)")
     p.add_argument("--model", default="shipped",
                    help="exported model directory, local or gs:// (default: 'shipped', the model installed with the package)")
     crop = p.add_mutually_exclusive_group()
     crop.add_argument("--face-crop", dest="face_crop", action="store_true", default=None,
                       help="crop faces (default: as the model was trained)")
-    crop.add_argument("--no-face-crop", dest="face_crop", action="store_false")
+    crop.add_argument("--no-face-crop", dest="face_crop", action="store_false", help="never crop faces")
     p.add_argument("--face-detector", choices=FACE_DETECTORS, default="haar",
                    help="with --face-crop: haar (fast) or mtcnn (finds far more faces, ~4x slower per image; "
                         "bench/face_crop_bench.py)")
@@ -85,10 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation: flip (2 views), crops (10 shifted/mirrored views); "
                         "default: as the model's metadata recommends")
     p.add_argument("--batch-size", type=int, default=128, help="largest model batch")
-    p.add_argument("--files-per-batch", type=int, default=256)
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    p.add_argument("--files-per-batch", type=int, default=256, help="files read and decoded per work item")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="larger images are rejected as too_large, from their header, before decoding")
     p.add_argument("--overwrite", action="store_true",
                    help="replace files under --output that no earlier run of this pipeline wrote")
+    p.add_argument("--table", default=None,
+                   help="also append this run's rows to the partitioned predictions table at this root "
+                        "(local or gs://; ROOT/model_version=/run_date=/run_id=/*.parquet, runs in ROOT/_runs/)")
+    p.add_argument("--run-id", default=None,
+                   help="this run's id (default: predict-<UTC time>-<random>); re-using one replaces that "
+                        "run's partition of --table")
     return p
 
 
@@ -98,6 +107,10 @@ def parse_args(argv):
     check_max_pixels(args.max_pixels)
     args.input = args.input.rstrip("/")
     args.output = args.output.rstrip("/")
+    if args.table:
+        args.table = args.table.rstrip("/")
+    if args.run_id is not None and check_run_id(args.run_id):
+        raise UsageError(f"--run-id {args.run_id!r}: {check_run_id(args.run_id)}")
     return args, beam_args
 
 
@@ -250,9 +263,9 @@ def tfrecord_pattern(path: str) -> str | None:
 
 
 class ToRow(beam.DoFn):
-    def __init__(self, model_info, run_timestamp):
+    def __init__(self, model_info, run_timestamp, run_id):
         self.model_info = model_info
-        self.run_timestamp = run_timestamp
+        self.run_timestamp, self.run_id = run_timestamp, run_id
 
     def process(self, element):
         (uri, digest, label, split), result = element
@@ -270,6 +283,7 @@ class ToRow(beam.DoFn):
             "split": split,
             "model_version": self.model_info["model_version"],
             "model_fingerprint": self.model_info["model_fingerprint"],
+            "run_id": self.run_id,
             "run_timestamp": self.run_timestamp,
         }
         # 8-bit thumbnails for the samples plot (model inputs from images are float).
@@ -312,9 +326,10 @@ class WriteSummary(beam.DoFn):
 class Predict(beam.PTransform):
     """Input root/glob -> predictions, rejected rows, evaluation and summary."""
 
-    def __init__(self, args, model_info, image_size, run_timestamp, plan: CommitPlan, pattern: str | None):
+    def __init__(self, args, model_info, image_size, run_timestamp, plan: CommitPlan, pattern: str | None,
+                 table: TablePlan | None = None):
         super().__init__()
-        self.pattern = pattern
+        self.pattern, self.table = pattern, table
         self.args, self.model_info, self.image_size, self.run_timestamp = args, model_info, image_size, run_timestamp
         self.plan = plan
 
@@ -351,11 +366,11 @@ class Predict(beam.PTransform):
             inputs
             | "KeyByMetadata" >> beam.Map(lambda kv: ((kv[0], *kv[1][1:]), kv[1][0]))
             | "RunInference" >> RunInference(handler)
-            | "ToRows" >> beam.ParDo(ToRow(self.model_info, self.run_timestamp))
+            | "ToRows" >> beam.ParDo(ToRow(self.model_info, self.run_timestamp, self.plan.run_id))
         )
+        row_dicts = rows | "RowsOnly" >> beam.Map(lambda rp: rp[0])
         prediction_files = (
-            rows
-            | "RowsOnly" >> beam.Map(lambda rp: rp[0])
+            row_dicts
             | "WritePredictions" >> beam.io.WriteToParquet(
                 join(a.staging, "predictions", "predictions"), PREDICTIONS_SCHEMA, file_name_suffix=".parquet"
             )
@@ -384,7 +399,34 @@ class Predict(beam.PTransform):
             )
         )
         totals = summary | "Totals" >> beam.Map(lambda s: s["totals"])
-        return pbegin | "Commit" >> CommitOutputs(self.plan, totals, after=[prediction_files, rejected_files, summary])
+        committed = pbegin | "Commit" >> CommitOutputs(self.plan, totals, after=[prediction_files, rejected_files, summary])
+        if self.table is None:
+            return committed
+        table, args, started = self.table, self.args, self.run_timestamp
+        table_files = row_dicts | "WriteTable" >> WriteTable(table)
+        fingerprint = row_dicts | "DataFingerprint" >> DataFingerprint()
+        return (
+            pbegin
+            | "TableTrigger" >> beam.Create([None])
+            | "CommitTable" >> beam.Map(
+                lambda _, s, fp, *done: commit_table(table, run_row(s, fp, args, table, started)),
+                beam.pvalue.AsSingleton(summary), beam.pvalue.AsSingleton(fingerprint),
+                beam.pvalue.AsList(table_files), beam.pvalue.AsList(committed))
+        )
+
+
+def run_row(summary: dict, fingerprint: str, args, table: TablePlan, started) -> dict:
+    """This run's row of the runs table (schemas.RUNS_SCHEMA)."""
+    t = summary["totals"]
+    return {
+        "run_id": table.run_id, "started": started, "input_uri": args.input, "data_fingerprint": fingerprint,
+        "model_version": summary["model_version"], "model_fingerprint": summary["model_fingerprint"],
+        "tta": summary["tta"], "face_crop": bool(summary["face_crop"]),
+        "matched": t["matched"], "predicted": t["predicted"], "rejected": t["rejected"],
+        "skipped_non_data": t["skipped_non_data"], "labelled": summary["labelled"],
+        "accuracy": summary["accuracy"], "macro_f1": summary["macro_f1"],
+        "code_version": code_version(), "output": args.output,
+    }
 
 
 def run(argv=None, save_main_session=True) -> dict | None:
@@ -400,7 +442,7 @@ def run(argv=None, save_main_session=True) -> dict | None:
     if args.tta is None:
         args.tta = metadata.get("recommended_tta", "none")
     if not dry_run:  # a dry run touches no storage
-        check_storage_access(args.input, args.output)
+        check_storage_access(args.input, args.output, *([args.table] if args.table else []))
     # A dry run reads an --input naming .tfrecord files as TFRecords and anything else as images.
     pattern = args.input if dry_run and ".tfrecord" in args.input.rsplit("/", 1)[-1] else None
     if not dry_run:
@@ -411,15 +453,25 @@ def run(argv=None, save_main_session=True) -> dict | None:
         "command": " ".join(["emotion", "predict", *(sys.argv[2:] if argv is None else argv)]),
         "input": args.input, "model": args.model, **model_info,
         "options": {k: v for k, v in vars(args).items() if k not in ("input", "output", "model")},
-        "remote": is_remote_runner(options)})
+        "remote": is_remote_runner(options)}, run_id=args.run_id)
     image_size = int(metadata.get("image_size", 48))
-    log.info("predict: %s -> %s with %s", args.input, args.output, model_info["model_version"])
+    run_timestamp = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    table = TablePlan(args.table, claim.run_id, model_info["model_version"], f"{run_timestamp:%Y-%m-%d}") \
+        if args.table else None
+    log.info("predict: %s -> %s with %s%s", args.input, args.output, model_info["model_version"],
+             f" (run {claim.run_id}, appended to {args.table})" if table else "")
     started = time.time()
     if dry_run:
-        return _run_pipeline(args, options, model_info, image_size, claim.dry_run_plan(), pattern)
+        return _run_pipeline(args, options, model_info, image_size, claim.dry_run_plan(), pattern, run_timestamp,
+                             table)
     with claim as plan:
-        if _run_pipeline(args, options, model_info, image_size, plan, pattern) is None:
-            return None
+        try:
+            if _run_pipeline(args, options, model_info, image_size, plan, pattern, run_timestamp, table) is None:
+                return None
+        except BaseException:
+            if table:  # a failed run leaves no partial partition
+                remove_tree(table.staging)
+            raise
     with FileSystems.open(join(args.output, "summary.json")) as f:
         summary = json.loads(f.read())
     t = summary["totals"]
@@ -454,15 +506,15 @@ def _check_input(path: str, pattern: str | None) -> None:
         raise UsageError(f"no files under --input {path}" + ("" if "://" in path or os.path.exists(path) else ": it does not exist"))
 
 
-def _run_pipeline(args, options, model_info: dict, image_size: int, plan: CommitPlan, pattern: str | None):
+def _run_pipeline(args, options, model_info: dict, image_size: int, plan: CommitPlan, pattern: str | None,
+                  run_timestamp: dt.datetime, table: TablePlan | None):
     """Runs (or submits) the pipeline writing under the plan's staging folder; True when it ran here."""
     args.staging = plan.write_root
     if not is_dry_run(options):
         write_bytes(join(args.staging, "bigquery", "predictions.schema.json"),
                     bigquery_schema_json(PREDICTIONS_SCHEMA).encode())
-    run_timestamp = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     pipeline = beam.Pipeline(options=options)
-    _ = pipeline | "Predict" >> Predict(args, model_info, image_size, run_timestamp, plan, pattern)
+    _ = pipeline | "Predict" >> Predict(args, model_info, image_size, run_timestamp, plan, pattern, table)
     result = pipeline.run()
     if is_remote_runner(options):
         return None

@@ -21,6 +21,9 @@ from schemas.tfrecord import (  # noqa: F401
 )
 from schemas.tables import (  # noqa: F401
     PREDICTIONS_SCHEMA,
+    RUNS_SCHEMA,
+    TABLE_PARTITION_KEYS,
+    TABLE_SCHEMA,
     REJECTED_SCHEMA,
     PER_CLASS_SCHEMA,
     CONFUSION_SCHEMA,

@@ -6,54 +6,215 @@ Dataflow's template launcher runs
         --runner=DataflowRunner --project=... --region=... --temp_location=... \\
         --staging_location=... --template_location=... --sdk_container_image=... --job_name=...
 
-with one `--name=value` per template parameter (metadata.json; names use underscores, every
-value is a string) followed by the Dataflow options. This script maps the template parameters
-onto the pipeline's own flags (--image_size=48 -> --image-size 48, --face_crop=true ->
---face-crop) and hands everything else to Beam unchanged.
+with one `--name=value` per template parameter (names use underscores, every value is a string)
+followed by the Dataflow options. This script maps the template parameters onto the pipeline's
+own flags (--image_size=48 -> --image-size 48, --face_crop=true -> --face-crop) and hands
+everything else to Beam unchanged.
+
+The template parameters are not declared here: they are the options of each stage's
+`build_parser()` (one parameter per argparse dest), read at import time, so the launcher
+image must have the package installed (the worker image it is built from does). The flex
+template specs, ingest.metadata.json and predict.metadata.json, are generated from the same
+parsers and checked in; after changing a stage's options, regenerate them with
+
+    make -f deploy/dataflow/Makefile specs      # = python deploy/dataflow/flex_main.py --write-specs
+
+(tests/test_flex_specs.py fails until the checked-in specs match the parsers).
 
 The pipeline comes from EMOTION_PIPELINE (set by Dockerfile.launcher), or --pipeline=ingest|predict.
 """
 
-from __future__ import annotations
-
+# (No `from __future__ import annotations`: tests load this script without registering it in
+# sys.modules, where dataclasses would look string annotations up.)
+import argparse
 import importlib
+import json
 import logging
 import os
+import re
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
+MODULES = {"ingest": "beam_pipelines.ingest", "predict": "beam_pipelines.predict"}
+HERE = Path(__file__).resolve().parent
+REGENERATE = "make -f deploy/dataflow/Makefile specs"
 
-# template parameter -> pipeline flag; None marks the face_crop switch (handled below)
-PARAMETERS = {
+# What argparse cannot say about a parameter: Dataflow's Cloud Storage pickers and path checks
+# (workers cannot see the launcher's disk), and a label where the one made from the name reads
+# badly. Keys must be options of the stage's parser.
+GCS = ["^gs:\\/\\/[^\\n\\r]+$"]
+EXTRAS = {
     "ingest": {
-        "input": "--input",
-        "output": "--output",
-        "image_size": "--image-size",
-        "face_crop": None,
-        "val_fraction": "--val-fraction",
-        "test_fraction": "--test-fraction",
-        "seed": "--seed",
-        "num_shards": "--num-shards",
-        "max_pixels": "--max-pixels",
-        "files_per_batch": "--files-per-batch",
+        "input": {"paramType": "GCS_READ_FOLDER", "regexes": GCS},
+        "output": {"paramType": "GCS_WRITE_FOLDER", "regexes": GCS},
     },
     "predict": {
-        "input": "--input",
-        "output": "--output",
-        "model": "--model",
-        "face_crop": None,
-        "face_detector": "--face-detector",
-        "batch_size": "--batch-size",
-        "files_per_batch": "--files-per-batch",
-        "max_pixels": "--max-pixels",
+        "input": {"regexes": GCS},  # a folder or a TFRecord glob: no picker
+        "output": {"paramType": "GCS_WRITE_FOLDER", "regexes": GCS},
+        "model": {"paramType": "GCS_READ_FOLDER", "regexes": GCS},
+        "tta": {"label": "Test-time augmentation"},
     },
 }
-MODULES = {"ingest": "beam_pipelines.ingest", "predict": "beam_pipelines.predict"}
 
 
 class TemplateError(ValueError):
     """A template parameter value the pipeline cannot take."""
+
+
+# --------------------------------------------------------------------------- parameters from the parsers
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One template parameter: one argparse dest of the stage.
+
+    A value option (--image-size N) has `flag`; a switch (store_true / store_false, or a
+    mutually exclusive pair such as --face-crop / --no-face-crop sharing one dest) has
+    `switches`, the flag that sets True and the one that sets False. A switch takes true or
+    false; empty or auto leaves the pipeline's default.
+    """
+
+    name: str
+    help: str
+    required: bool = False
+    default: object = None
+    flag: str | None = None
+    switches: dict[bool, str] = field(default_factory=dict)
+    value_type: type | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def is_switch(self) -> bool:
+        return self.flag is None
+
+    def regexes(self) -> list[str]:
+        if self.is_switch:
+            return ["^(true|false|auto)$" if self.default is None else "^(true|false)$"]
+        if self.choices:
+            return ["^(" + "|".join(re.escape(str(c)) for c in self.choices) + ")$"]
+        if self.value_type is int:
+            return ["^[0-9]+$"]
+        if self.value_type is float:
+            return ["^([0-9]+(\\.[0-9]*)?|\\.[0-9]+)$"]
+        return []
+
+    def to_flags(self, value: str | None) -> list[str]:
+        """A template value -> the pipeline's flags (none when the pipeline default applies)."""
+        if not self.is_switch:
+            if value is None:
+                raise TemplateError(f"{self.name} needs a value: --{self.name}=...")
+            value = value.strip()
+            return [self.flag, value] if value else []  # optional and left empty: the default
+        v = "true" if value is None else value.strip().lower()  # a bare --face_crop means true
+        if v in ("", "auto"):
+            return []
+        if v not in TRUE | FALSE:
+            choices = "true, false or auto" if self.default is None else "true or false"
+            raise TemplateError(f"{self.name} must be {choices}, got {value!r}")
+        wanted = v in TRUE
+        if wanted == self.default:
+            return []
+        if wanted not in self.switches:
+            raise TemplateError(f"{self.name} cannot be {v}: the pipeline has no flag for it")
+        return [self.switches[wanted]]
+
+
+def parameters(parser: argparse.ArgumentParser) -> dict[str, Parameter]:
+    """The parser's options as template parameters, in the parser's order (--help left out)."""
+    groups: dict[str, list[argparse.Action]] = {}
+    for action in parser._actions:  # argparse has no public list of its actions
+        if not isinstance(action, argparse._HelpAction):
+            groups.setdefault(action.dest, []).append(action)
+    flags = {s: dest for dest, actions in groups.items() for a in actions for s in a.option_strings}
+    return {dest: _parameter(dest, actions, parser, flags) for dest, actions in groups.items()}
+
+
+def _parameter(dest, actions, parser, flags) -> Parameter:
+    first = actions[0]  # argparse takes a shared dest's default from its first action
+    common = dict(name=dest, help=_help(actions, parser, flags), required=any(a.required for a in actions),
+                  default=first.default)
+    if all(a.nargs == 0 and isinstance(a.const, bool) for a in actions):
+        return Parameter(**common, switches={a.const: _long(a) for a in actions})
+    if len(actions) > 1 or first.nargs not in (None, "?") or not first.option_strings:
+        raise TypeError(f"{parser.prog}: cannot map {dest} ({[a.option_strings for a in actions]}) onto one "
+                        "template parameter; give it one value flag or true/false switches")
+    return Parameter(**common, flag=_long(first), value_type=first.type, choices=tuple(first.choices or ()))
+
+
+def _long(action: argparse.Action) -> str:
+    return next((s for s in action.option_strings if s.startswith("--")), action.option_strings[0])
+
+
+def _help(actions, parser, flags) -> str:
+    """The argparse help as one sentence or more, with flags spelled as template parameters."""
+    text = next((a.help % {**vars(a), "prog": parser.prog} for a in actions if a.help), "")
+    text = re.sub(r"--[a-z][a-z0-9-]*", lambda m: flags.get(m.group(), m.group()), text).strip()
+    text = text or actions[0].dest.replace("_", " ")
+    text = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+    return text
+
+
+def template_spec(stage: str, parser: argparse.ArgumentParser | None = None) -> dict:
+    """The flex template metadata (the *.metadata.json) of a stage, from its parser."""
+    parser = parser or stage_parser(stage)
+    params = parameters(parser)
+    extras = EXTRAS.get(stage, {})
+    if set(extras) - set(params):
+        raise KeyError(f"EXTRAS[{stage!r}] names {sorted(set(extras) - set(params))}: not options of {parser.prog}")
+    out = []
+    for p in params.values():
+        extra = extras.get(p.name, {})
+        spec = {
+            "name": p.name,
+            "label": extra.get("label", p.name.replace("_", " ").capitalize()),
+            "helpText": p.help + _kind_and_default(p),
+            "paramType": extra.get("paramType", "TEXT"),
+            "isOptional": not p.required,
+        }
+        regexes = extra.get("regexes", p.regexes())
+        out.append({**spec, "regexes": regexes} if regexes else spec)
+    return {"name": f"emotion-{stage}", "description": parser.description or "", "parameters": out}
+
+
+def _kind_and_default(p: Parameter) -> str:
+    if p.is_switch:
+        kind = " Set to true, false or auto (auto: the pipeline's default)." if p.default is None else \
+            " Set to true or false."
+    else:
+        kind = " One of: " + ", ".join(map(str, p.choices)) + "." if p.choices else ""
+    shown = str(p.default).lower() if isinstance(p.default, bool) else p.default
+    has_default = not p.required and p.default is not None and "default" not in p.help.lower()
+    return kind + (f" Default: {shown}." if has_default else "")
+
+
+def spec_path(stage: str, folder: Path = HERE) -> Path:
+    return folder / f"{stage}.metadata.json"
+
+
+def spec_text(spec: dict) -> str:
+    return json.dumps(spec, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_specs(folder: Path = HERE) -> list[Path]:
+    paths = []
+    for stage in MODULES:
+        path = spec_path(stage, folder)
+        path.write_text(spec_text(template_spec(stage)))
+        paths.append(path)
+    return paths
+
+
+def stage_parser(stage: str) -> argparse.ArgumentParser:
+    return importlib.import_module(MODULES[stage]).build_parser()
+
+
+PARAMETERS = {stage: parameters(stage_parser(stage)) for stage in MODULES}
+
+
+# --------------------------------------------------------------------------- the launcher
 
 
 def _split(argv: list[str]) -> list[tuple[str, str | None, str]]:
@@ -92,27 +253,10 @@ def translate(pipeline: str, argv: list[str]) -> list[str]:
         key = name.replace("-", "_")
         if key == "pipeline":
             continue
-        if key not in params:
+        if key in params:
+            ours += params[key].to_flags(value)
+        else:
             beam.append(token if value is None or "=" in token else f"--{name}={value}")
-            continue
-        if value is None:  # a bare switch: --face_crop
-            value = "true"
-        value = value.strip()
-        if key == "face_crop":
-            v = value.lower()
-            if v in ("", "auto"):
-                continue  # predict: as the model was trained; ingest: off
-            if v in TRUE:
-                ours.append("--face-crop")
-            elif v in FALSE:
-                if pipeline == "predict":
-                    ours.append("--no-face-crop")
-            else:
-                raise TemplateError(f"face_crop must be true, false or auto, got {value!r}")
-            continue
-        if value == "":
-            continue  # an optional parameter left empty: the pipeline default applies
-        ours += [params[key], value]
     return ours + beam
 
 
@@ -125,6 +269,10 @@ def pipeline_from(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--write-specs"]:
+        for path in write_specs():
+            print(f"wrote {path}")
+        return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pipeline = pipeline_from(argv)

@@ -1,0 +1,195 @@
+"""Model-to-model comparison: two prediction runs over the same images, side by side.
+
+    emotion compare --a runs/preds-shipped --b runs/preds-new --output runs/compare
+    emotion compare --table gs://bucket/predictions --a RUN_ID_A --b RUN_ID_B --output runs/compare
+
+--a / --b are two `emotion predict` output folders, or, with --table, two run ids of the partitioned
+predictions table. Images are matched by URI. Outputs under --output (an owned output, as predict's):
+
+  compare/summary.json            images in both / only one, agreement rate, accuracy and macro-F1 of
+                                  each run on the labelled images, the runs' model versions
+  compare/agreement.parquet       label_a, label_b, count: the confusion between the two models' labels
+  compare/per_class.parquet       label, support, recall_a, recall_b, f1_a, f1_b (when labels are known)
+  compare/disagreements.parquet   every image the two label differently, most confident first
+                                  (by the lower of the two confidences)
+
+`emotion report --output DIR` shows the comparison as a section of the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipelines.common import UsageError, join, log, write_bytes
+from beam_pipelines.listing import list_entries
+from beam_pipelines.outputs import OutputClaim, commit
+from model.metrics import confusion, summarize
+from schemas import LABEL_TO_INDEX, LABELS
+from schemas.tables import with_schema_version
+
+OUTPUT_NAMES = ["compare"]
+COLUMNS = ["uri", "content_sha256", "true_label", "predicted_label", "confidence", "model_version"]
+
+AGREEMENT_SCHEMA = pa.schema([("label_a", pa.string()), ("label_b", pa.string()), ("count", pa.int64())])
+PER_CLASS_SCHEMA = pa.schema([("label", pa.string()), ("support", pa.int64()), ("recall_a", pa.float64()),
+                              ("recall_b", pa.float64()), ("f1_a", pa.float64()), ("f1_b", pa.float64())])
+DISAGREEMENTS_SCHEMA = pa.schema([
+    ("uri", pa.string()), ("content_sha256", pa.string()), ("true_label", pa.string()),
+    ("label_a", pa.string()), ("confidence_a", pa.float64()),
+    ("label_b", pa.string()), ("confidence_b", pa.float64()),
+    ("correct", pa.string()),  # "a", "b", "neither" or null without a label
+])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="emotion compare", description=__doc__.split("\n")[0])
+    p.add_argument("--a", required=True, help="predict output folder (or, with --table, a run id)")
+    p.add_argument("--b", required=True, help="predict output folder (or, with --table, a run id)")
+    p.add_argument("--table", default=None, help="root of the partitioned predictions table (predict --table)")
+    p.add_argument("--output", required=True, help="folder for compare/ (local or gs://)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files under --output/compare that no earlier run of this command wrote")
+    return p
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def _read_parquet_files(paths: list[str]) -> pa.Table:
+    tables = []
+    for path in paths:
+        with FileSystems.open(path) as f:
+            table = pq.read_table(io.BytesIO(f.read()))
+        if "model_version" not in table.column_names:  # a table partition: the key is in the path
+            version = path.split("model_version=", 1)[1].split("/", 1)[0]
+            table = table.append_column("model_version", pa.array([version] * table.num_rows, pa.string()))
+        tables.append(table.select(COLUMNS))
+    return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in COLUMNS})
+
+
+def read_run(source: str, table_root: str | None) -> tuple[pa.Table, str]:
+    """(the run's prediction rows, a name for it) from a predict output or a table run id."""
+    if table_root:
+        from beam_pipelines.table import partition_path, read_run as read_run_row
+
+        row = read_run_row(table_root, source)
+        if row is None:
+            raise UsageError(f"run {source} is not in the runs table of --table {table_root}")
+        folder = partition_path(table_root, row["model_version"], row["started"].strftime("%Y-%m-%d"), source)
+    else:
+        folder = join(source, "predictions")
+    try:
+        files = sorted(e.path for e in list_entries(folder) if e.path.endswith(".parquet"))
+    except Exception as exc:
+        raise UsageError(f"cannot list {folder}: {exc}") from None
+    if not files:
+        raise UsageError(f"no predictions under {folder}: give an `emotion predict` --output folder"
+                         + (" or a run id of --table" if not table_root else ""))
+    return _read_parquet_files(files), source
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def compare(a: pa.Table, b: pa.Table) -> dict:
+    """Everything the outputs hold, from two runs' rows (matched by URI)."""
+    a = a.rename_columns([f"{c}_a" if c != "uri" else c for c in a.column_names])
+    b = b.rename_columns([f"{c}_b" if c != "uri" else c for c in b.column_names])
+    both = a.join(b, "uri", join_type="inner").sort_by("uri")
+    n = both.num_rows
+    label_a = both["predicted_label_a"].to_pylist()
+    label_b = both["predicted_label_b"].to_pylist()
+    truth = [t if t is not None else u for t, u in zip(both["true_label_a"].to_pylist(), both["true_label_b"].to_pylist())]
+    ia = np.array([LABEL_TO_INDEX[x] for x in label_a], np.int64)
+    ib = np.array([LABEL_TO_INDEX[x] for x in label_b], np.int64)
+    agreement = confusion(ia, ib)
+    labelled = np.array([t is not None for t in truth])
+    it = np.array([LABEL_TO_INDEX[t] if t is not None else -1 for t in truth], np.int64)
+    summary = {
+        "images_a": a.num_rows,
+        "images_b": b.num_rows,
+        "images_in_both": n,
+        "only_in_a": a.num_rows - n,
+        "only_in_b": b.num_rows - n,
+        "agreement": float((ia == ib).mean()) if n else None,
+        "labelled": int(labelled.sum()),
+        "model_version_a": _single(both["model_version_a"]),
+        "model_version_b": _single(both["model_version_b"]),
+    }
+    per_class = []
+    if labelled.any():
+        sa = summarize(confusion(it[labelled], ia[labelled]))
+        sb = summarize(confusion(it[labelled], ib[labelled]))
+        summary |= {"accuracy_a": sa["accuracy"], "accuracy_b": sb["accuracy"],
+                    "macro_f1_a": sa["macro_f1"], "macro_f1_b": sb["macro_f1"],
+                    "only_a_correct": int(((ia == it) & (ib != it) & labelled).sum()),
+                    "only_b_correct": int(((ib == it) & (ia != it) & labelled).sum())}
+        per_class = [{"label": label, "support": sa["per_class"][label]["support"],
+                      "recall_a": sa["per_class"][label]["recall"], "recall_b": sb["per_class"][label]["recall"],
+                      "f1_a": sa["per_class"][label]["f1"], "f1_b": sb["per_class"][label]["f1"]} for label in LABELS]
+    conf_a, conf_b = both["confidence_a"].to_numpy(), both["confidence_b"].to_numpy()
+    differ = np.flatnonzero(ia != ib)
+    order = differ[np.lexsort((np.array(both["uri"].to_pylist(), dtype=object)[differ],
+                               -np.minimum(conf_a, conf_b)[differ]))] if len(differ) else differ
+    disagreements = [{
+        "uri": both["uri"][i].as_py(), "content_sha256": both["content_sha256_a"][i].as_py(), "true_label": truth[i],
+        "label_a": label_a[i], "confidence_a": float(conf_a[i]), "label_b": label_b[i], "confidence_b": float(conf_b[i]),
+        "correct": None if truth[i] is None else "a" if label_a[i] == truth[i] else "b" if label_b[i] == truth[i]
+        else "neither",
+    } for i in order]
+    return {
+        "summary": summary,
+        "agreement": [{"label_a": LABELS[i], "label_b": LABELS[j], "count": int(agreement[i, j])}
+                      for i in range(len(LABELS)) for j in range(len(LABELS))],
+        "per_class": per_class,
+        "disagreements": disagreements,
+    }
+
+
+def _single(column: pa.ChunkedArray) -> str | None:
+    values = pc.unique(column).to_pylist()
+    return values[0] if len(values) == 1 else ", ".join(sorted(map(str, values))) or None
+
+
+def _parquet(rows: list[dict], schema: pa.Schema) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=with_schema_version(schema)), sink, compression="zstd")
+    return sink.getvalue()
+
+
+def write(result: dict, root: str) -> None:
+    out = join(root, "compare")
+    write_bytes(join(out, "summary.json"), (json.dumps(result["summary"], indent=2) + "\n").encode(), "application/json")
+    write_bytes(join(out, "agreement.parquet"), _parquet(result["agreement"], AGREEMENT_SCHEMA))
+    write_bytes(join(out, "per_class.parquet"), _parquet(result["per_class"], PER_CLASS_SCHEMA))
+    write_bytes(join(out, "disagreements.parquet"), _parquet(result["disagreements"], DISAGREEMENTS_SCHEMA))
+
+
+def run(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    args.output = args.output.rstrip("/")
+    a, name_a = read_run(args.a, args.table)
+    b, name_b = read_run(args.b, args.table)
+    result = compare(a, b)
+    summary = result["summary"] | {"a": name_a, "b": name_b}
+    result["summary"] = summary
+    if summary["images_in_both"] == 0:
+        raise UsageError(f"{name_a} and {name_b} share no image (matched by URI): nothing to compare")
+    claim = OutputClaim(args.output, "compare", OUTPUT_NAMES, overwrite=args.overwrite,
+                        description={"command": " ".join(["emotion", "compare", *(argv or [])]),
+                                     "input": f"{name_a} vs {name_b}"})
+    with claim as plan:
+        write(result, plan.write_root)
+        commit(plan, {k: summary[k] for k in ("images_in_both", "only_in_a", "only_in_b")})
+    log.info("compare: %d images in both; agreement %.4f%s", summary["images_in_both"], summary["agreement"],
+             f"; accuracy a {summary['accuracy_a']:.4f} vs b {summary['accuracy_b']:.4f} on {summary['labelled']} labelled"
+             if "accuracy_a" in summary else "")
+    return summary

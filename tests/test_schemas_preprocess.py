@@ -13,6 +13,7 @@ from model.preprocess import PreprocessError, crop_face, decode_gray, pixel_hash
 from conftest import jpeg_with_orientation, synthetic_face
 from schemas import LABELS, PREDICTIONS_SCHEMA, bigquery_schema, canonical_label, canonical_split, encode_example
 from schemas.tfrecord import FEATURES, tfrecord_frame
+from schemas.tables import bigquery_schema_json
 
 
 @pytest.mark.parametrize(
@@ -70,7 +71,7 @@ def test_bigquery_schema_follows_the_arrow_schema():
     assert types["true_label"] == ("STRING", "NULLABLE")
     assert types["prob_happy"] == ("FLOAT64", "REQUIRED")
     assert types["run_timestamp"] == ("TIMESTAMP", "REQUIRED")
-    json.dumps(bq)
+    assert json.loads(bigquery_schema_json(PREDICTIONS_SCHEMA)) == bq  # the file predict writes
 
 
 # --------------------------------------------------------------------------- decoding

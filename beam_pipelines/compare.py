@@ -6,7 +6,7 @@
 --a / --b are two `emotion predict` output folders, or, with --table, two run ids of the partitioned
 predictions table. Images are matched by URI. Outputs under --output (an owned output, as predict's):
 
-  compare/summary.json            images in both / only one, agreement rate, accuracy and macro-F1 of
+  compare/comparison.json         images in both / only one, agreement rate, accuracy and macro-F1 of
                                   each run on the labelled images, the runs' model versions
   compare/agreement.parquet       label_a, label_b, count: the confusion between the two models' labels
   compare/per_class.parquet       label, support, recall_a, recall_b, f1_a, f1_b (when labels are known)
@@ -167,7 +167,7 @@ def _parquet(rows: list[dict], schema: pa.Schema) -> bytes:
 
 def write(result: dict, root: str) -> None:
     out = join(root, "compare")
-    write_bytes(join(out, "summary.json"), (json.dumps(result["summary"], indent=2) + "\n").encode(), "application/json")
+    write_bytes(join(out, "comparison.json"), (json.dumps(result["summary"], indent=2) + "\n").encode(), "application/json")
     write_bytes(join(out, "agreement.parquet"), _parquet(result["agreement"], AGREEMENT_SCHEMA))
     write_bytes(join(out, "per_class.parquet"), _parquet(result["per_class"], PER_CLASS_SCHEMA))
     write_bytes(join(out, "disagreements.parquet"), _parquet(result["disagreements"], DISAGREEMENTS_SCHEMA))

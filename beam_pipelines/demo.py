@@ -13,6 +13,7 @@ Stages, each in its own subfolder of --output:
   predict-shipped/       the same TFRecords through the shipped model
   predict-raw-shipped/   the raw sample folder through the shipped model: the bad files
                          land in the dead-letter table (rejected/*.parquet)
+  compare-trained-vs-shipped/   `emotion compare` of the two test-split runs, image by image
   report.html            everything above on one self-contained page
 
 A net trained from zero on ~120 images stays at chance, so the demo's recipe (model/recipes/demo.toml)
@@ -225,7 +226,7 @@ def run(argv=None) -> dict:
 
 def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, report) -> dict:
     p = _Progress()
-    total = 5
+    total = 6 if shipped else 5
     ingest_dir, train_dir = join(output, "ingest"), join(output, "train")
     print(f"emotion demo: {data_input}\n           -> {output}", flush=True)
     if not shipped:
@@ -318,6 +319,16 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
         t,
     )
 
+    # ------------------------------------------------------------------ the two models, image by image
+    if shipped:
+        from beam_pipelines import compare
+
+        t = p.stage(5, total, "compare", "the trained and the shipped model on the same test images")
+        c = compare.run(["--a", join(output, "predict-trained"), "--b", join(output, "predict-shipped"),
+                         "--output", join(output, "compare-trained-vs-shipped")])
+        p.done("compare: trained vs shipped", f"agreement {c['agreement']:.3f} on {c['images_in_both']} images; "
+               f"only one right: {c.get('only_a_correct', 0)} trained, {c.get('only_b_correct', 0)} shipped", t)
+
     # ------------------------------------------------------------------ 5. report
     t = p.stage(total, total, "report", "static HTML page of every stage")
     sections = [
@@ -353,6 +364,13 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
             "dead-letter table instead of failing the job.",
         }
     )
+    if shipped:
+        sections.append({
+            "path": "compare-trained-vs-shipped",
+            "title": "Trained (a) against shipped (b), image by image",
+            "note": "emotion compare on the two test-split runs above: where the two models disagree, and "
+                    "which of them is right there.",
+        })
     manifest = {"title": "Emotion pipeline demo", "sections": sections, "stages": p.rows}
     write_bytes(join(output, report.MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode(), "application/json")
     path = report.build(output)

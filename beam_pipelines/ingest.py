@@ -38,7 +38,6 @@ from beam_pipelines.common import (
     check_max_pixels,
     check_remote_paths,
     check_storage_access,
-    extension,
     is_dry_run,
     is_remote_runner,
     join,
@@ -48,17 +47,10 @@ from beam_pipelines.common import (
     split_and_class_dir,
     write_bytes,
 )
-from beam_pipelines.listing import PROBLEMS as LISTING_PROBLEMS
-from beam_pipelines.listing import exists_any, list_entries
+from beam_pipelines.listing import exists_any
 from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim, remove_tree
-from model.preprocess import (
-    DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
-    PreprocessError,
-    image_metrics,
-    is_non_data,
-    preprocess,
-)
+from beam_pipelines.reading import ListBatches, read_image, reject
+from model.preprocess import DEFAULT_MAX_PIXELS, PreprocessError, image_metrics
 from schemas import (
     LABEL_TO_INDEX,
     LABELS,
@@ -124,56 +116,27 @@ def shard_of(digest: str, num_shards: int) -> int:
 # --------------------------------------------------------------------------- listing
 
 
-class ListFiles(beam.DoFn):
-    """Root -> batches of (path, size); a summary (counts, splits, shard count) on the side."""
-
-    SUMMARY = "summary"
+class ListFiles(ListBatches):
+    """Root -> batches of (path, listing problem); on the side, the listing summary plus what ingest
+    derives from it: the shard count and whether val is carved from train."""
 
     def __init__(self, args):
+        super().__init__(args.files_per_batch)
         self.args = args
 
     def process(self, root):
-        splits, skipped, total_bytes, batch, n_files = set(), {}, 0, [], 0
-        for path, size, problem in list_entries(root):
-            n_files += 1
-            rel = path[len(root) + 1 :]
-            if is_non_data(rel):
-                name = rel.rsplit("/", 1)[-1]
-                skipped[name] = skipped.get(name, 0) + 1
-                continue
-            folder_split, _ = split_and_class_dir(rel)
-            if folder_split:
-                splits.add(folder_split)
-            total_bytes += size
-            batch.append((path, problem))
-            if len(batch) >= self.args.files_per_batch:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-        data_files = n_files - sum(skipped.values())
-        num_shards = self.args.num_shards or max(
-            1, math.ceil(data_files * (self.args.image_size**2 + 200) / TARGET_SHARD_BYTES)
-        )
-        carve_val = "train" in splits and "val" not in splits and self.args.val_fraction > 0
-        yield beam.pvalue.TaggedOutput(
-            self.SUMMARY,
-            {
-                "matched": n_files,
-                "skipped": skipped,
-                "input_bytes": total_bytes,
-                "input_splits": sorted(splits),
-                "carve_val": carve_val,
-                "num_shards": num_shards,
-            },
-        )
+        for item in super().process(root):
+            if isinstance(item, beam.pvalue.TaggedOutput):
+                summary = item.value
+                data_files = summary["matched"] - summary["skipped_non_data"]
+                summary["num_shards"] = self.args.num_shards or max(
+                    1, math.ceil(data_files * (self.args.image_size**2 + 200) / TARGET_SHARD_BYTES))
+                splits = summary["input_splits"]
+                summary["carve_val"] = "train" in splits and "val" not in splits and self.args.val_fraction > 0
+            yield item
 
 
 # --------------------------------------------------------------------------- decoding
-
-
-def _reject(uri, reason, detail=""):
-    return beam.pvalue.TaggedOutput("rejected", {"uri": uri, "reason": reason, "detail": detail, "stage": "ingest"})
 
 
 class DecodeBatch(beam.DoFn):
@@ -202,32 +165,19 @@ class DecodeBatch(beam.DoFn):
         shards: dict[int, list] = {}
         rejected: dict[str, int] = {}
         for path, problem in batch:
-            reason = detail = None
             folder_split, class_dir = split_and_class_dir(path[len(root) + 1 :])
-            ext = extension(path)
-            if problem is not None:
-                reason, detail = problem, LISTING_PROBLEMS[problem]
-            elif class_dir is None:
-                reason, detail = "no_class_folder", "file is not inside a class folder"
-            elif canonical_label(class_dir) is None:
-                reason, detail = "unknown_class", f"folder {class_dir!r} maps to no emotion class"
-            elif ext not in IMAGE_EXTENSIONS:
-                reason, detail = "unsupported_extension", f"extension {ext or '(none)'!r} is not an image type"
-            if reason is None:
-                try:
-                    with FileSystems.open(path) as f:
-                        data = f.read()
-                    pixels, digest = preprocess(data, a.image_size, a.face_crop, a.max_pixels)
-                    metrics = image_metrics(pixels)
-                    if metrics[1] == 0.0:
-                        raise PreprocessError("blank_image", f"every pixel is {int(pixels[0, 0])}")
-                except PreprocessError as exc:
-                    reason, detail = exc.reason, exc.detail
-                except Exception as exc:  # unreadable file, I/O error: dead-letter, never crash
-                    reason, detail = "unreadable", f"{type(exc).__name__}: {exc}"[:300]
-            if reason is not None:
-                rejected[reason] = rejected.get(reason, 0) + 1
-                yield _reject(path, reason, detail)
+            try:
+                if class_dir is None:
+                    raise PreprocessError("no_class_folder", "file is not inside a class folder")
+                if canonical_label(class_dir) is None:
+                    raise PreprocessError("unknown_class", f"folder {class_dir!r} maps to no emotion class")
+                pixels, digest = read_image(path, problem, a.image_size, a.face_crop, a.max_pixels)
+                metrics = image_metrics(pixels)
+                if metrics[1] == 0.0:
+                    raise PreprocessError("blank_image", f"every pixel is {int(pixels[0, 0])}")
+            except PreprocessError as exc:
+                rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
+                yield reject(path, exc.reason, exc.detail, "ingest")
                 continue
             label = canonical_label(class_dir)
             split = self._split_of(folder_split, digest, summary)
@@ -369,7 +319,7 @@ class DedupeAndWriteShard(beam.DoFn):
         shard, batches = element
         kept, dropped, counts = resolve_copies(batches)
         for uri, reason, detail in dropped:
-            yield _reject(uri, reason, detail)
+            yield reject(uri, reason, detail, "ingest")
         stats = {"written": {}, "image_stats": {}, "fingerprint": 0, **counts}
         kept = [record._replace(split=carved_split(record, carve, self.args.seed)) for record in kept]
         kept.sort(key=lambda r: (r[1], r[0], r[3]))

@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -38,7 +39,6 @@ from beam_pipelines.common import (
     check_max_pixels,
     check_remote_paths,
     check_storage_access,
-    extension,
     is_dry_run,
     is_remote_runner,
     join,
@@ -47,19 +47,11 @@ from beam_pipelines.common import (
     split_and_class_dir,
     write_bytes,
 )
-from beam_pipelines.listing import PROBLEMS as LISTING_PROBLEMS
-from beam_pipelines.listing import escape_glob, exists_any, list_entries
+from beam_pipelines.listing import escape_glob, exists_any
 from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim, remove_tree
+from beam_pipelines.reading import ListBatches, read_image, reject
 from beam_pipelines.table import DataFingerprint, TablePlan, WriteTable, check_run_id, code_version, commit_table
-from model.preprocess import (
-    DEFAULT_MAX_PIXELS,
-    FACE_DETECTORS,
-    IMAGE_EXTENSIONS,
-    PreprocessError,
-    is_non_data,
-    preprocess,
-    resize,
-)
+from model.preprocess import DEFAULT_MAX_PIXELS, FACE_DETECTORS, PreprocessError, resize
 from model import resolve_model_dir
 from schemas import LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label
 from schemas.tables import bigquery_schema_json
@@ -160,39 +152,23 @@ class EmotionModelHandler(ModelHandler[np.ndarray, PredictionResult, object]):
 # --------------------------------------------------------------------------- reading inputs
 
 
-def _reject(uri, reason, detail=""):
-    return beam.pvalue.TaggedOutput("rejected", {"uri": uri, "reason": reason, "detail": detail, "stage": "predict"})
-
-
 def label_from_path(rel: str) -> tuple[str | None, str | None]:
     """(true label, split) from <class>/file or <split>/<class>/file; (None, None) for others."""
     split, class_dir = split_and_class_dir(rel)
     return (canonical_label(class_dir) if class_dir else None), split
 
 
-class ListImages(beam.DoFn):
-    def __init__(self, files_per_batch):
-        self.files_per_batch = files_per_batch
+class Image(NamedTuple):
+    """What travels with an image's pixels through RunInference (as its key) to its prediction row."""
 
-    def process(self, root):
-        skipped, batch, matched = 0, [], 0
-        for path, _size, problem in list_entries(root):
-            matched += 1
-            if is_non_data(path):
-                skipped += 1
-                continue
-            batch.append((path, problem))
-            if len(batch) >= self.files_per_batch:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-        yield beam.pvalue.TaggedOutput("counts", {"matched": matched, "skipped_non_data": skipped})
+    uri: str
+    content_sha256: str
+    true_label: str | None
+    split: str | None
 
 
 class DecodeImages(beam.DoFn):
-    """A batch of (path, listing problem) -> (uri, (pixels, sha256, true_label, split)) per image;
-    rejects on the side."""
+    """A batch of (path, listing problem) -> (Image, float pixels) per image; rejects on the side."""
 
     def __init__(self, root, image_size, face_crop, max_pixels, face_detector="haar"):
         self.root, self.image_size, self.face_crop, self.max_pixels = root, image_size, face_crop, max_pixels
@@ -200,31 +176,18 @@ class DecodeImages(beam.DoFn):
 
     def process(self, paths):
         for path, problem in paths:
-            rel = path[len(self.root) + 1 :]
-            label, split = label_from_path(rel)
-            ext = extension(path)
-            if problem is not None:
-                yield _reject(path, problem, LISTING_PROBLEMS[problem])
-                continue
-            if ext not in IMAGE_EXTENSIONS:
-                yield _reject(path, "unsupported_extension", f"extension {ext or '(none)'!r} is not an image type")
-                continue
             try:
-                with FileSystems.open(path) as f:
-                    data = f.read()
-                pixels, digest = preprocess(data, self.image_size, self.face_crop, self.max_pixels, as_float=True,
-                                            face_detector=self.face_detector)
+                pixels, digest = read_image(path, problem, self.image_size, self.face_crop, self.max_pixels,
+                                            as_float=True, face_detector=self.face_detector)
             except PreprocessError as exc:
-                yield _reject(path, exc.reason, exc.detail)
+                yield reject(path, exc.reason, exc.detail, "predict")
                 continue
-            except Exception as exc:
-                yield _reject(path, "unreadable", f"{type(exc).__name__}: {exc}"[:300])
-                continue
-            yield path, (pixels, digest, label, split)
+            label, split = label_from_path(path[len(self.root) + 1 :])
+            yield Image(path, digest, label, split), pixels
 
 
 class ParseExamples(beam.DoFn):
-    """Serialized ingest examples -> the same (uri, (pixels, sha256, true_label, split)) elements."""
+    """Serialized ingest examples -> the same (Image, pixels) elements."""
 
     def __init__(self, image_size):
         self.image_size = image_size
@@ -240,9 +203,8 @@ class ParseExamples(beam.DoFn):
         pixels = np.frombuffer(f["image/raw"].bytes_list.value[0], np.uint8).reshape(h, w)
         if (h, w) != (self.image_size, self.image_size):
             pixels = resize(pixels, self.image_size)
-        uri = f["source/uri"].bytes_list.value[0].decode()
-        label = f["label/name"].bytes_list.value[0].decode()
-        yield uri, (pixels, f["image/sha256"].bytes_list.value[0].decode(), label, f["split"].bytes_list.value[0].decode())
+        text = lambda key: f[key].bytes_list.value[0].decode()  # noqa: E731
+        yield Image(text("source/uri"), text("image/sha256"), text("label/name"), text("split")), pixels
 
 
 def tfrecord_pattern(path: str) -> str | None:
@@ -268,7 +230,8 @@ class ToRow(beam.DoFn):
         self.run_timestamp, self.run_id = run_timestamp, run_id
 
     def process(self, element):
-        (uri, digest, label, split), result = element
+        image, result = element
+        uri, digest, label, split = image
         pixels, probs = result.example, result.inference
         index = int(np.argmax(probs))
         row = {
@@ -349,7 +312,8 @@ class Predict(beam.PTransform):
             listing = (
                 pbegin
                 | "Start" >> beam.Create([a.input])
-                | "ListImages" >> beam.ParDo(ListImages(a.files_per_batch)).with_outputs("counts", main="batches")
+                | "ListImages" >> beam.ParDo(ListBatches(a.files_per_batch)).with_outputs(ListBatches.SUMMARY,
+                                                                                         main="batches")
             )
             decoded = (
                 listing.batches
@@ -358,13 +322,12 @@ class Predict(beam.PTransform):
                                                                       a.face_detector))
                 .with_outputs("rejected", main="images")
             )
-            inputs, rejected, counts = decoded.images, decoded.rejected, listing.counts
+            inputs, rejected, counts = decoded.images, decoded.rejected, listing[ListBatches.SUMMARY]
 
-        # The key carries everything but the pixels through RunInference, so no join is needed.
+        # The key (an Image) carries everything but the pixels through RunInference: no join needed.
         handler = KeyedModelHandler(EmotionModelHandler(a.model, max_batch_size=a.batch_size, tta=a.tta))
         rows = (
             inputs
-            | "KeyByMetadata" >> beam.Map(lambda kv: ((kv[0], *kv[1][1:]), kv[1][0]))
             | "RunInference" >> RunInference(handler)
             | "ToRows" >> beam.ParDo(ToRow(self.model_info, self.run_timestamp, self.plan.run_id))
         )

@@ -17,27 +17,31 @@ import argparse
 import base64
 import csv
 import datetime as dt
-import html
 import io
 import json
 import math
 from dataclasses import dataclass, field
 
+import jinja2
 from apache_beam.io.filesystems import FileSystems
+from markupsafe import Markup
 
 from beam_pipelines.common import UsageError, join, log, read_bytes, write_bytes
 
 REPORT_NAME = "report.html"
 GENERATOR_TAG = "<meta name=generator content=\"emotion report\">"  # marks a page this command may replace
+# (GENERATOR_TAG is the one piece of HTML kept in Python: check_report_is_ours looks for these exact bytes.)
 MANIFEST = "demo.json"  # optional: titles and order of the sections, written by `emotion demo`
 MAX_REJECTED_ROWS = 50
-KIND_ORDER = {"ingest": 0, "train": 1, "predict": 2}
+KIND_ORDER = {"ingest": 0, "train": 1, "predict": 2, "compare": 3}
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 MARKERS = {  # a folder is of a kind when one of these files exists in it
     "ingest": ("stats.json",),
     "train": ("metadata.json", "history.csv"),
     "predict": ("summary.json", "evaluation/metrics.json"),
+    "compare": ("compare/comparison.json",),
 }
+MAX_DISAGREEMENTS = 20
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -176,311 +180,190 @@ def discover(root: str) -> list[Part]:
     return ordered
 
 
-# =========================================================================== HTML helpers
-
-
-def e(value) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+# =========================================================================== formatting (template filters)
 
 
 def fnum(x, nd: int = 3) -> str:
+    """x with nd decimals; an em dash when missing."""
     if x is None or x == "":
-        return "&mdash;"
+        return "\u2014"
     try:
         x = float(x)
     except (TypeError, ValueError):
-        return e(x)
-    if math.isnan(x):
-        return "&mdash;"
-    return f"{x:.{nd}f}"
+        return str(x)
+    return "\u2014" if math.isnan(x) else f"{x:.{nd}f}"
 
 
 def fint(x) -> str:
+    """x with thousands separators; an em dash when missing."""
     if x is None:
-        return "&mdash;"
+        return "\u2014"
     try:
         return f"{int(x):,}"
     except (TypeError, ValueError):
-        return e(x)
+        return str(x)
 
 
-def pct(x) -> str:
-    return "&mdash;" if x is None else f"{100 * float(x):.1f}%"
-
-
-def image(png: bytes | None, alt: str, cls: str = "") -> str:
+def _png(png: bytes | None, caption: str, cls: str = "") -> dict | None:
+    """An image for the page: base64 text for a data: URI (None when there is none)."""
     if not png:
-        return ""
-    data = base64.b64encode(png).decode("ascii")
-    return (
-        f'<figure class="{e(cls)}"><img src="data:image/png;base64,{data}" alt="{e(alt)}">'
-        f"<figcaption>{e(alt)}</figcaption></figure>"
-    )
+        return None
+    return {"base64": base64.b64encode(png).decode("ascii"), "caption": caption, "cls": cls}
 
 
-def table(
-    headers: list[str], rows: list[list[str]], cls: str = "", foot: list[str] | None = None, numeric_from: int = 1
-) -> str:
-    """Cells are HTML already (escape text with e()); columns from numeric_from are right-aligned."""
-
-    def cell(tag, i, value):
-        return f"<{tag}{' class=num' if i >= numeric_from else ''}>{value}</{tag}>"
-
-    out = [f'<table class="{e(cls)}"><thead><tr>']
-    out += [cell("th", i, e(h)) for i, h in enumerate(headers)]
-    out.append("</tr></thead><tbody>")
-    for row in rows:
-        out.append("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>")
-    out.append("</tbody>")
-    if foot:
-        out.append("<tfoot><tr>" + "".join(cell("td", i, v) for i, v in enumerate(foot)) + "</tr></tfoot>")
-    out.append("</table>")
-    return "".join(out)
+def _by_split(items) -> list:
+    return sorted(items, key=lambda kv_: SPLIT_ORDER.get(kv_[0], 9))
 
 
-def kv(pairs: list[tuple[str, str]]) -> str:
-    """A definition list; values are HTML already."""
-    rows = "".join(f"<dt>{e(k)}</dt><dd>{v}</dd>" for k, v in pairs if v not in (None, ""))
-    return f'<dl class="kv">{rows}</dl>'
+def _row(key: str, value, kind: str = "text", digits: int = 3) -> dict:
+    """A name/value row of a definition list (macros.kv); kind: text, code, int or num."""
+    return {"key": key, "value": value, "kind": kind, "digits": digits}
 
 
-def bar(value) -> str:
-    """A small inline bar for a number in [0, 1]."""
-    if value is None:
-        return ""
-    w = max(0.0, min(1.0, float(value))) * 100
-    return f'<span class="bar"><span style="width:{w:.0f}%"></span></span>'
+# =========================================================================== test-time augmentation names
+
+TTA_ORDER = {"none": 0, "flip": 1, "crops": 2}  # cheapest first, as model/tta.py MODES
 
 
-def score(value) -> str:
-    """A number in [0, 1] with its bar, kept on one line."""
-    return f'<span class="nw">{fnum(value)} {bar(value)}</span>'
+def split_and_tta(name: str) -> tuple[str, str]:
+    """A metrics key of the training metadata as (split, TTA mode): "val" -> ("val", "none"),
+    "test_crops_tta" -> ("test", "crops"). The inverse of model.evaluate.metric_name."""
+    if name.endswith("_tta") and "_" in name[: -len("_tta")]:
+        split, _, mode = name[: -len("_tta")].partition("_")
+        return split, mode
+    return name, "none"
 
 
-def check(ok: bool, text: str) -> str:
-    cls, mark = ("ok", "&#10003;") if ok else ("bad", "&#10007;")
-    return f'<p class="check {cls}"><span class="mark">{mark}</span> {text}</p>'
-
-
-def warnings_box(warnings: list[str]) -> str:
-    if not warnings:
-        return '<p class="check ok"><span class="mark">&#10003;</span> No data-health warnings.</p>'
-    items = "".join(f"<li>{e(w)}</li>" for w in warnings)
-    plural = "s" if len(warnings) > 1 else ""
-    return f'<div class="warn"><strong>{len(warnings)} warning{plural}</strong><ul>{items}</ul></div>'
-
-
-def card(label: str, value: str, sub: str = "") -> str:
-    return (
-        f'<div class="card"><div class="label">{e(label)}</div><div class="value">{value}</div>'
-        f'<div class="sub">{sub}</div></div>'
-    )
+def tta_label(mode: str | None) -> str:
+    """How the page names a TTA mode: "plain", "flip TTA", "crops TTA"."""
+    return "plain" if mode in (None, "", "none") else f"{mode} TTA"
 
 
 # =========================================================================== rejected inputs
 
 
-def rejected_section(folder: str, expected: int | None) -> str:
-    """Reason counts and the first rows of rejected/*.parquet."""
+def rejected_data(folder: str, expected: int | None) -> dict | None:
+    """Reason counts and the first rows of rejected/*.parquet (None: no such table)."""
     t = _read_parquet(join(folder, "rejected", "*.parquet"))
     if t is None:
-        return ""
-    n = t.num_rows
-    out = ["<h3>Rejected inputs (dead-letter table)</h3>"]
-    if not n:
-        out.append('<p class="muted">No input was rejected.</p>')
-        if expected:
-            out.append(
-                check(
-                    False, f"the totals count {fint(expected)} rejected, but <code>rejected/*.parquet</code> is empty"
-                )
-            )
-        return "".join(out)
-    counts = {r["reason"]: r["reason_count"] for r in t.group_by("reason").aggregate([("reason", "count")]).to_pylist()}
-    out.append(
-        table(
-            ["reason", "files"],
-            [[f"<code>{e(k)}</code>", fint(v)] for k, v in sorted(counts.items(), key=str)],
-            foot=["total", fint(n)],
-        )
-    )
-    if expected is not None:
-        out.append(
-            check(
-                expected == n,
-                f"{fint(n)} rows in <code>rejected/*.parquet</code>"
-                f"{' match' if expected == n else ' do not match'} the {fint(expected)} counted in the totals",
-            )
-        )
-    shown = t.sort_by([("reason", "ascending"), ("uri", "ascending")]).slice(0, MAX_REJECTED_ROWS).to_pylist()
-    body = [
-        [
-            f'<span class="uri">{e(r.get("uri"))}</span>',
-            f"<code>{e(r.get('reason'))}</code>",
-            e(r.get("detail")),
-            e(r.get("stage")),
-        ]
-        for r in shown
-    ]
-    out.append(table(["uri", "reason", "detail", "stage"], body, cls="rejected", numeric_from=99))
-    if n > len(shown):
-        out.append(
-            f'<p class="muted">First {len(shown)} of {fint(n)} rows; all of them are in '
-            f"<code>{e(join(folder, 'rejected'))}/*.parquet</code>.</p>"
-        )
-    return "".join(out)
+        return None
+    data = {"total": t.num_rows, "expected": expected, "reasons": [], "rows": [], "folder": join(folder, "rejected")}
+    if t.num_rows:
+        counts = t.group_by("reason").aggregate([("reason", "count")]).to_pylist()
+        data["reasons"] = sorted(((r["reason"], r["reason_count"]) for r in counts), key=str)
+        shown = t.sort_by([("reason", "ascending"), ("uri", "ascending")]).slice(0, MAX_REJECTED_ROWS).to_pylist()
+        data["rows"] = [{k: r.get(k) for k in ("uri", "reason", "detail", "stage")} for r in shown]
+    return data
 
 
 # =========================================================================== ingest
 
 
-def ingest_section(part: Part) -> tuple[str, list[str]]:
+def ingest_data(part: Part) -> dict:
     stats = _read_json(join(part.path, "stats.json")) or {}
     labels = stats.get("labels") or []
     totals = stats.get("totals", {})
     written = stats.get("written", {})
-    rejected = stats.get("rejected", {})
-    skipped = stats.get("skipped", {})
-    out = []
-
-    cards = [
-        card("files matched", fint(totals.get("matched"))),
-        card(
-            "images written",
-            fint(totals.get("written")),
-            " / ".join(
-                f"{e(s)} {fint(n)}"
-                for s, n in sorted(
-                    stats.get("written_per_split", {}).items(), key=lambda kv_: SPLIT_ORDER.get(kv_[0], 9)
-                )
-            ),
-        ),
-        card("rejected", fint(totals.get("rejected")), ", ".join(f"{e(k)} {v}" for k, v in rejected.items())),
-        card("skipped (not data)", fint(totals.get("skipped_non_data")), ", ".join(e(k) for k in skipped)),
-    ]
-    out.append(f'<div class="cards">{"".join(cards)}</div>')
+    d = {
+        "totals": {k: totals.get(k) for k in ("matched", "written", "rejected", "skipped_non_data")},
+        "written_per_split": _by_split(stats.get("written_per_split", {}).items()),
+        "rejected_reasons": list(stats.get("rejected", {}).items()),
+        "skipped_kinds": list(stats.get("skipped", {})),
+        "balance": None,
+        "warnings": stats.get("warnings", []),
+        "class_balance": None,
+        "duplicates": None,
+        "image_stats": [{"split": s, **v} for s, v in _by_split(stats.get("image_stats", {}).items())],
+    }
+    for s in d["image_stats"]:
+        for k in ("images", "brightness_mean", "brightness_std", "contrast_mean", "contrast_std", "sharpness_geomean"):
+            s.setdefault(k, None)
     if totals:
-        parts = [totals.get("written", 0), totals.get("rejected", 0), totals.get("skipped_non_data", 0)]
-        balanced = totals.get("matched") == sum(parts)
-        out.append(
-            check(
-                balanced,
-                f"{fint(totals.get('matched'))} matched = {fint(parts[0])} written + "
-                f"{fint(parts[1])} rejected + {fint(parts[2])} skipped",
-            )
-        )
-    out.append(warnings_box(stats.get("warnings", [])))
-
-    # written per class x split, with totals both ways
+        counts = {k: totals.get(k, 0) for k in ("written", "rejected", "skipped_non_data")}
+        d["balance"] = {
+            "ok": totals.get("matched") == sum(counts.values()),
+            "written": counts["written"],
+            "rejected": counts["rejected"],
+            "skipped": counts["skipped_non_data"],
+        }
     if written and labels:
-        splits = sorted(written, key=lambda sp: SPLIT_ORDER.get(sp, 9))
-        rows, split_totals = [], {sp: 0 for sp in splits}
-        class_totals = []
-        for c in labels:
-            values = [int(written[sp].get(c, 0)) for sp in splits]
-            for sp, v in zip(splits, values):
-                split_totals[sp] += v
-            class_totals.append(sum(values))
-            rows.append([e(c), *map(fint, values), f"<strong>{fint(sum(values))}</strong>"])
-        foot = ["total", *[fint(split_totals[sp]) for sp in splits], f"<strong>{fint(sum(class_totals))}</strong>"]
-        out.append('<h3>Class balance (images written, after de-duplication)</h3><div class="row"><div class="wide">')
-        out.append(image(_read(join(part.path, "plots", "class_distribution.png")), "Class distribution per split"))
-        out.append('</div><div class="fit">')
-        out.append(table(["class", *splits, "total"], rows, foot=foot))
-        if min(class_totals):
-            out.append(f'<p class="muted">Largest / smallest class: {max(class_totals) / min(class_totals):.1f}x.</p>')
-        else:
-            missing = [c for c, n in zip(labels, class_totals) if not n]
-            out.append(check(False, f"No image of {e(', '.join(missing))}."))
-        out.append("</div></div>")
-
-    # duplicates and leakage
+        splits = [sp for sp, _ in _by_split(written.items())]
+        rows = [{"label": c, "counts": [int(written[sp].get(c, 0)) for sp in splits]} for c in labels]
+        for row in rows:
+            row["total"] = sum(row["counts"])
+        class_totals = [row["total"] for row in rows]
+        d["class_balance"] = {
+            "plot": _png(_read(join(part.path, "plots", "class_distribution.png")), "Class distribution per split"),
+            "splits": splits,
+            "rows": rows,
+            "split_totals": [sum(row["counts"][i] for row in rows) for i in range(len(splits))],
+            "total": sum(class_totals),
+            "missing": [c for c, n in zip(labels, class_totals) if not n],
+            "imbalance": max(class_totals) / min(class_totals) if min(class_totals) else None,
+        }
     dup = stats.get("duplicates")
     if dup is not None:
-        leakage = dup.get("leakage_dropped", {}) or {}
-        out.append("<h3>Duplicates and leakage</h3>")
-        pairs = [
-            ("groups of pixel-identical images", fint(dup.get("groups"))),
-            ("redundant copies dropped", fint(dup.get("redundant_files"))),
-            ("dropped within one split", fint(dup.get("dropped_within_split"))),
-            (
-                "dropped across splits (leakage)",
-                fint(sum(leakage.values()))
-                + (
-                    " &mdash; " + ", ".join(f"{e(k)}: {fint(v)}" for k, v in sorted(leakage.items())) if leakage else ""
-                ),
-            ),
-            ("groups with conflicting labels", fint(dup.get("conflicting_label_groups"))),
-            ("files rejected for conflicting labels", fint(dup.get("conflicting_label_files"))),
-        ]
-        out.append(kv(pairs))
-        if not dup.get("groups") and not dup.get("conflicting_label_groups"):
-            out.append(check(True, "No duplicate images, no leakage between splits, no conflicting labels."))
-        elif leakage:
-            out.append(
-                check(
-                    False,
-                    "Pixel-identical images were found in more than one split; the evaluation-side "
-                    "copy was kept and the training-side copies dropped.",
+        leakage = dup.get("leakage_dropped") or {}
+        d["duplicates"] = {
+            **{
+                k: dup.get(k)
+                for k in (
+                    "groups",
+                    "redundant_files",
+                    "dropped_within_split",
+                    "conflicting_label_groups",
+                    "conflicting_label_files",
                 )
-            )
-
-    # image statistics per split
-    image_stats = stats.get("image_stats", {})
-    if image_stats:
-        out.append("<h3>Image statistics per split</h3>")
-        rows = [
-            [
-                f"<strong>{e(s)}</strong>",
-                fint(v.get("images")),
-                f"{fnum(v.get('brightness_mean'), 1)} &plusmn; {fnum(v.get('brightness_std'), 1)}",
-                f"{fnum(v.get('contrast_mean'), 1)} &plusmn; {fnum(v.get('contrast_std'), 1)}",
-                fnum(v.get("sharpness_geomean"), 0),
-            ]
-            for s, v in sorted(image_stats.items(), key=lambda kv_: SPLIT_ORDER.get(kv_[0], 9))
-        ]
-        out.append(
-            table(
-                [
-                    "split",
-                    "images",
-                    "brightness (mean ± std)",
-                    "contrast (mean ± std)",
-                    "sharpness (geo. mean of Laplacian variance)",
-                ],
-                rows,
-            )
-        )
-
-    out.append("<details><summary>Ingest settings</summary>")
-    out.append(
-        kv(
-            [
-                ("input", f"<code>{e(stats.get('input'))}</code>"),
-                ("output", f"<code>{e(stats.get('output'))}</code>"),
-                ("image size", e(stats.get("image_size"))),
-                ("face crop", e(stats.get("face_crop"))),
-                ("split source", e(stats.get("split_source"))),
-                ("val fraction", e(stats.get("val_fraction"))),
-                ("test fraction", e(stats.get("test_fraction"))),
-                ("val carved from train", e(stats.get("val_carved_from_train"))),
-                ("seed", e(stats.get("seed"))),
-                ("shards per split", e(stats.get("num_shards"))),
-                ("schema version", e(stats.get("schema_version"))),
-                ("data fingerprint", f"<code>{e(stats.get('fingerprint'))}</code>"),
-            ]
-        )
-    )
-    out.append("</details>")
-    out.append(rejected_section(part.path, totals.get("rejected") if totals else None))
-    glance = [f"{fint(totals.get('written'))} images written, {fint(totals.get('rejected'))} rejected"]
-    return "".join(out), glance
+            },
+            "leakage": sorted(leakage.items()),
+            "leakage_total": sum(leakage.values()),
+            "clean": not dup.get("groups") and not dup.get("conflicting_label_groups"),
+        }
+    d["settings"] = [
+        _row("input", stats.get("input"), "code"),
+        _row("output", stats.get("output"), "code"),
+        _row("image size", stats.get("image_size")),
+        _row("face crop", stats.get("face_crop")),
+        _row("split source", stats.get("split_source")),
+        _row("val fraction", stats.get("val_fraction")),
+        _row("test fraction", stats.get("test_fraction")),
+        _row("val carved from train", stats.get("val_carved_from_train")),
+        _row("seed", stats.get("seed")),
+        _row("shards per split", stats.get("num_shards")),
+        _row("schema version", stats.get("schema_version")),
+        _row("data fingerprint", stats.get("fingerprint"), "code"),
+    ]
+    d["rejected"] = rejected_data(part.path, totals.get("rejected") if totals else None)
+    d["glance"] = [f"{fint(totals.get('written'))} images written, {fint(totals.get('rejected'))} rejected"]
+    return d
 
 
 # =========================================================================== train
 
 
-def train_section(part: Part) -> tuple[str, list[str]]:
+def _metric_rows(metrics: dict, recommended: str | None) -> list[dict]:
+    """One row per metrics key, by split (val, test) then TTA mode (none, flip, crops)."""
+    rows = []
+    for name, m in metrics.items():
+        if not m:
+            continue
+        split, mode = split_and_tta(name)
+        rows.append(
+            {
+                "name": name,
+                "split": split,
+                "mode": mode,
+                "inference": tta_label(mode),
+                "recommended": recommended not in (None, "") and mode == recommended,
+                "examples": m.get("examples"),
+                "accuracy": m.get("accuracy"),
+                "macro_f1": m.get("macro_f1"),
+            }
+        )
+    return sorted(rows, key=lambda r: (SPLIT_ORDER.get(r["split"], 9), TTA_ORDER.get(r["mode"], 9), r["name"]))
+
+
+def train_data(part: Part) -> dict:
     meta = _read_json(join(part.path, "metadata.json")) or {}
     history = []
     raw = _read(join(part.path, "history.csv"))
@@ -489,433 +372,280 @@ def train_section(part: Part) -> tuple[str, list[str]]:
     training = meta.get("training", {})
     metrics = meta.get("metrics", {})
     tdata = meta.get("training_data", {})
-    out = []
-    glance = []
+    d = {"cards": [], "glance": [], "metrics": [], "per_class": None, "run": None, "versions": None, "history": None}
 
-    val = metrics.get("val", {})
-    test = metrics.get("test", {})
-    cards = []
     if meta:
-        cards.append(
-            card(
-                "model",
-                f"<code>{e(meta.get('model_version'))}</code>",
-                f"{e(meta.get('arch'))}, {fint(meta.get('parameters'))} parameters",
-            )
+        d["cards"].append(
+            {
+                "kind": "model",
+                "model_version": meta.get("model_version"),
+                "arch": meta.get("arch"),
+                "parameters": meta.get("parameters"),
+            }
         )
-    if val:
-        cards.append(
-            card(
-                "val macro-F1",
-                fnum(val.get("macro_f1")),
-                f"accuracy {fnum(val.get('accuracy'))} on {fint(val.get('examples'))}",
-            )
-        )
-        glance.append(f"val macro-F1 {fnum(val.get('macro_f1'))}")
-    if test:
-        cards.append(
-            card(
-                "test macro-F1",
-                fnum(test.get("macro_f1")),
-                f"accuracy {fnum(test.get('accuracy'))} on {fint(test.get('examples'))}",
-            )
-        )
+    for split in ("val", "test"):
+        m = metrics.get(split)
+        if m:
+            numbers = {k: m.get(k) for k in ("macro_f1", "accuracy", "examples")}
+            d["cards"].append({"kind": "split", "split": split, **numbers})
+    if metrics.get("val"):
+        d["glance"].append(f"val macro-F1 {fnum(metrics['val'].get('macro_f1'))}")
     if training:
-        cards.append(
-            card(
-                "epochs",
-                fint(training.get("epochs_run")),
-                f"best epoch {e(training.get('best_epoch'))}, {fint(training.get('steps'))} steps, "
-                f"{fnum(training.get('seconds_this_run'), 1)} s",
-            )
+        d["cards"].append(
+            {
+                "kind": "epochs",
+                "epochs_run": training.get("epochs_run"),
+                "best_epoch": training.get("best_epoch"),
+                "steps": training.get("steps"),
+                "seconds": training.get("seconds_this_run"),
+            }
         )
     elif history:
-        cards.append(card("epochs (so far)", fint(len(history)), "no metadata.json yet: training has not exported"))
-    if cards:
-        out.append(f'<div class="cards">{"".join(cards)}</div>')
+        d["cards"].append({"kind": "epochs_so_far", "epochs": len(history)})
+    d["curves"] = _png(
+        _read(join(part.path, "plots", "training_curves.png")),
+        "Training curves: loss, accuracy / val macro-F1, learning rate",
+        "full",
+    )
 
-    curves = _read(join(part.path, "plots", "training_curves.png"))
-    if curves:
-        out.append(image(curves, "Training curves: loss, accuracy / val macro-F1, learning rate", cls="full"))
-
-    if metrics:
-        out.append("<h3>Metrics of the exported (best) weights</h3>")
-        rows = []
-        for name in (
-            "val",
-            "val_flip_tta",
-            "test",
-            "test_flip_tta",
-            *[k for k in metrics if k not in ("val", "val_flip_tta", "test", "test_flip_tta")],
-        ):
-            m = metrics.get(name)
-            if not m:
-                continue
-            split, _, tta = name.partition("_")
-            rows.append(
-                [
-                    f"<strong>{e(split)}</strong>",
-                    "flip TTA" if tta else "plain",
-                    fint(m.get("examples")),
-                    fnum(m.get("accuracy")),
-                    score(m.get("macro_f1")),
-                ]
-            )
-        out.append(table(["split", "inference", "images", "accuracy", "macro-F1"], rows, numeric_from=2))
-        per_class_names = [
-            k for k in ("val", "val_flip_tta", "test", "test_flip_tta") if metrics.get(k, {}).get("per_class")
-        ]
-        if per_class_names:
-            labels = meta.get("labels") or list(metrics[per_class_names[0]]["per_class"])
-            body = [
-                [
-                    e(c),
-                    *[fnum(metrics[k]["per_class"].get(c, {}).get("f1")) for k in per_class_names],
-                    *[
-                        fint(metrics[k]["per_class"].get(c, {}).get("support"))
-                        for k in per_class_names
-                        if "tta" not in k
-                    ],
-                ]
+    d["metrics"] = _metric_rows(metrics, meta.get("recommended_tta"))
+    with_per_class = [r for r in d["metrics"] if metrics[r["name"]].get("per_class")]
+    if with_per_class:
+        labels = meta.get("labels") or list(metrics[with_per_class[0]["name"]]["per_class"])
+        plain = [r for r in with_per_class if r["mode"] == "none"]  # TTA does not change the support
+        d["per_class"] = {
+            "f1_heads": [
+                f"F1 {r['split']}" + ("" if r["mode"] == "none" else f" ({r['inference']})") for r in with_per_class
+            ],
+            "support_heads": [f"support {r['split']}" for r in plain],
+            "rows": [
+                {
+                    "label": c,
+                    "f1": [metrics[r["name"]]["per_class"].get(c, {}).get("f1") for r in with_per_class],
+                    "support": [metrics[r["name"]]["per_class"].get(c, {}).get("support") for r in plain],
+                }
                 for c in labels
-            ]
-            heads = [
-                "class",
-                *[f"F1 {k.replace('_flip_tta', ' (TTA)')}" for k in per_class_names],
-                *[f"support {k}" for k in per_class_names if "tta" not in k],
-            ]
-            out.append("<details><summary>Per-class F1</summary>" + table(heads, body) + "</details>")
+            ],
+        }
 
     if training or tdata:
-        out.append("<h3>Training run</h3>")
         ips = tdata.get("images_per_split") or {}
-        out.append(
-            kv(
-                [
-                    ("architecture", e(meta.get("arch"))),
-                    ("recommended test-time augmentation", e(meta.get("recommended_tta"))),
-                    ("strategy", f"{e(training.get('strategy'))} ({fint(training.get('replicas'))} replica(s))"),
-                    ("global batch", fint(training.get("global_batch"))),
-                    ("optimizer", f"{e(training.get('optimizer'))}, peak LR {fnum(training.get('peak_lr'), 4)}"),
-                    ("mixed precision", e(training.get("mixed_precision"))),
-                    ("stopped early", e(training.get("stopped_early"))),
-                    ("resumed from step", fint(training.get("resumed_from_step"))),
-                    ("training data", f"<code>{e(tdata.get('path'))}</code>"),
-                    (
-                        "images per split",
-                        ", ".join(
-                            f"{e(k)} {fint(v)}"
-                            for k, v in sorted(ips.items(), key=lambda kv_: SPLIT_ORDER.get(kv_[0], 9))
-                        ),
-                    ),
-                    ("data fingerprint", f"<code>{e(tdata.get('fingerprint'))}</code>"),
-                    ("face crop", e(tdata.get("face_crop"))),
-                    ("image size", e(meta.get("image_size"))),
-                    ("model fingerprint", f"<code>{e(meta.get('model_fingerprint'))}</code>"),
-                ]
-            )
-        )
+        replicas = training.get("replicas")
+        d["run"] = [
+            _row("architecture", meta.get("arch")),
+            _row("recommended test-time augmentation", meta.get("recommended_tta")),
+            _row("strategy", f"{training.get('strategy')} ({fint(replicas)} replica(s))" if training else None),
+            _row("global batch", training.get("global_batch"), "int"),
+            _row(
+                "optimizer",
+                f"{training.get('optimizer')}, peak LR {fnum(training.get('peak_lr'), 4)}" if training else None,
+            ),
+            _row("mixed precision", training.get("mixed_precision")),
+            _row("stopped early", training.get("stopped_early")),
+            _row("resumed from step", training.get("resumed_from_step"), "int"),
+            _row("training data", tdata.get("path"), "code"),
+            _row("images per split", ", ".join(f"{k} {fint(v)}" for k, v in _by_split(ips.items()))),
+            _row("data fingerprint", tdata.get("fingerprint"), "code"),
+            _row("face crop", tdata.get("face_crop")),
+            _row("image size", meta.get("image_size")),
+            _row("model fingerprint", meta.get("model_fingerprint"), "code"),
+        ]
         if meta.get("versions") or meta.get("command"):
-            out.append("<details><summary>Versions and command</summary>")
-            out.append(
-                kv(
-                    [(k, e(v)) for k, v in (meta.get("versions") or {}).items()]
-                    + [("command", f"<code>{e(meta.get('command'))}</code>")]
-                )
-            )
-            out.append("</details>")
+            d["versions"] = [_row(k, v) for k, v in (meta.get("versions") or {}).items()]
+            d["versions"].append(_row("command", meta.get("command"), "code"))
 
     if history:
-        keys = [
-            k
-            for k in (
-                "epoch",
-                "loss",
-                "accuracy",
-                "val_accuracy",
-                "val_macro_f1",
-                "lr",
-                "images_per_s",
-                "epoch_seconds",
-            )
-            if k in history[0]
-        ]
-        fmt = {
-            "epoch": fint,
-            "lr": lambda v: fnum(v, 5),
-            "images_per_s": lambda v: fnum(v, 0),
-            "epoch_seconds": lambda v: fnum(v, 1),
-        }
-        rows = [[fmt.get(k, fnum)(h.get(k)) for k in keys] for h in history]
-        out.append(
-            f"<details><summary>History ({len(history)} epochs)</summary>"
-            + table(keys, rows, numeric_from=0, cls="compact")
-            + "</details>"
-        )
-    return "".join(out), glance
+        columns = ("epoch", "loss", "accuracy", "val_accuracy", "val_macro_f1", "lr", "images_per_s", "epoch_seconds")
+        keys = [k for k in columns if k in history[0]]
+        d["history"] = {"columns": keys, "rows": [{k: h.get(k) for k in keys} for h in history]}
+    return d
 
 
 # =========================================================================== predict
 
 
-def _confusion_table(labels, matrix) -> str:
-    head = "".join(f"<th class=num>{e(c)}</th>" for c in labels)
+def _confusion(labels: list[str], matrix: list[list[int]]) -> dict:
     rows = []
-    for i, c in enumerate(labels):
-        total = sum(matrix[i]) or 1
-        cells = []
-        for n in matrix[i]:
-            share = n / total
-            color = f"rgba(37,99,235,{0.08 + 0.8 * share:.2f})" if n else "transparent"
-            fg = "#fff" if share > 0.5 else "inherit"
-            cells.append(f'<td class="num" style="background:{color};color:{fg}">{fint(n)}</td>')
-        rows.append(
-            f"<tr><th>{e(c)}</th>{''.join(cells)}<td class=num><strong>{fint(sum(matrix[i]))}</strong></td></tr>"
-        )
-    col = [sum(r[j] for r in matrix) for j in range(len(labels))]
-    foot = "".join(f"<td class=num>{fint(n)}</td>" for n in col)
-    return (
-        f'<table class="confusion"><thead><tr><th>true \\ predicted</th>{head}<th class=num>total</th></tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody><tfoot><tr><td>total</td>{foot}<td class=num><strong>{fint(sum(col))}"
-        "</strong></td></tr></tfoot></table>"
-    )
+    for label, counts in zip(labels, matrix):
+        total = sum(counts)
+        cells = [{"count": n, "share": n / (total or 1)} for n in counts]
+        rows.append({"label": label, "cells": cells, "total": total})
+    column_totals = [sum(r[j] for r in matrix) for j in range(len(labels))]
+    return {"labels": labels, "rows": rows, "column_totals": column_totals, "total": sum(column_totals)}
 
 
-def predict_section(part: Part) -> tuple[str, list[str]]:
+def predict_data(part: Part) -> dict:
     summary = _read_json(join(part.path, "summary.json")) or {}
     metrics = _read_json(join(part.path, "evaluation", "metrics.json")) or {}
     totals = summary.get("totals", {})
-    out, glance = [], []
     part.data = {"summary": summary, "metrics": metrics}
-
-    acc = metrics.get("accuracy", summary.get("accuracy"))
-    f1 = metrics.get("macro_f1", summary.get("macro_f1"))
-    cards = [
-        card(
-            "model",
-            f"<code>{e(summary.get('model_version') or metrics.get('model_version'))}</code>",
-            f"<span class=uri>{e(summary.get('model'))}</span>",
-        )
-    ]
+    d = {
+        "model_version": summary.get("model_version") or metrics.get("model_version"),
+        "model": summary.get("model"),
+        "totals": {k: totals.get(k) for k in ("matched", "predicted", "rejected")} if totals else None,
+        "labelled": summary.get("labelled"),
+        "rejected_reasons": list((summary.get("rejected") or {}).items()),
+        "accuracy": metrics.get("accuracy", summary.get("accuracy")),
+        "macro_f1": metrics.get("macro_f1", summary.get("macro_f1")),
+        "ece": metrics.get("expected_calibration_error"),
+        "input": summary.get("input"),
+        "face_crop": summary.get("face_crop"),
+        "tta": summary.get("tta") or "none",
+        "balance": None,
+        "parquet_rows": None,
+        "evaluation": None,
+        "glance": [],
+    }
+    if d["accuracy"] is not None:
+        d["glance"].append(f"accuracy {fnum(d['accuracy'])}, macro-F1 {fnum(d['macro_f1'])}")
     if totals:
-        cards.append(
-            card(
-                "predicted",
-                fint(totals.get("predicted")),
-                f"of {fint(totals.get('matched'))} matched; {fint(summary.get('labelled'))} labelled",
-            )
-        )
-        cards.append(
-            card(
-                "rejected",
-                fint(totals.get("rejected")),
-                ", ".join(f"{e(k)} {v}" for k, v in (summary.get("rejected") or {}).items()),
-            )
-        )
-    if acc is not None:
-        cards.append(card("accuracy", fnum(acc), f"macro-F1 {fnum(f1)}"))
-        glance.append(f"accuracy {fnum(acc)}, macro-F1 {fnum(f1)}")
-    if metrics.get("expected_calibration_error") is not None:
-        cards.append(card("calibration error", fnum(metrics["expected_calibration_error"]), "ECE, 15 bins"))
-    out.append(f'<div class="cards">{"".join(cards)}</div>')
-    if summary.get("input"):
-        out.append(
-            f'<p class="muted">Input <code>{e(summary["input"])}</code>; face crop {e(summary.get("face_crop"))}; '
-            f"test-time augmentation {e(summary.get('tta') or 'none')}.</p>"
-        )
-
-    if totals:
-        parts = [totals.get("predicted", 0), totals.get("rejected", 0), totals.get("skipped_non_data", 0)]
-        out.append(
-            check(
-                totals.get("matched") == sum(parts),
-                f"{fint(totals.get('matched'))} matched = {fint(parts[0])} predicted + {fint(parts[1])} rejected"
-                f" + {fint(parts[2])} skipped",
-            )
-        )
-        n_rows = _parquet_rows(join(part.path, "predictions", "*.parquet"))
-        if n_rows is not None:
-            out.append(check(n_rows == parts[0], f"{fint(n_rows)} rows in <code>predictions/*.parquet</code>"))
-        glance.append(f"{fint(parts[0])} predicted, {fint(parts[1])} rejected")
+        counts = [totals.get(k, 0) for k in ("predicted", "rejected", "skipped_non_data")]
+        d["balance"] = {
+            "ok": totals.get("matched") == sum(counts),
+            "predicted": counts[0],
+            "rejected": counts[1],
+            "skipped": counts[2],
+        }
+        d["parquet_rows"] = _parquet_rows(join(part.path, "predictions", "*.parquet"))
+        d["glance"].append(f"{fint(counts[0])} predicted, {fint(counts[1])} rejected")
     elif metrics:
-        glance.append(f"{fint(metrics.get('examples'))} evaluated")
+        d["glance"].append(f"{fint(metrics.get('examples'))} evaluated")
 
     if metrics:
-        out.append("<h3>Evaluation</h3>")
+
+        def plot(name, caption, cls=""):
+            return _png(_read(join(part.path, "plots", name)), caption, cls)
+
+        ev = {
+            "examples": metrics.get("examples"),
+            "unlabelled": None,
+            "confusion_plot": plot("confusion_matrix.png", "Confusion matrix (rows: true class)"),
+            "reliability_plot": plot("reliability.png", "Reliability diagram"),
+            "confusion": None,
+            "per_class": [],
+            "macro": None,
+            "per_class_plot": plot("per_class.png", "Per-class precision / recall / F1"),
+            "samples_plot": plot(
+                "samples.png", "Most confident mistakes (red), then correct predictions (green)", "full"
+            ),
+        }
         if summary.get("labelled") is not None and metrics.get("examples") is not None and totals:
-            unlabelled = totals.get("predicted", 0) - metrics["examples"]
-            if unlabelled:
-                out.append(
-                    f'<p class="muted">{fint(metrics["examples"])} of {fint(totals.get("predicted"))} predictions '
-                    f"have a known label and are evaluated; {fint(unlabelled)} have none "
-                    "(their folder names no class).</p>"
-                )
-        out.append('<div class="row">')
-        out.append(
-            image(_read(join(part.path, "plots", "confusion_matrix.png")), "Confusion matrix (rows: true class)")
-        )
-        out.append(image(_read(join(part.path, "plots", "reliability.png")), "Reliability diagram"))
-        out.append("</div>")
+            ev["unlabelled"] = totals.get("predicted", 0) - metrics["examples"]
         labels = metrics.get("labels") or list(metrics.get("per_class", {}))
         if metrics.get("confusion") and labels:
-            out.append(
-                "<details><summary>Confusion counts</summary>"
-                + _confusion_table(labels, metrics["confusion"])
-                + "</details>"
-            )
-
-        per_class = _read_parquet(join(part.path, "evaluation", "per_class.parquet"))
-        rows_pc = (
-            per_class.to_pylist()
-            if per_class is not None
+            ev["confusion"] = _confusion(labels, metrics["confusion"])
+        table = _read_parquet(join(part.path, "evaluation", "per_class.parquet"))
+        rows = (
+            table.to_pylist()
+            if table is not None
             else [{"label": c, **v} for c, v in metrics.get("per_class", {}).items()]
         )
-        if rows_pc:
-            body = [
-                [
-                    e(r["label"]),
-                    fnum(r["precision"]),
-                    fnum(r["recall"]),
-                    score(r["f1"]),
-                    fint(r["support"]),
-                    fint(r["predicted"]),
-                ]
-                for r in rows_pc
-            ]
-            foot = [
-                "macro / total",
-                fnum(sum(r["precision"] for r in rows_pc) / len(rows_pc)),
-                fnum(sum(r["recall"] for r in rows_pc) / len(rows_pc)),
-                fnum(f1),
-                fint(sum(r["support"] for r in rows_pc)),
-                fint(sum(r["predicted"] for r in rows_pc)),
-            ]
-            out.append('<h3>Per-class metrics</h3><div class="row"><div class="fit">')
-            out.append(table(["class", "precision", "recall", "F1", "support", "predicted"], body, foot=foot))
-            out.append(
-                '<p class="muted">support: images of the class; predicted: images predicted as it.<br>'
-                "The macro-F1 averages the classes present.</p>"
-            )
-            out.append('</div><div class="wide">')
-            out.append(image(_read(join(part.path, "plots", "per_class.png")), "Per-class precision / recall / F1"))
-            out.append("</div></div>")
-        samples = _read(join(part.path, "plots", "samples.png"))
-        if samples:
-            out.append("<h3>Sample predictions</h3>")
-            out.append(image(samples, "Most confident mistakes (red), then correct predictions (green)", cls="full"))
-    elif totals:
-        out.append('<p class="muted">No labelled input, so no evaluation.</p>')
-
-    out.append(rejected_section(part.path, totals.get("rejected") if totals else None))
-    return "".join(out), glance
+        keys = ("label", "precision", "recall", "f1", "support", "predicted")
+        ev["per_class"] = [{k: r.get(k) for k in keys} for r in rows]
+        if rows:
+            ev["macro"] = {
+                "precision": sum(r["precision"] for r in rows) / len(rows),
+                "recall": sum(r["recall"] for r in rows) / len(rows),
+                "support": sum(r["support"] for r in rows),
+                "predicted": sum(r["predicted"] for r in rows),
+            }
+        d["evaluation"] = ev
+    d["rejected"] = rejected_data(part.path, totals.get("rejected") if totals else None)
+    return d
 
 
-def comparison_section(parts: list[Part]) -> str:
+def compare_data(part: Part) -> dict:
+    """An `emotion compare` output: agreement, the two models' labels against each other, per-class
+    scores side by side, the most confident disagreements."""
+    summary = _read_json(join(part.path, "compare", "comparison.json")) or {}
+    agreement = _read_parquet(join(part.path, "compare", "agreement.parquet"))
+    per_class = _read_parquet(join(part.path, "compare", "per_class.parquet"))
+    differ = _read_parquet(join(part.path, "compare", "disagreements.parquet"))
+    matrix = None
+    if agreement is not None:
+        cells = {(r["label_a"], r["label_b"]): r["count"] for r in agreement.to_pylist()}
+        labels = list(dict.fromkeys(r["label_a"] for r in agreement.to_pylist()))
+        matrix = _confusion(labels, [[cells.get((a, b), 0) for b in labels] for a in labels])
+    d = {
+        "s": summary,
+        "agreement": matrix,
+        "per_class": per_class.to_pylist() if per_class is not None else [],
+        "disagreements": differ.slice(0, MAX_DISAGREEMENTS).to_pylist() if differ is not None else [],
+        "disagreements_total": differ.num_rows if differ is not None else 0,
+        "glance": [f"agreement {fnum(summary.get('agreement'))} on {fint(summary.get('images_in_both'))} images"],
+    }
+    return d
+
+
+def comparison_rows(parts: list[Part]) -> list[dict]:
+    """The "Models compared" table: one row per evaluated predict output; empty under two."""
     rows = []
     for p in parts:
         s, m = p.data.get("summary", {}), p.data.get("metrics", {})
         if not m:
             continue
         rows.append(
-            [
-                f'<a href="#{e(p.anchor)}">{e(p.title or p.name or "predictions")}</a>',
-                f"<code>{e(s.get('model_version') or m.get('model_version'))}</code>",
-                f'<span class="uri">{e(s.get("input"))}</span>',
-                e(s.get("tta") or "none"),
-                fint(m.get("examples")),
-                fnum(m.get("accuracy")),
-                score(m.get("macro_f1")),
-                fnum(m.get("expected_calibration_error")),
-            ]
+            {
+                "anchor": p.anchor,
+                "heading": p.title or p.name or "predictions",
+                "model_version": s.get("model_version") or m.get("model_version"),
+                "input": s.get("input"),
+                "tta": s.get("tta") or "none",
+                "examples": m.get("examples"),
+                "accuracy": m.get("accuracy"),
+                "macro_f1": m.get("macro_f1"),
+                "ece": m.get("expected_calibration_error"),
+            }
         )
-    if len(rows) < 2:
-        return ""
-    return (
-        "<section id=compare><h2>Models compared</h2>"
-        + table(
-            ["predictions", "model", "input", "TTA", "evaluated", "accuracy", "macro-F1", "ECE"], rows, numeric_from=4
-        )
-        + "</section>"
-    )
+    return rows if len(rows) >= 2 else []
 
 
 # =========================================================================== page
 
-CSS = """
-:root{--fg:#1f2937;--muted:#6b7280;--line:#e5e7eb;--bg:#f8fafc;--card:#fff;--accent:#2563eb;--ok:#15803d;--bad:#b91c1c}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--fg);
-  font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
-header{background:#0f172a;color:#f1f5f9;padding:22px 32px}
-header h1{margin:0 0 4px;font-size:22px}
-header p{margin:0;color:#cbd5e1;font-size:13px}
-header code{color:#e2e8f0;background:transparent}
-nav{background:#fff;border-bottom:1px solid var(--line);padding:8px 32px;position:sticky;top:0;z-index:1}
-nav a{margin-right:18px;color:var(--accent);text-decoration:none;font-weight:500}
-main{max-width:1240px;margin:0 auto;padding:8px 32px 48px}
-section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:18px 24px;margin:20px 0}
-h2{margin:0 0 2px;font-size:19px}
-h2 .kind{display:inline-block;font-size:11px;text-transform:uppercase;letter-spacing:.06em;background:#e0e7ff;
-  color:#3730a3;border-radius:4px;padding:2px 6px;margin-right:8px;vertical-align:middle}
-h3{font-size:15px;margin:22px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}
-.path{color:var(--muted);font-size:12px;margin:0 0 12px;word-break:break-all}
-.note{margin:4px 0 10px}
-.muted{color:var(--muted);font-size:12.5px}
-code{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#f1f5f9;
-  border-radius:3px;padding:0 3px}
-.uri{font:11.5px/1.35 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;word-break:break-all}
-table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
-th,td{border-bottom:1px solid var(--line);padding:4px 10px;text-align:left;vertical-align:top}
-thead th{background:#f1f5f9;font-weight:600;white-space:nowrap}
-tfoot td{font-weight:600;border-top:2px solid #cbd5e1}
-tbody tr:nth-child(even){background:#fafafa}
-.num{text-align:right;font-variant-numeric:tabular-nums}
-.nw,td code{white-space:nowrap}
-table.compact th,table.compact td{padding:3px 7px}
-table.rejected{width:100%;table-layout:fixed}
-table.rejected th:nth-child(1){width:44%}
-table.rejected th:nth-child(2){width:17%}
-table.rejected th:nth-child(4){width:8%}
-table.rejected td{word-break:break-word}
-table.confusion td,table.confusion th{padding:4px 8px}
-.cards{display:flex;flex-wrap:wrap;gap:12px;margin:10px 0 12px}
-.card{flex:1 1 170px;border:1px solid var(--line);border-radius:8px;padding:10px 14px;background:#fcfcfd;min-width:0}
-.card .label{font-size:11.5px;text-transform:uppercase;letter-spacing:.05em;color:var(--muted)}
-.card .value{font-size:22px;font-weight:650;overflow-wrap:anywhere}
-.card .value code{font-size:14px;background:transparent;padding:0}
-.card .sub{font-size:12px;color:var(--muted);overflow-wrap:anywhere}
-.row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
-.row>figure{flex:1 1 380px}
-.row>.wide{flex:1 1 480px;min-width:0}
-.row>.fit{flex:0 1 auto;max-width:100%;overflow-x:auto}
-.row>.fit td,.row>.fit th{white-space:nowrap}
-.row>.fit p{white-space:normal;max-width:36em}
-figure{margin:6px 0 10px;text-align:center}
-figure img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px;background:#fff}
-figure.full img{width:100%}
-figcaption{font-size:12px;color:var(--muted)}
-.check{margin:6px 0;font-size:13px}
-.check .mark{display:inline-block;width:18px;height:18px;line-height:18px;text-align:center;border-radius:50%;
-  color:#fff;font-size:11px;margin-right:4px}
-.check.ok .mark{background:var(--ok)}.check.bad .mark{background:var(--bad)}
-.check.bad{color:var(--bad)}
-.warn{background:#fffbeb;border:1px solid #fcd34d;border-left:4px solid #f59e0b;border-radius:6px;
-  padding:8px 14px;margin:8px 0}
-.warn ul{margin:4px 0 0;padding-left:20px}
-dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:3px 18px;margin:6px 0 10px;font-size:13px}
-dl.kv dt{color:var(--muted)}dl.kv dd{margin:0;word-break:break-all}
-details{margin:8px 0}
-summary{cursor:pointer;color:var(--accent);font-weight:500}
-.bar{display:inline-block;width:60px;height:8px;background:#e5e7eb;border-radius:4px;vertical-align:middle;
-  margin-left:6px;overflow:hidden}
-.bar span{display:block;height:100%;background:var(--accent)}
-ol.glance{margin:6px 0;padding-left:22px}
-ol.glance li{margin:2px 0}
-footer{color:var(--muted);font-size:12px;text-align:center;padding:0 0 24px}
-@media print{nav{display:none}section{break-inside:avoid-page}}
-"""
+KIND_TITLES = {"ingest": "Data (ingest)", "train": "Training", "predict": "Predictions", "compare": "Models compared"}
+SECTION_DATA = {"ingest": ingest_data, "train": train_data, "predict": predict_data, "compare": compare_data}
 
-KIND_TITLES = {"ingest": "Data (ingest)", "train": "Training", "predict": "Predictions"}
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("beam_pipelines", "templates"),
+        autoescape=True,  # every {{ value }} is HTML-escaped unless a template marks it safe
+        undefined=jinja2.StrictUndefined,  # a misspelt field fails loudly instead of rendering empty
+        finalize=lambda value: "" if value is None else value,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(fnum=fnum, fint=fint)
+    return env
+
+
+def render(root: str, title: str, parts: list[Part], manifest: dict, generated: str) -> str:
+    """The page for these parts (see templates/report.html.j2)."""
+    env = _environment()
+    sections = []
+    for part in parts:
+        heading = part.title or (f"{KIND_TITLES[part.kind]}: {part.name}" if part.name else KIND_TITLES[part.kind])
+        section = {"anchor": part.anchor, "kind": part.kind, "heading": heading, "path": part.path, "note": part.note}
+        try:
+            data = SECTION_DATA[part.kind](part)
+            # Rendered apart from the page (the result is Markup) so that one part that cannot be read loses
+            # only its own section.
+            section.update(body=Markup(env.get_template(f"{part.kind}.html.j2").render(d=data)), glance=data["glance"])
+            section["error"] = None
+        except Exception as exc:  # one unreadable part must not lose the whole report
+            log.warning("report: %s left out: %s: %s", part.path, type(exc).__name__, exc)
+            section.update(body="", glance=[], error=f"{type(exc).__name__}: {exc}")
+        part.title = heading
+        sections.append(section)
+    return env.get_template("report.html.j2").render(
+        generator_tag=Markup(GENERATOR_TAG),
+        title=title,
+        root=root,
+        generated=generated,
+        sections=sections,
+        stages=[{k: s.get(k) for k in ("stage", "result", "seconds")} for s in manifest.get("stages") or []],
+        compare=comparison_rows([p for p in parts if p.kind == "predict"]),
+    )
 
 
 def build(root: str, title: str | None = None) -> str:
@@ -931,50 +661,8 @@ def build(root: str, title: str | None = None) -> str:
         )
     manifest = _read_json(join(root, MANIFEST)) or {}
     title = title or manifest.get("title") or f"Emotion pipeline report: {root.rstrip('/').rsplit('/', 1)[-1]}"
-
-    sections, glance = [], []
-    render = {"ingest": ingest_section, "train": train_section, "predict": predict_section}
-    for part in parts:
-        try:
-            body, lines = render[part.kind](part)
-        except Exception as exc:  # one unreadable part must not lose the whole report
-            log.warning("report: %s left out: %s: %s", part.path, type(exc).__name__, exc)
-            body, lines = f'<p class="check bad">This part could not be read: {e(type(exc).__name__)}: {e(exc)}</p>', []
-        heading = part.title or (f"{KIND_TITLES[part.kind]}: {part.name}" if part.name else KIND_TITLES[part.kind])
-        part.title = heading
-        note = f'<p class="note">{e(part.note)}</p>' if part.note else ""
-        sections.append(
-            f'<section id="{e(part.anchor)}"><h2><span class="kind">{e(part.kind)}</span>{e(heading)}</h2>'
-            f'<p class="path">{e(part.path)}</p>{note}{body}</section>'
-        )
-        glance.append(
-            f'<li><a href="#{e(part.anchor)}">{e(heading)}</a>: {e("; ".join(lines) if lines else part.kind)}</li>'
-        )
-
-    compare = comparison_section([p for p in parts if p.kind == "predict"])
-    stages = manifest.get("stages") or []
-    overview = ['<section id="overview"><h2>Overview</h2>']
-    if stages:
-        rows = [[e(s.get("stage")), e(s.get("result")), fnum(s.get("seconds"), 1)] for s in stages]
-        overview.append(table(["stage", "result", "seconds"], rows, numeric_from=2))
-    else:
-        overview.append(f'<ol class="glance">{"".join(glance)}</ol>')
-    overview.append("</section>")
-
-    nav = "".join(f'<a href="#{e(p.anchor)}">{e(p.title)}</a>' for p in parts)
-    if compare:
-        nav += '<a href="#compare">Models compared</a>'
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    page = (
-        f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>{GENERATOR_TAG}"
-        '<meta name=viewport content="width=device-width,initial-scale=1">'
-        f"<title>{e(title)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>{e(title)}</h1><p>Folder <code>{e(root)}</code> &middot; generated {e(now)} by "
-        "<code>emotion report</code></p></header>"
-        f"<nav>{nav}</nav><main>{''.join(overview)}{compare}{''.join(sections)}</main>"
-        "<footer>Self-contained page: every image is embedded; no scripts, no external resources.</footer>"
-        "</body></html>\n"
-    )
+    page = render(root, title, parts, manifest, now)
     path = join(root, REPORT_NAME)
     write_bytes(path, page.encode("utf-8"), "text/html")
     return path

@@ -692,8 +692,14 @@ def test_constraints_agree_with_pyproject():
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     constraints = (DEPLOY / "dataflow" / "constraints.txt").read_text()
-    assert "apache-beam==2.77.0" in constraints and "apache-beam[gcp]==2.77.*" in deps["dependencies"]
-    assert "tensorflow==2.21.*" in constraints and "tensorflow==2.21.*" in deps["dependencies"]
+    extras = deps["optional-dependencies"]
+    assert "apache-beam==2.77.0" in constraints and "apache-beam[gcp]==2.77.*" in extras["pipelines"]
+    assert "tensorflow==2.21.*" in constraints and "tensorflow==2.21.*" in extras["training"]
+    # The training image installs no Beam; the README's `.[dev]` install installs everything.
+    assert not any(d.startswith("apache-beam") for d in deps["dependencies"] + extras["training"])
+    assert extras["all"] == ["emotion-pipeline[pipelines,training]"] and "emotion-pipeline[all]" in extras["dev"]
+    for dockerfile, default in (("training/Dockerfile", "training,gpu"), ("dataflow/Dockerfile", "all")):
+        assert f"ARG EXTRAS={default}\n" in (DEPLOY / dockerfile).read_text(), dockerfile
     assert "opencv-python-headless>=4.10,<5" in constraints
     assert any(d.startswith("gcp-storage-emulator") for d in deps["optional-dependencies"]["dev"])
     assert deps["optional-dependencies"]["gpu"] == ["tensorflow[and-cuda]==2.21.*"]

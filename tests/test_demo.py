@@ -89,12 +89,21 @@ def test_demo_writes_every_stage(demo):
     assert raw["rejected"] == {"empty_file": 1, "not_an_image": 1, "truncated_image": 1}  # the dead-letter path
     rows = pq.read_table(next((out / "predict-raw-shipped" / "rejected").glob("*.parquet"))).to_pylist()
     assert sorted(r["reason"] for r in rows) == ["empty_file", "not_an_image", "truncated_image"]
+    # The two models compared image by image, on the same test images.
+    comparison = json.loads((out / "compare-trained-vs-shipped" / "compare" / "comparison.json").read_text())
+    trained = json.loads((out / "predict-trained" / "summary.json").read_text())
+    shipped = json.loads((out / "predict-shipped" / "summary.json").read_text())
+    assert comparison["images_in_both"] == trained["totals"]["predicted"] == shipped["totals"]["predicted"]
+    assert comparison["accuracy_a"] == pytest.approx(trained["accuracy"])
+    assert comparison["accuracy_b"] == pytest.approx(shipped["accuracy"])
+    page = (out / "report.html").read_text()
+    assert "Trained (a) against shipped (b), image by image" in page and "Most confident disagreements" in page
 
 
 def test_demo_prints_progress_and_summary(demo):
     out, proc = demo
     stdout = proc.stdout
-    for stage in ("1/5 ingest", "2/5 train", "3/5 predict", "4/5 predict", "5/5 report"):
+    for stage in ("1/6 ingest", "2/6 train", "3/6 predict", "4/6 predict", "5/6 compare", "6/6 report"):
         assert stage in stdout, stage
     assert re.search(r"\[\s*\d+\.\ds\]\s+epoch 1/\d+", stdout)
     assert "215 files matched" in stdout

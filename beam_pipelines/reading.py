@@ -1,0 +1,79 @@
+"""Reading an image folder, shared by ingest and predict: the listing in batches, and the one function
+that turns a listed file into model pixels or a reject reason.
+
+Work travels in batches because per-element overhead is what makes a Beam job slow on small images:
+the listing emits batches of (path, listing problem), and each batch is read and decoded in one call.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipelines.common import extension, split_and_class_dir
+from beam_pipelines.listing import PROBLEMS as LISTING_PROBLEMS
+from beam_pipelines.listing import list_entries
+from model.preprocess import IMAGE_EXTENSIONS, PreprocessError, is_non_data, preprocess
+
+
+class ListBatches(beam.DoFn):
+    """Root -> batches of (path, listing problem or None); on the side (tag SUMMARY) one dict:
+    matched (every file listed), skipped non-data files by name and in all, input bytes, and the
+    split folders seen. Streams: the listing is never held or sorted in memory as a whole."""
+
+    SUMMARY = "summary"
+
+    def __init__(self, files_per_batch: int):
+        self.files_per_batch = files_per_batch
+
+    def process(self, root):
+        splits, skipped, total_bytes, batch, matched = set(), {}, 0, [], 0
+        for path, size, problem in list_entries(root):
+            matched += 1
+            rel = path[len(root) + 1 :]
+            if is_non_data(rel):
+                name = rel.rsplit("/", 1)[-1]
+                skipped[name] = skipped.get(name, 0) + 1
+                continue
+            folder_split, _ = split_and_class_dir(rel)
+            if folder_split:
+                splits.add(folder_split)
+            total_bytes += size
+            batch.append((path, problem))
+            if len(batch) >= self.files_per_batch:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+        yield beam.pvalue.TaggedOutput(self.SUMMARY, {
+            "matched": matched,
+            "skipped": skipped,
+            "skipped_non_data": sum(skipped.values()),
+            "input_bytes": total_bytes,
+            "input_splits": sorted(splits),
+        })
+
+
+def reject(uri: str, reason: str, detail: str, stage: str) -> beam.pvalue.TaggedOutput:
+    """A dead-letter row (schemas.REJECTED_SCHEMA) on the "rejected" output."""
+    return beam.pvalue.TaggedOutput("rejected", {"uri": uri, "reason": reason, "detail": detail, "stage": stage})
+
+
+def read_image(path: str, problem: str | None, image_size: int, face_crop: bool, max_pixels: int,
+               as_float: bool = False, face_detector: str = "haar"):
+    """(pixels, pixel sha256) of one listed file through model.preprocess.preprocess; every way
+    it can fail (a listing problem, an extension that is no image type, an I/O error, a decoding
+    problem) is a PreprocessError with its reject reason, never an exception of another kind."""
+    if problem is not None:
+        raise PreprocessError(problem, LISTING_PROBLEMS[problem])
+    ext = extension(path)
+    if ext not in IMAGE_EXTENSIONS:
+        raise PreprocessError("unsupported_extension", f"extension {ext or '(none)'!r} is not an image type")
+    try:
+        with FileSystems.open(path) as f:
+            data = f.read()
+        return preprocess(data, image_size, face_crop, max_pixels, as_float=as_float, face_detector=face_detector)
+    except PreprocessError:
+        raise
+    except Exception as exc:  # unreadable file, I/O error: dead-letter, never crash
+        raise PreprocessError("unreadable", f"{type(exc).__name__}: {exc}"[:300]) from None

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from beam_pipelines.common import join, write_bytes
+from model.files import png_bytes, pyplot
 from model.metrics import calibration_bin, expected_calibration_error, summarize
 from schemas import CONFUSION_SCHEMA, LABEL_TO_INDEX, LABELS, NUM_CLASSES, PER_CLASS_SCHEMA
 
@@ -105,20 +106,8 @@ def _parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
     return buf.getvalue()
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def plot_confusion(m) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     matrix = np.asarray(m["confusion"], np.float64)
     norm = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
@@ -135,14 +124,11 @@ def plot_confusion(m) -> bytes:
     ax.set_title(f"Confusion (row-normalised) - accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_per_class(m) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     x = np.arange(NUM_CLASSES)
     fig, ax = plt.subplots(figsize=(8, 3.8), dpi=100)
@@ -154,14 +140,11 @@ def plot_per_class(m) -> bytes:
     ax.legend(ncol=3)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_reliability(m) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     bins = [b for b in m["calibration"] if b["count"]]
     fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=100)
@@ -178,14 +161,11 @@ def plot_reliability(m) -> bytes:
     ax.set_title(f"Reliability - ECE {m['expected_calibration_error']:.3f}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_samples(acc, image_size: int) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     mistakes = [x[2] for x in sorted(acc["mistakes"], reverse=True)]
     correct = [x[2] for x in sorted(acc["correct"], reverse=True)]
@@ -201,7 +181,7 @@ def plot_samples(acc, image_size: int) -> bytes:
     fig.suptitle("Most confident mistakes (red: true->predicted, confidence), then correct samples (green)",
                  fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 class WriteEvaluation(beam.DoFn):

@@ -20,6 +20,7 @@ of an image meet in the same shard group, where duplicates and leakage are resol
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -50,6 +51,7 @@ from beam_pipelines.common import (
 from beam_pipelines.listing import exists_any
 from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim, remove_tree
 from beam_pipelines.reading import ListBatches, read_image, reject
+from model.files import png_bytes, pyplot
 from model.preprocess import DEFAULT_MAX_PIXELS, PreprocessError, image_metrics
 from schemas import (
     LABEL_TO_INDEX,
@@ -103,6 +105,29 @@ def parse_args(argv):
     return args, beam_args
 
 
+@dataclasses.dataclass(frozen=True)
+class IngestOptions:
+    """What the pipeline's steps need from the command line (the DoFns take this, not argparse's
+    Namespace); `staging` is where this run writes (outputs.CommitPlan.write_root)."""
+
+    input: str
+    output: str
+    staging: str
+    image_size: int
+    face_crop: bool
+    max_pixels: int
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    num_shards: int
+    files_per_batch: int
+
+    @classmethod
+    def from_args(cls, args, staging: str) -> IngestOptions:
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "staging"]
+        return cls(staging=staging, **{name: getattr(args, name) for name in names})
+
+
 def hash_unit(seed: int, digest: str) -> float:
     """A deterministic number in [0, 1) from a content hash: the split assignment key."""
     h = hashlib.blake2b(f"{seed}:{digest}".encode(), digest_size=8).digest()
@@ -120,19 +145,19 @@ class ListFiles(ListBatches):
     """Root -> batches of (path, listing problem); on the side, the listing summary plus what ingest
     derives from it: the shard count and whether val is carved from train."""
 
-    def __init__(self, args):
-        super().__init__(args.files_per_batch)
-        self.args = args
+    def __init__(self, options: IngestOptions):
+        super().__init__(options.files_per_batch)
+        self.options = options
 
     def process(self, root):
         for item in super().process(root):
             if isinstance(item, beam.pvalue.TaggedOutput):
                 summary = item.value
                 data_files = summary["matched"] - summary["skipped_non_data"]
-                summary["num_shards"] = self.args.num_shards or max(
-                    1, math.ceil(data_files * (self.args.image_size**2 + 200) / TARGET_SHARD_BYTES))
+                summary["num_shards"] = self.options.num_shards or max(
+                    1, math.ceil(data_files * (self.options.image_size**2 + 200) / TARGET_SHARD_BYTES))
                 splits = summary["input_splits"]
-                summary["carve_val"] = "train" in splits and "val" not in splits and self.args.val_fraction > 0
+                summary["carve_val"] = "train" in splits and "val" not in splits and self.options.val_fraction > 0
             yield item
 
 
@@ -148,11 +173,11 @@ class DecodeBatch(beam.DoFn):
     shuffled data in memory (the DirectRunner does) stays flat as the archive grows.
     """
 
-    def __init__(self, args):
-        self.args = args
+    def __init__(self, options: IngestOptions):
+        self.options = options
 
     def _split_of(self, folder_split, digest, summary):
-        a = self.args
+        a = self.options
         if folder_split is None:  # <root>/<class>/*: split from the content hash
             u = hash_unit(a.seed, digest)
             return "test" if u < a.test_fraction else "val" if u < a.test_fraction + a.val_fraction else "train"
@@ -161,7 +186,7 @@ class DecodeBatch(beam.DoFn):
         return folder_split
 
     def process(self, batch, summary):
-        root, a = self.args.input, self.args
+        root, a = self.options.input, self.options
         shards: dict[int, list] = {}
         rejected: dict[str, int] = {}
         for path, problem in batch:
@@ -187,7 +212,7 @@ class DecodeBatch(beam.DoFn):
         batch_id = hashlib.blake2b("\n".join(p for p, _ in batch).encode(), digest_size=10).hexdigest()
         for shard, items in shards.items():
             # Deterministic names: a retried bundle rewrites the same file with the same bytes.
-            spill = join(self.args.staging, ".spill", f"{shard:05d}-{batch_id}.pixels")
+            spill = join(self.options.staging, ".spill", f"{shard:05d}-{batch_id}.pixels")
             write_bytes(spill, b"".join(item[5] for item in items))
             size = len(items[0][5])
             yield shard, [Record(*item[:5], spill, i * size) for i, item in enumerate(items)]
@@ -201,12 +226,12 @@ def shard_path(output, split, shard, num_shards):
     return join(output, "tfrecords", f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
 
 
-def output_splits(summary, args, carve):
+def output_splits(summary, options: IngestOptions, carve):
     splits = set(summary["input_splits"]) | set(carve)
     if summary["carve_val"]:
         splits.add("val")
     if not summary["input_splits"]:  # no split folders: all three come from the hash
-        splits = {"train", "test"} | ({"val"} if args.val_fraction > 0 else set())
+        splits = {"train", "test"} | ({"val"} if options.val_fraction > 0 else set())
     return sorted(splits, key=lambda s: -SPLIT_PRIORITY[s])
 
 
@@ -280,14 +305,14 @@ class CountKept(beam.DoFn):
         yield counts
 
 
-def plan_splits(kept: dict, summary: dict, args) -> dict:
+def plan_splits(kept: dict, summary: dict, options: IngestOptions) -> dict:
     """Which evaluation splits to carve afresh from train: those that de-duplication and leakage
     removal (or the input) left too small to decide anything (schemas.eval_split_too_small),
     when the carve itself would be large enough. {split: {"fraction", "found", "needed"}}."""
     n_train = kept.get("train", 0)
     carve = {}
     if summary["input_splits"]:  # content-hash splits are sized by their fractions already
-        for split, fraction in (("test", args.test_fraction), ("val", args.val_fraction)):
+        for split, fraction in (("test", options.test_fraction), ("val", options.val_fraction)):
             found = kept.get(split, 0)
             present = split in summary["input_splits"] or (split == "val" and summary["carve_val"])
             carved = int(fraction * n_train)
@@ -312,8 +337,8 @@ class DedupeAndWriteShard(beam.DoFn):
     """All records of one shard: resolve duplicates, conflicts and leakage, carve the planned
     splits, then write one TFRecord file per split."""
 
-    def __init__(self, args):
-        self.args = args
+    def __init__(self, options: IngestOptions):
+        self.options = options
 
     def process(self, element, summary, carve):
         shard, batches = element
@@ -321,14 +346,14 @@ class DedupeAndWriteShard(beam.DoFn):
         for uri, reason, detail in dropped:
             yield reject(uri, reason, detail, "ingest")
         stats = {"written": {}, "image_stats": {}, "fingerprint": 0, **counts}
-        kept = [record._replace(split=carved_split(record, carve, self.args.seed)) for record in kept]
+        kept = [record._replace(split=carved_split(record, carve, self.options.seed)) for record in kept]
         kept.sort(key=lambda r: (r[1], r[0], r[3]))
-        size = self.args.image_size
+        size = self.options.image_size
         spilled = {}
         for spill in sorted({r[5] for r in kept}):
             with FileSystems.open(spill) as f:
                 spilled[spill] = f.read()
-        files = {split: [] for split in output_splits(summary, self.args, carve)}
+        files = {split: [] for split in output_splits(summary, self.options, carve)}
         for digest, split, label, uri, (brightness, contrast, sharpness), spill, offset in kept:
             pixels = spilled[spill][offset : offset + size * size]
             files.setdefault(split, []).append(
@@ -357,20 +382,20 @@ class DedupeAndWriteShard(beam.DoFn):
                 s[key]["sumsq"] += value * value
             stats["fingerprint"] += int(hashlib.sha256(f"{digest}:{split}:{label}".encode()).hexdigest()[:16], 16)
         for split, frames in files.items():
-            write_bytes(shard_path(self.args.staging, split, shard, summary["num_shards"]), b"".join(frames))
+            write_bytes(shard_path(self.options.staging, split, shard, summary["num_shards"]), b"".join(frames))
         yield beam.pvalue.TaggedOutput("stats", stats)
 
 
 class WriteEmptyShards(beam.DoFn):
     """Shards that received no image still exist (empty), so every split has N-of-N files."""
 
-    def __init__(self, args):
-        self.args = args
+    def __init__(self, options: IngestOptions):
+        self.options = options
 
     def process(self, written_shards, summary, carve):
         for shard in sorted(set(range(summary["num_shards"])) - set(written_shards)):
-            for split in output_splits(summary, self.args, carve):
-                write_bytes(shard_path(self.args.staging, split, shard, summary["num_shards"]), b"")
+            for split in output_splits(summary, self.options, carve):
+                write_bytes(shard_path(self.options.staging, split, shard, summary["num_shards"]), b"")
         yield len(written_shards)
 
 
@@ -428,7 +453,7 @@ def health_warnings(image_stats: dict) -> list[str]:
     return warnings
 
 
-def finalize_stats(raw: dict, summary: dict, carve: dict, args) -> dict:
+def finalize_stats(raw: dict, summary: dict, carve: dict, options: IngestOptions) -> dict:
     written = {split: dict(sorted(c.items(), key=lambda kv: LABELS.index(kv[0]))) for split, c in raw.get("written", {}).items()}
     n_written = sum(sum(c.values()) for c in written.values())
     rejected = dict(sorted(raw.get("rejected", {}).items()))
@@ -452,17 +477,17 @@ def finalize_stats(raw: dict, summary: dict, carve: dict, args) -> dict:
     stats = {
         "schema_version": SCHEMA_VERSION,
         "labels": list(LABELS),
-        "image_size": args.image_size,
-        "face_crop": args.face_crop,
-        "input": args.input,
-        "output": args.output,
+        "image_size": options.image_size,
+        "face_crop": options.face_crop,
+        "input": options.input,
+        "output": options.output,
         "split_source": "folders" if summary["input_splits"] else "content_hash",
         "val_carved_from_train": summary["carve_val"] or "val" in carve,
         # Evaluation splits that de-duplication or the input left too small, carved afresh from train.
         "splits_carved_from_train": carve,
-        "val_fraction": args.val_fraction,
-        "test_fraction": args.test_fraction if not summary["input_splits"] else None,
-        "seed": args.seed,
+        "val_fraction": options.val_fraction,
+        "test_fraction": options.test_fraction if not summary["input_splits"] else None,
+        "seed": options.seed,
         "num_shards": summary["num_shards"],
         "totals": {
             "matched": summary["matched"],
@@ -504,12 +529,7 @@ def finalize_stats(raw: dict, summary: dict, carve: dict, args) -> dict:
 
 
 def plot_class_distribution(stats: dict) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     splits = list(stats["written"])
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
@@ -524,24 +544,21 @@ def plot_class_distribution(stats: dict) -> bytes:
     ax.set_title("Class distribution per split (after de-duplication)")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 class WriteStats(beam.DoFn):
-    def __init__(self, args):
-        self.args = args
+    def __init__(self, options: IngestOptions):
+        self.options = options
 
     def process(self, raw, summary, carve):
-        stats = finalize_stats(raw, summary, carve, self.args)
-        write_bytes(join(self.args.staging, "stats.json"), (json.dumps(stats, indent=2) + "\n").encode(), "application/json")
-        write_bytes(join(self.args.staging, "plots", "class_distribution.png"), plot_class_distribution(stats), "image/png")
+        stats = finalize_stats(raw, summary, carve, self.options)
+        write_bytes(join(self.options.staging, "stats.json"), (json.dumps(stats, indent=2) + "\n").encode(), "application/json")
+        write_bytes(join(self.options.staging, "plots", "class_distribution.png"), plot_class_distribution(stats), "image/png")
         for warning in stats["warnings"]:
             logging.getLogger("emotion").warning("ingest: %s", warning)
         # Every shard is written once stats exist (they are merged from the shard writers).
-        remove_tree(join(self.args.staging, ".spill"))
+        remove_tree(join(self.options.staging, ".spill"))
         yield stats
 
 
@@ -551,12 +568,12 @@ class WriteStats(beam.DoFn):
 class Ingest(beam.PTransform):
     """Image root -> TFRecord shards + rejected rows + stats (the whole ingest, as one transform)."""
 
-    def __init__(self, args, plan: CommitPlan):
+    def __init__(self, options: IngestOptions, plan: CommitPlan):
         super().__init__()
-        self.args, self.plan = args, plan
+        self.options, self.plan = options, plan
 
     def expand(self, pbegin):
-        a = self.args
+        a = self.options
         listing = (
             pbegin
             | "Start" >> beam.Create([a.input])
@@ -615,10 +632,14 @@ def run(argv=None, save_main_session=True) -> dict | None:
         except Exception as exc:
             raise UsageError(f"cannot list --input {args.input}: {exc}") from None
         if not found:
-            raise UsageError(f"no files under --input {args.input}" + ("" if "://" in args.input or os.path.exists(args.input) else ": it does not exist"))
+            missing = "" if "://" in args.input or os.path.exists(args.input) else ": it does not exist"
+            raise UsageError(f"no files under --input {args.input}{missing}")
     claim = OutputClaim(args.output, "ingest", OUTPUT_NAMES, overwrite=args.overwrite, description={
-        "command": " ".join(["emotion", "ingest", *(sys.argv[2:] if argv is None else argv)]), "input": args.input, "options": {k: v for k, v in vars(args).items() if k not in ("input", "output")},
-        "remote": is_remote_runner(options)})
+        "command": " ".join(["emotion", "ingest", *(sys.argv[2:] if argv is None else argv)]),
+        "input": args.input,
+        "options": {k: v for k, v in vars(args).items() if k not in ("input", "output")},
+        "remote": is_remote_runner(options),
+    })
     started = time.time()
     log.info("ingest: %s -> %s", args.input, args.output)
     if dry_run:
@@ -638,9 +659,8 @@ def run(argv=None, save_main_session=True) -> dict | None:
 
 def _run_pipeline(args, options, plan: CommitPlan):
     """Runs (or submits) the pipeline writing under the plan's staging folder; True when it ran here."""
-    args.staging = plan.write_root
     pipeline = beam.Pipeline(options=options)
-    _ = pipeline | "Ingest" >> Ingest(args, plan)
+    _ = pipeline | "Ingest" >> Ingest(IngestOptions.from_args(args, staging=plan.write_root), plan)
     result = pipeline.run()
     if is_remote_runner(options):
         log.info("ingest: submitted %s", result.job_id() if getattr(result, "has_job", False) else "")

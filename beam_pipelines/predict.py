@@ -466,7 +466,8 @@ def _check_input(path: str, pattern: str | None) -> None:
     except Exception as exc:
         raise UsageError(f"cannot list --input {path}: {exc}") from None
     if not found:
-        raise UsageError(f"no files under --input {path}" + ("" if "://" in path or os.path.exists(path) else ": it does not exist"))
+        missing = "" if "://" in path or os.path.exists(path) else ": it does not exist"
+        raise UsageError(f"no files under --input {path}{missing}")
 
 
 def _run_pipeline(args, options, model_info: dict, image_size: int, plan: CommitPlan, pattern: str | None,

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import sys
-import tempfile
 import uuid
 
 import keras
@@ -29,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from model import serving, tta
+from model.files import local_copy, local_target
 from schemas import LABELS, LABELS_VERSION, SCHEMA_VERSION
 
 METADATA = "metadata.json"
@@ -260,27 +259,24 @@ def _remove_leftovers(root: str) -> None:
 
 
 def _save_keras(model: keras.Model, path: str) -> None:
-    # Keras writes .keras files through a local path; copy it so gs:// model dirs work.
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, KERAS_FILE)
+    with local_target(path) as local:  # Keras writes .keras files through a local path
         model.save(local)
-        tf.io.gfile.copy(local, path, overwrite=True)
 
 
 def _load_keras(path: str) -> keras.Model:
     import zipfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, KERAS_FILE)
-        try:
-            tf.io.gfile.copy(path, local, overwrite=True)
+    local = None
+    try:
+        with local_copy(path) as local:  # Keras reads .keras files through a local path
             if not zipfile.is_zipfile(local):
                 raise ValueError("not a .keras zip archive")
             return keras.models.load_model(local, compile=False, safe_mode=True)
-        except Exception as exc:  # a truncated zip, a file from another Keras, a non-model: all one answer
-            reason = (str(exc).replace(local, path).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ModelError(f"{path} cannot be read as a Keras model ({reason}): a damaged or partly copied "
-                             f"export; re-export it") from None
+    except Exception as exc:  # a truncated zip, a file from another Keras, a non-model: all one answer
+        message = str(exc).replace(local, path) if local else str(exc)
+        reason = (message.strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(f"{path} cannot be read as a Keras model ({reason}): a damaged or partly copied "
+                         f"export; re-export it") from None
 
 
 # =========================================================================== reading and checking

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import io
-
 import tensorflow as tf
+
+from model.files import png_bytes, pyplot
 
 
 def training_curves(history: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not history:
         return
     epochs = [int(h["epoch"]) for h in history]
     get = lambda key: [float(h[key]) if h.get(key) not in (None, "") else float("nan") for h in history]  # noqa: E731
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 3.6), dpi=100)
+    fig, (ax1, ax2, ax3) = pyplot().subplots(1, 3, figsize=(13, 3.6), dpi=100)
     ax1.plot(epochs, get("loss"), marker=".", label="train loss")
     ax1.set_xlabel("epoch")
     ax1.set_title("loss")
@@ -34,9 +29,6 @@ def training_curves(history: list[dict], path: str) -> None:
     for ax in (ax1, ax2, ax3):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
     tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
     with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(buf.getvalue())
+        f.write(png_bytes(fig))

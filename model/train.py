@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from beam_pipelines.errors import UsageError
 from model.augment import PRESETS
+from model.files import local_copy, local_target
 from model.tta import MODES as TTA_MODES
 
 log = logging.getLogger("emotion")
@@ -193,8 +194,6 @@ def import_run(run_dir: str, best_weights: str, history_path: str) -> tuple[dict
 
 def init_from(model, source: str) -> None:
     """Loads weights from an exported model directory (its model.keras) or a .weights.h5 file."""
-    import tempfile
-
     from model import resolve_model_dir
     from model.export import ModelError, load
 
@@ -203,9 +202,7 @@ def init_from(model, source: str) -> None:
     if source.endswith(".weights.h5"):
         if not tf.io.gfile.exists(source):
             raise UsageError(f"--init-weights {source} does not exist")
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, "init.weights.h5")
-            tf.io.gfile.copy(source, local, overwrite=True)
+        with local_copy(source) as local:
             model.load_weights(local)
         return
     try:
@@ -397,13 +394,8 @@ def run(argv=None) -> dict:
     best_weights = f"{model_dir}/best.weights.h5"
 
     def save_best_weights():
-        # Keras writes .h5 through a local path; copy for gs:// model dirs.
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, "best.weights.h5")
+        with local_target(best_weights) as local:  # Keras writes .h5 through a local path
             model.save_weights(local)
-            tf.io.gfile.copy(local, best_weights, overwrite=True)
 
     # ----------------------------------------------------------------- weights trained elsewhere
     imported = None
@@ -498,11 +490,7 @@ def run(argv=None) -> dict:
     # The export computes in float32 whatever precision trained it: predict and serving see one model.
     keras.mixed_precision.set_global_policy("float32")
     final = archs.build(args.arch, image_size, NUM_CLASSES)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "best.weights.h5")
-        tf.io.gfile.copy(best_weights, local, overwrite=True)
+    with local_copy(best_weights) as local:
         final.load_weights(local)
 
     # Final metrics are those of the exported (best) weights, not of the last step.

@@ -61,8 +61,8 @@ TENSORFLOW_FREE = ["common", "errors", "listing", "reading", "outputs", "ingest"
 def test_pipeline_modules_outside_predict_import_no_tensorflow(name):
     found = imports_of(REPO / "beam_pipelines" / f"{name}.py")
     assert not found & ML, sorted(found & ML)
-    assert not {n for n in found if n.startswith("model.")} - {"model.preprocess", "model.metrics"} - {
-        n for n in found if n.startswith(("model.preprocess.", "model.metrics."))}
+    allowed = ("model.preprocess", "model.metrics", "model.files")  # none of them imports TensorFlow on import
+    assert not {n for n in found if n.startswith("model.") and not n.startswith(allowed)}
 
 
 def test_the_architecture_page_names_every_module():

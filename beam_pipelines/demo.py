@@ -32,6 +32,7 @@ import tempfile
 import time
 
 from beam_pipelines.common import UsageError, join, read_bytes, write_bytes
+from schemas import SPLITS
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample", "faces")
 DEFAULT_OUTPUT = "emotion-demo"
@@ -244,7 +245,7 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
     )
     tot = stats["totals"]
     per_split = stats["written_per_split"]
-    splits = " / ".join(f"{s} {per_split.get(s, 0)}" for s in ("train", "val", "test") if s in per_split)
+    splits = " / ".join(f"{s} {per_split.get(s, 0)}" for s in SPLITS if s in per_split)
     rejected = ", ".join(f"{k} {v}" for k, v in stats["rejected"].items())
     p.done(
         "ingest",
@@ -383,7 +384,7 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
 def _print_summary(p, stats, meta, results, runs, raw_name, path) -> None:
     tot = stats["totals"]
     per_split = stats["written_per_split"]
-    splits = ", ".join(f"{s} {per_split[s]}" for s in ("train", "val", "test") if s in per_split)
+    splits = ", ".join(f"{s} {per_split[s]}" for s in SPLITS if s in per_split)
     m = meta.get("metrics", {})
 
     def f(x):

@@ -58,6 +58,7 @@ from schemas import (
     LABELS,
     REJECTED_SCHEMA,
     SCHEMA_VERSION,
+    SPLITS,
     canonical_label,
     eval_split_too_small,
     min_eval_images,
@@ -430,7 +431,7 @@ def health_warnings(image_stats: dict) -> list[str]:
     """Warnings when splits differ sharply in brightness, contrast or sharpness."""
     warnings = []
     # Splits of a handful of images say nothing about a distribution shift.
-    splits = [s for s in ("train", "val", "test") if s in image_stats and image_stats[s]["images"] >= 30]
+    splits = [s for s in SPLITS if s in image_stats and image_stats[s]["images"] >= 30]
     for i, a in enumerate(splits):
         for b in splits[i + 1 :]:
             sa, sb = image_stats[a], image_stats[b]

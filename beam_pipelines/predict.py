@@ -254,22 +254,17 @@ class ToRow(beam.DoFn):
 
 
 class WriteSummary(beam.DoFn):
-    def __init__(self, args, model_info):
-        self.args, self.model_info = args, model_info
+    """summary.json: the run's description (what it read, with which model and options) and counts."""
+
+    def __init__(self, description: dict, staging: str):
+        self.description, self.staging = description, staging
 
     def process(self, _, counts, rejected, evaluated):
         rejected = dict(sorted(rejected))
         matched = counts.get("matched", 0)
         predicted = evaluated["predicted"]
         summary = {
-            "input": self.args.input,
-            "output": self.args.output,
-            "model": self.args.model,
-            "model_version": self.model_info["model_version"],
-            "model_fingerprint": self.model_info["model_fingerprint"],
-            "face_crop": self.args.face_crop,
-            "face_detector": self.args.face_detector if self.args.face_crop else None,
-            "tta": self.args.tta,
+            **self.description,
             "totals": {
                 "matched": matched,
                 "predicted": predicted,
@@ -282,7 +277,7 @@ class WriteSummary(beam.DoFn):
             "accuracy": evaluated.get("accuracy"),
             "macro_f1": evaluated.get("macro_f1"),
         }
-        write_bytes(join(self.args.staging, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
+        write_bytes(join(self.staging, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
         yield summary
 
 
@@ -355,7 +350,7 @@ class Predict(beam.PTransform):
             pbegin
             | "SummaryTrigger" >> beam.Create([None])
             | "WriteSummary" >> beam.ParDo(
-                WriteSummary(a, self.model_info),
+                WriteSummary(run_description(a, self.model_info), a.staging),
                 beam.pvalue.AsSingleton(counts),
                 beam.pvalue.AsList(rejected_counts),
                 beam.pvalue.AsSingleton(evaluated),
@@ -365,30 +360,44 @@ class Predict(beam.PTransform):
         committed = pbegin | "Commit" >> CommitOutputs(self.plan, totals, after=[prediction_files, rejected_files, summary])
         if self.table is None:
             return committed
-        table, args, started = self.table, self.args, self.run_timestamp
+        table, started, output = self.table, self.run_timestamp, a.output
         table_files = row_dicts | "WriteTable" >> WriteTable(table)
         fingerprint = row_dicts | "DataFingerprint" >> DataFingerprint()
         return (
             pbegin
             | "TableTrigger" >> beam.Create([None])
             | "CommitTable" >> beam.Map(
-                lambda _, s, fp, *done: commit_table(table, run_row(s, fp, args, table, started)),
+                lambda _, s, fp, *done: commit_table(table, run_row(s, fp, output, table, started)),
                 beam.pvalue.AsSingleton(summary), beam.pvalue.AsSingleton(fingerprint),
                 beam.pvalue.AsList(table_files), beam.pvalue.AsList(committed))
         )
 
 
-def run_row(summary: dict, fingerprint: str, args, table: TablePlan, started) -> dict:
+def run_description(args, model_info: dict) -> dict:
+    """What summary.json says about the run besides its counts."""
+    return {
+        "input": args.input,
+        "output": args.output,
+        "model": args.model,
+        "model_version": model_info["model_version"],
+        "model_fingerprint": model_info["model_fingerprint"],
+        "face_crop": args.face_crop,
+        "face_detector": args.face_detector if args.face_crop else None,
+        "tta": args.tta,
+    }
+
+
+def run_row(summary: dict, fingerprint: str, output: str, table: TablePlan, started) -> dict:
     """This run's row of the runs table (schemas.RUNS_SCHEMA)."""
     t = summary["totals"]
     return {
-        "run_id": table.run_id, "started": started, "input_uri": args.input, "data_fingerprint": fingerprint,
+        "run_id": table.run_id, "started": started, "input_uri": summary["input"], "data_fingerprint": fingerprint,
         "model_version": summary["model_version"], "model_fingerprint": summary["model_fingerprint"],
         "tta": summary["tta"], "face_crop": bool(summary["face_crop"]),
         "matched": t["matched"], "predicted": t["predicted"], "rejected": t["rejected"],
         "skipped_non_data": t["skipped_non_data"], "labelled": summary["labelled"],
         "accuracy": summary["accuracy"], "macro_f1": summary["macro_f1"],
-        "code_version": code_version(), "output": args.output,
+        "code_version": code_version(), "output": output,
     }
 
 

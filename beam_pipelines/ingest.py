@@ -50,7 +50,7 @@ from beam_pipelines.common import (
 )
 from beam_pipelines.listing import exists_any
 from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim, remove_tree
-from beam_pipelines.reading import ListBatches, read_image, reject
+from beam_pipelines.reading import ListInput, read_image, reject
 from model.files import png_bytes, pyplot
 from model.preprocess import DEFAULT_MAX_PIXELS, PreprocessError, image_metrics
 from schemas import (
@@ -142,24 +142,14 @@ def shard_of(digest: str, num_shards: int) -> int:
 # --------------------------------------------------------------------------- listing
 
 
-class ListFiles(ListBatches):
-    """Root -> batches of (path, listing problem); on the side, the listing summary plus what ingest
-    derives from it: the shard count and whether val is carved from train."""
-
-    def __init__(self, options: IngestOptions):
-        super().__init__(options.files_per_batch)
-        self.options = options
-
-    def process(self, root):
-        for item in super().process(root):
-            if isinstance(item, beam.pvalue.TaggedOutput):
-                summary = item.value
-                data_files = summary["matched"] - summary["skipped_non_data"]
-                summary["num_shards"] = self.options.num_shards or max(
-                    1, math.ceil(data_files * (self.options.image_size**2 + 200) / TARGET_SHARD_BYTES))
-                splits = summary["input_splits"]
-                summary["carve_val"] = "train" in splits and "val" not in splits and self.options.val_fraction > 0
-            yield item
+def with_shard_plan(summary: dict, options: IngestOptions) -> dict:
+    """The listing summary plus what ingest derives from it: the shard count (from the data size)
+    and whether val is carved from train (split folders without a val)."""
+    data_files = summary["matched"] - summary["skipped_non_data"]
+    num_shards = options.num_shards or max(1, math.ceil(data_files * (options.image_size**2 + 200) / TARGET_SHARD_BYTES))
+    splits = summary["input_splits"]
+    carve_val = "train" in splits and "val" not in splits and options.val_fraction > 0
+    return {**summary, "num_shards": num_shards, "carve_val": carve_val}
 
 
 # --------------------------------------------------------------------------- decoding
@@ -575,14 +565,10 @@ class Ingest(beam.PTransform):
 
     def expand(self, pbegin):
         a = self.options
-        listing = (
-            pbegin
-            | "Start" >> beam.Create([a.input])
-            | "ListFiles" >> beam.ParDo(ListFiles(a)).with_outputs(ListFiles.SUMMARY, main="batches")
-        )
-        summary = beam.pvalue.AsSingleton(listing[ListFiles.SUMMARY])
+        listing = pbegin | "Start" >> beam.Create([a.input]) | "ListFiles" >> ListInput(a.files_per_batch)
+        summary = beam.pvalue.AsSingleton(listing[ListInput.SUMMARY] | "ShardPlan" >> beam.Map(with_shard_plan, a))
         decoded = (
-            listing.batches
+            listing["batches"]
             | "SpreadBatches" >> beam.Reshuffle()
             | "DecodeBatches" >> beam.ParDo(DecodeBatch(a), summary).with_outputs("rejected", "stats", main="shards")
         )

@@ -12,6 +12,12 @@ lists folders itself:
 
 Entries come out in a deterministic order (sorted folder by folder, or the object store's
 lexicographic order) without holding the whole listing in memory.
+
+Fan-out (plan_units, list_unit): a large input is listed by many workers at once, one unit (a class
+folder, by default) each, so no single worker lists a 100M-object bucket. The units of a plan cover
+every file once; a link from one unit into another unit's folder is reported as `symlink_loop` (a
+link deeper into another unit's subfolders would list those files twice: ingest then drops the
+copies as duplicates).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ BROKEN_LINK = "broken_link"
 SYMLINK_LOOP = "symlink_loop"
 PROBLEMS = {  # reject reason -> detail
     BROKEN_LINK: "symbolic link whose target does not exist (or cannot be read)",
-    SYMLINK_LOOP: "link to a folder already listed (a loop, or a second path to the same folder)",
+    SYMLINK_LOOP: "link to a folder inside the input (listed through its own path) or already listed (a loop)",
 }
 
 
@@ -55,7 +61,7 @@ def escape_glob(path: str) -> str:
 def list_entries(root: str) -> Iterator[Entry]:
     """Every file under `root`, recursively, literal and in a deterministic order."""
     if is_local(root):
-        yield from _list_local(root)
+        yield from _list_local(root, inside=_real(root))
     else:
         filesystem = FileSystems.get_filesystem(root)
         # _list is Beam's literal prefix listing (match() would read the root as a glob).
@@ -64,12 +70,105 @@ def list_entries(root: str) -> Iterator[Entry]:
                 yield Entry(metadata.path, metadata.size_in_bytes)
 
 
-def _list_local(root: str) -> Iterator[Entry]:
+# --------------------------------------------------------------------------- fan-out
+
+
+class Unit(NamedTuple):
+    """A part of an input folder that one worker lists: a folder and everything below it, or
+    (recursive=False) only the files directly in it. The units of a plan cover the input once."""
+
+    path: str
+    recursive: bool = True
+
+
+FAN_OUT_DEPTH = 2  # <split>/<class>/: a unit per class folder
+
+
+def plan_units(root: str, depth: int = FAN_OUT_DEPTH) -> tuple[list[Unit], list[Entry]]:
+    """The input split into units for a parallel listing, and the entries found while planning (links
+    back to a folder already planned). Each folder down to `depth` levels below the root is a unit of
+    its own; the folders above it keep only their own files. Cheap: it reads the names of `depth`
+    levels of folders, never the files below them. On gs:// the folders are the object-name prefixes
+    ending in "/" (a delimiter listing, paged by the client)."""
+    root = root.rstrip("/")
+    if is_local(root) and not os.path.isdir(root):
+        if os.path.exists(root):
+            raise NotADirectoryError(f"{root} is a file, not a folder")
+        return [], []
+    units, problems, frontier = [], [], [root]
+    visited = {_identity(root)} if is_local(root) else set()
+    inside = _real(root) if is_local(root) else None
+    for _ in range(depth):
+        below = []
+        for folder in frontier:
+            units.append(Unit(folder, recursive=False))
+            for sub in _subfolders(folder):
+                identity = _identity(sub) if is_local(sub) else sub
+                if identity in visited or (inside and _links_inside(sub, inside)):
+                    problems.append(Entry(sub, 0, SYMLINK_LOOP))
+                else:
+                    visited.add(identity)
+                    below.append(sub)
+        frontier = below
+    return sorted(units + [Unit(folder) for folder in frontier]), problems
+
+
+def _subfolders(folder: str) -> list[str]:
+    if is_local(folder):
+        try:
+            with os.scandir(folder) as it:
+                return sorted(f"{folder}/{e.name}" for e in it if _is_dir(e))
+        except OSError:
+            return []
+    from google.cloud import storage
+
+    bucket, _, prefix = folder[len("gs://"):].partition("/")
+    prefix = f"{prefix}/" if prefix else ""
+    blobs = storage.Client().list_blobs(bucket, prefix=prefix, delimiter="/")
+    for _ in blobs:  # the prefixes arrive with the pages
+        pass
+    return sorted(f"gs://{bucket}/{p.rstrip('/')}" for p in blobs.prefixes)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
+def list_unit(unit: Unit, root: str, planned: frozenset = frozenset()) -> Iterator[Entry]:
+    """The files of one unit of the input `root`. `planned`: identities of the plan's folders, so that
+    a link to any of them is a `symlink_loop` entry instead of a second listing of it."""
+    if not is_local(unit.path):
+        for entry in list_entries(unit.path):
+            if unit.recursive or "/" not in entry.path[len(unit.path) + 1:]:
+                yield entry
+        return
+    yield from _list_local(unit.path, recursive=unit.recursive, seen=set(planned), inside=_real(root))
+
+
+def planned_identities(units: list[Unit]) -> frozenset:
+    return frozenset(_identity(u.path) for u in units if is_local(u.path) and os.path.isdir(u.path))
+
+
+def _real(path: str) -> str:
+    return os.path.realpath(path).rstrip("/") + "/"
+
+
+def _links_inside(path: str, inside: str) -> bool:
+    """Whether `path` is a link to a folder inside the input (whose files are listed by their own path)."""
+    return os.path.islink(path) and _real(path).startswith(inside)
+
+
+def _list_local(root: str, recursive: bool = True, seen: set | None = None, inside: str = "") -> Iterator[Entry]:
+    """Files under `root`; folder links into `inside` (the input's real path) or to a folder already
+    visited are SYMLINK_LOOP entries, links to folders outside the input are followed."""
     if not os.path.isdir(root):
         if os.path.exists(root):
             raise NotADirectoryError(f"{root} is a file, not a folder")
         return
-    visited = {_identity(root)}
+    visited = {_identity(root)} | (seen or set())
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -83,8 +182,10 @@ def _list_local(root: str) -> Iterator[Entry]:
             path = f"{folder}/{child.name}"
             try:
                 if child.is_dir(follow_symlinks=True):
+                    if not recursive:
+                        continue  # a unit of its own, or reported when the units were planned
                     identity = _identity(path)
-                    if identity in visited:
+                    if identity in visited or (inside and _links_inside(path, inside)):
                         yield Entry(path, 0, SYMLINK_LOOP)
                     else:
                         visited.add(identity)

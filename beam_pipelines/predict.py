@@ -49,7 +49,7 @@ from beam_pipelines.common import (
 )
 from beam_pipelines.listing import escape_glob, exists_any
 from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim, remove_tree
-from beam_pipelines.reading import ListBatches, read_image, reject
+from beam_pipelines.reading import ListInput, read_image, reject
 from beam_pipelines.table import DataFingerprint, TablePlan, WriteTable, check_run_id, code_version, commit_table
 from model.preprocess import DEFAULT_MAX_PIXELS, FACE_DETECTORS, PreprocessError, resize
 from model import resolve_model_dir
@@ -304,20 +304,15 @@ class Predict(beam.PTransform):
             )
             rejected = pbegin | "NoRejects" >> beam.Create([]).with_output_types(dict)
         else:
-            listing = (
-                pbegin
-                | "Start" >> beam.Create([a.input])
-                | "ListImages" >> beam.ParDo(ListBatches(a.files_per_batch)).with_outputs(ListBatches.SUMMARY,
-                                                                                         main="batches")
-            )
+            listing = pbegin | "Start" >> beam.Create([a.input]) | "ListImages" >> ListInput(a.files_per_batch)
             decoded = (
-                listing.batches
+                listing["batches"]
                 | "SpreadBatches" >> beam.Reshuffle()
                 | "DecodeImages" >> beam.ParDo(DecodeImages(a.input, self.image_size, a.face_crop, a.max_pixels,
                                                                       a.face_detector))
                 .with_outputs("rejected", main="images")
             )
-            inputs, rejected, counts = decoded.images, decoded.rejected, listing[ListBatches.SUMMARY]
+            inputs, rejected, counts = decoded.images, decoded.rejected, listing[ListInput.SUMMARY]
 
         # The key (an Image) carries everything but the pixels through RunInference: no join needed.
         handler = KeyedModelHandler(EmotionModelHandler(a.model, max_batch_size=a.batch_size, tta=a.tta))

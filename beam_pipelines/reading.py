@@ -1,5 +1,5 @@
-"""Reading an image folder, shared by ingest and predict: the listing in batches, and the one function
-that turns a listed file into model pixels or a reject reason.
+"""Reading an image folder, shared by ingest and predict: the listing (fanned out over the workers,
+in batches), and the one function that turns a listed file into model pixels or a reject reason.
 
 Work travels in batches because per-element overhead is what makes a Beam job slow on small images:
 the listing emits batches of (path, listing problem), and each batch is read and decoded in one call.
@@ -7,28 +7,50 @@ the listing emits batches of (path, listing problem), and each batch is read and
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines.common import extension, split_and_class_dir
+from beam_pipelines.common import extension, merge_counts, split_and_class_dir
 from beam_pipelines.listing import PROBLEMS as LISTING_PROBLEMS
-from beam_pipelines.listing import list_entries
+from beam_pipelines.listing import Unit, list_unit, plan_units, planned_identities
 from model.preprocess import IMAGE_EXTENSIONS, PreprocessError, is_non_data, preprocess
 
 
+class Work(NamedTuple):
+    """One worker's share of the listing: a unit of the input to list, or the entries that planning
+    the units found (links back to a planned folder)."""
+
+    root: str
+    unit: Unit | None
+    entries: tuple = ()
+    planned: frozenset = frozenset()  # identities of the planned folders (local inputs)
+
+
+def plan_work(root: str):
+    units, problems = plan_units(root)
+    planned = planned_identities(units)
+    for unit in units:
+        yield Work(root, unit, planned=planned)
+    if problems:
+        yield Work(root, None, tuple(problems))
+
+
 class ListBatches(beam.DoFn):
-    """Root -> batches of (path, listing problem or None); on the side (tag SUMMARY) one dict:
-    matched (every file listed), skipped non-data files by name and in all, input bytes, and the
-    split folders seen. Streams: the listing is never held or sorted in memory as a whole."""
+    """Work -> batches of (path, listing problem or None); on the side (tag SUMMARY) one dict per
+    work item: matched (every file listed), skipped non-data files by name and in all, input bytes,
+    and the split folders seen (merged by MergeSummaries). Streams: no listing is held whole."""
 
     SUMMARY = "summary"
 
     def __init__(self, files_per_batch: int):
         self.files_per_batch = files_per_batch
 
-    def process(self, root):
-        splits, skipped, total_bytes, batch, matched = set(), {}, 0, [], 0
-        for path, size, problem in list_entries(root):
+    def process(self, work: Work):
+        root = work.root
+        splits, skipped, total_bytes, batch, matched = {}, {}, 0, [], 0
+        for path, size, problem in (list_unit(work.unit, root, work.planned) if work.unit else work.entries):
             matched += 1
             rel = path[len(root) + 1 :]
             if is_non_data(rel):
@@ -37,7 +59,7 @@ class ListBatches(beam.DoFn):
                 continue
             folder_split, _ = split_and_class_dir(rel)
             if folder_split:
-                splits.add(folder_split)
+                splits[folder_split] = splits.get(folder_split, 0) + 1
             total_bytes += size
             batch.append((path, problem))
             if len(batch) >= self.files_per_batch:
@@ -50,8 +72,51 @@ class ListBatches(beam.DoFn):
             "skipped": skipped,
             "skipped_non_data": sum(skipped.values()),
             "input_bytes": total_bytes,
-            "input_splits": sorted(splits),
+            "input_splits": splits,
         })
+
+
+class MergeSummaries(beam.CombineFn):
+    """The listing summaries of all work items -> one (input_splits as a sorted list of names)."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, summary):
+        return merge_counts(acc, summary)
+
+    def merge_accumulators(self, accs):
+        out = {}
+        for acc in accs:
+            out = merge_counts(out, acc)
+        return out
+
+    def extract_output(self, acc):
+        empty = {"matched": 0, "skipped": {}, "skipped_non_data": 0, "input_bytes": 0, "input_splits": {}}
+        return {**empty, **acc, "input_splits": sorted(acc.get("input_splits", {}))}
+
+
+class ListInput(beam.PTransform):
+    """Input root -> batches of (path, listing problem) and, tagged SUMMARY, one listing summary.
+
+    Fan-out: the root is planned into units (listing.plan_units: a unit per class folder), the units
+    are spread over the workers and listed in parallel, each streaming its batches."""
+
+    SUMMARY = ListBatches.SUMMARY
+
+    def __init__(self, files_per_batch: int):
+        super().__init__()
+        self.files_per_batch = files_per_batch
+
+    def expand(self, roots):
+        listed = (
+            roots
+            | "PlanUnits" >> beam.FlatMap(plan_work)
+            | "SpreadUnits" >> beam.Reshuffle()
+            | "ListUnits" >> beam.ParDo(ListBatches(self.files_per_batch)).with_outputs(self.SUMMARY, main="batches")
+        )
+        summary = listed[self.SUMMARY] | "MergeSummaries" >> beam.CombineGlobally(MergeSummaries())
+        return {"batches": listed.batches, self.SUMMARY: summary}
 
 
 def reject(uri: str, reason: str, detail: str, stage: str) -> beam.pvalue.TaggedOutput:

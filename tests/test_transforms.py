@@ -364,3 +364,38 @@ def test_unescaped_glob_characters_would_match_other_files(awkward_tree):
         f"{awkward_tree}/a1/x.png"]
     matched = [m.path for m in FileSystems.match([f"{awkward_tree}/b?/y.png"])[0].metadata_list]
     assert f"{awkward_tree}/bX/y.png" in matched
+
+
+# --------------------------------------------------------------------------- fan-out listing
+
+
+def test_fan_out_units_list_every_file_once(tmp_path):
+    """The units of a plan, listed separately (as workers do), give exactly the single listing's
+    entries: a linked class folder once, a link into another unit's folder and a loop as problems."""
+    from beam_pipelines.listing import list_entries, list_unit, plan_units, planned_identities
+
+    root = tmp_path / "in"
+    for split in ("train", "test"):
+        for label in ("happy", "sad"):
+            for i in range(3):
+                (root / split / label).mkdir(parents=True, exist_ok=True)
+                (root / split / label / f"{i}.png").write_bytes(b"x" * (i + 1))
+    (root / "loose.png").write_bytes(b"at the root")
+    (root / "train" / "loose.png").write_bytes(b"in a split folder")
+    outside = tmp_path / "outside" / "fear"
+    outside.mkdir(parents=True)
+    (outside / "f.png").write_bytes(b"linked in")
+    (root / "train" / "fear").symlink_to(outside, target_is_directory=True)  # a linked class folder
+    (root / "test" / "joy").symlink_to(root / "train" / "happy", target_is_directory=True)  # another unit's folder
+    (root / "train" / "sad" / "up").symlink_to(root, target_is_directory=True)  # a loop inside a unit
+    (root / "test" / "gone.png").symlink_to(tmp_path / "missing.png")
+
+    units, problems = plan_units(str(root))
+    assert [u.path[len(str(root)):] for u in units if u.recursive] == [
+        "/test/happy", "/test/sad", "/train/fear", "/train/happy", "/train/sad"]
+    planned = planned_identities(units)
+    fanned = [entry for unit in units for entry in list_unit(unit, str(root), planned)] + problems
+    assert sorted(fanned) == sorted(list_entries(str(root)))
+    reasons = {e.path[len(str(root)) + 1:]: e.problem for e in fanned if e.problem}
+    assert reasons == {"test/joy": "symlink_loop", "train/sad/up": "symlink_loop", "test/gone.png": "broken_link"}
+    assert len(fanned) == 12 + 2 + 1 + 3  # files, loose files, the linked one, the three problems

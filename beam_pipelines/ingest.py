@@ -155,13 +155,33 @@ def with_shard_plan(summary: dict, options: IngestOptions) -> dict:
 # --------------------------------------------------------------------------- decoding
 
 
-class DecodeBatch(beam.DoFn):
-    """A batch of files -> (shard, [records]) pairs; rejected rows and reject counts on the side.
+def write_spill(staging: str, shard: int, batch_id: str, items: list) -> str:
+    """One (batch, shard)'s decoded images, spilled: <base>.pixels (the pixels back to back) and
+    <base>.json (digest, split, label, uri, metrics per image, in the same order). Returns <base>."""
+    base = join(staging, ".spill", f"{shard:05d}-{batch_id}")
+    write_bytes(f"{base}.pixels", b"".join(item[5] for item in items))
+    write_bytes(f"{base}.json", json.dumps([[*item[:4], list(item[4])] for item in items]).encode(), "application/json")
+    return base
 
-    A record is (pixel_hash, split, label, uri, (brightness, contrast, sharpness), spill file, offset).
-    The pixels themselves are spilled to one file per (batch, shard) under <output>/.spill,
-    so the shuffle carries ~200 bytes per image instead of the image: a runner that keeps
-    shuffled data in memory (the DirectRunner does) stays flat as the archive grows.
+
+def read_spill(bases, image_size: int) -> list[list[Record]]:
+    """The records of spilled (batch, shard) groups, one list per group (see write_spill)."""
+    groups = []
+    for base in sorted(bases):
+        with FileSystems.open(f"{base}.json") as f:
+            meta = json.loads(f.read())
+        groups.append([Record(d, s, label, uri, tuple(m), f"{base}.pixels", i * image_size * image_size)
+                       for i, (d, s, label, uri, m) in enumerate(meta)])
+    return groups
+
+
+class DecodeBatch(beam.DoFn):
+    """A batch of files -> (shard, spill base) pairs; rejected rows and reject counts on the side.
+
+    The decoded images of each (batch, shard) are spilled to files under <staging>/.spill, pixels and
+    metadata both (write_spill), so the shuffle carries one short name per (batch, shard) instead of
+    ~300 bytes per image: a runner that keeps shuffled data in memory (the DirectRunner does) stays
+    flat as the archive grows.
     """
 
     def __init__(self, options: IngestOptions):
@@ -202,11 +222,8 @@ class DecodeBatch(beam.DoFn):
             )
         batch_id = hashlib.blake2b("\n".join(p for p, _ in batch).encode(), digest_size=10).hexdigest()
         for shard, items in shards.items():
-            # Deterministic names: a retried bundle rewrites the same file with the same bytes.
-            spill = join(self.options.staging, ".spill", f"{shard:05d}-{batch_id}.pixels")
-            write_bytes(spill, b"".join(item[5] for item in items))
-            size = len(items[0][5])
-            yield shard, [Record(*item[:5], spill, i * size) for i, item in enumerate(items)]
+            # Deterministic names: a retried bundle rewrites the same files with the same bytes.
+            yield shard, write_spill(self.options.staging, shard, batch_id, items)
         yield beam.pvalue.TaggedOutput("stats", {"rejected": rejected})
 
 
@@ -288,8 +305,11 @@ def resolve_copies(batches) -> tuple[list[Record], list[tuple[str, str, str]], d
 class CountKept(beam.DoFn):
     """Images per split that one shard keeps after de-duplication (the input of plan_splits)."""
 
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
     def process(self, element):
-        kept, _, _ = resolve_copies(element[1])
+        kept, _, _ = resolve_copies(read_spill(element[1], self.image_size))
         counts: dict[str, int] = {}
         for record in kept:
             counts[record.split] = counts.get(record.split, 0) + 1
@@ -332,8 +352,8 @@ class DedupeAndWriteShard(beam.DoFn):
         self.options = options
 
     def process(self, element, summary, carve):
-        shard, batches = element
-        kept, dropped, counts = resolve_copies(batches)
+        shard, spills = element
+        kept, dropped, counts = resolve_copies(read_spill(spills, self.options.image_size))
         for uri, reason, detail in dropped:
             yield reject(uri, reason, detail, "ingest")
         stats = {"written": {}, "image_stats": {}, "fingerprint": 0, **counts}
@@ -576,7 +596,7 @@ class Ingest(beam.PTransform):
         # Known only once duplicates and leakage are resolved: whether val/test are left too small.
         carve = beam.pvalue.AsSingleton(
             grouped
-            | "CountKept" >> beam.ParDo(CountKept())
+            | "CountKept" >> beam.ParDo(CountKept(a.image_size))
             | "MergeKept" >> beam.CombineGlobally(MergeStats())
             | "PlanSplits" >> beam.Map(plan_splits, summary, a)
         )

@@ -150,14 +150,21 @@ def test_carved_split_moves_only_train_records_by_salted_hash():
 # --------------------------------------------------------------------------- CountKept
 
 
-def test_count_kept_counts_each_shard_after_deduplication():
-    shard0 = (0, [[rec("a", "train", "happy", "1"), rec("a", "val", "happy", "2")],  # leakage: val kept
-                  [rec("b", "train", "sad", "3"), rec("c", "test", "fear", "4")]])
-    shard1 = (1, [[rec("d", "train", "happy", "5"), rec("d", "train", "happy", "6"),  # duplicate
-                   rec("e", "train", "sad", "7"), rec("e", "test", "happy", "8")]])  # conflict: both gone
-    shard2 = (2, [[]])
+def spilled(staging, shard, batch_id, records) -> str:
+    """A (batch, shard) group spilled as DecodeBatch spills it; returns its base name."""
+    items = [(r.digest, r.split, r.label, r.uri, (1.0, 2.0, 3.0), bytes(48 * 48)) for r in records]
+    return ingest.write_spill(str(staging), shard, batch_id, items)
+
+
+def test_count_kept_counts_each_shard_after_deduplication(tmp_path):
+    shard0 = (0, [spilled(tmp_path, 0, "b1", [rec("a", "train", "happy", "1"), rec("a", "val", "happy", "2")]),
+                  spilled(tmp_path, 0, "b2", [rec("b", "train", "sad", "3"), rec("c", "test", "fear", "4")])])
+    shard1 = (1, [spilled(tmp_path, 1, "b1", [rec("d", "train", "happy", "5"), rec("d", "train", "happy", "6"),
+                                               rec("e", "train", "sad", "7"), rec("e", "test", "happy", "8")])])
+    shard2 = (2, [spilled(tmp_path, 2, "b1", [])])
+    # shard 0: leakage (val kept); shard 1: a duplicate and a conflict (both copies gone); shard 2: empty.
     with direct_pipeline() as p:
-        counts = p | beam.Create([shard0, shard1, shard2]) | beam.ParDo(CountKept())
+        counts = p | beam.Create([shard0, shard1, shard2]) | beam.ParDo(CountKept(48))
         assert_that(counts, equal_to([{"val": 1, "train": 1, "test": 1}, {"train": 1}, {}]))
 
 
@@ -191,11 +198,12 @@ def test_decode_batch_routes_images_rejects_and_stats(tmp_path):
         side = beam.pvalue.AsSingleton(p | "Summary" >> beam.Create([summary]))
         out = (p | "Batch" >> beam.Create([batch])
                | beam.ParDo(DecodeBatch(args), side).with_outputs("rejected", "stats", main="shards"))
-        # Records name their spill file and offset; the pixels themselves are checked in the file below.
-        assert_that(out.shards | beam.FlatMap(lambda kv: [(kv[0], tuple(r[:5])) for r in kv[1]]),
+        # The shuffle carries (shard, spill base) only; the records and pixels are read back from the spill.
+        records = out.shards | beam.FlatMap(lambda kv: [(kv[0], r) for r in ingest.read_spill([kv[1]], 48)[0]])
+        assert_that(records | "Meta" >> beam.Map(lambda kr: (kr[0], tuple(kr[1][:5]))),
                     equal_to([(ingest.shard_of(e[0], 3), e[:5]) for e in expected_records.values()]), label="Shards")
-        assert_that(out.shards | beam.FlatMap(lambda kv: kv[1]) | beam.Map(
-                    lambda r: (r.uri, FileSystems.open(r.spill).read()[r.offset:r.offset + 48 * 48])),
+        assert_that(records | "Pixels" >> beam.Map(
+                    lambda kr: (kr[1].uri, FileSystems.open(kr[1].spill).read()[kr[1].offset:kr[1].offset + 48 * 48])),
                     equal_to([(uri, e[5]) for uri, e in expected_records.items()]), label="SpilledPixels")
         assert_that(out.rejected | beam.Map(lambda r: (r["uri"], r["reason"], r["stage"])), equal_to([
             (str(unknown), "unknown_class", "ingest"),
@@ -211,8 +219,9 @@ def test_decode_batch_routes_images_rejects_and_stats(tmp_path):
                                                        "unsupported_extension": 1, "not_an_image": 1,
                                                        BROKEN_LINK: 1}}]), label="Stats")
 
-    # One spill file per shard that got an image, holding each image's pixels at its record's offset.
-    spills = sorted(p.name for p in (tmp_path / "staging" / ".spill").iterdir())
+    # One spill (pixels + metadata) per shard that got an image.
+    spills = sorted(p.name for p in (tmp_path / "staging" / ".spill").glob("*.pixels"))
+    assert len(list((tmp_path / "staging" / ".spill").glob("*.json"))) == len(spills)
     shards = {f"{ingest.shard_of(e[0], 3):05d}" for e in expected_records.values()}
     assert [name[:5] for name in spills] == sorted(shards)
 
@@ -224,8 +233,9 @@ def test_decode_batch_assigns_splits_from_the_content_hash_without_split_folders
                               val_fraction=0.3, test_fraction=0.3, staging=str(tmp_path / "staging"))
     dofn = DecodeBatch(args)
     outputs = list(dofn.process([(str(p), None) for p in paths], {"carve_val": False, "num_shards": 1}))
-    (shard, records), stats = outputs[0], outputs[-1]
+    (shard, base), stats = outputs[0], outputs[-1]
     assert shard == 0 and len(outputs) == 2 and stats.value == {"rejected": {}}
+    (records,) = ingest.read_spill([base], 48)
 
     def expected(digest):
         u = ingest.hash_unit(3, digest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 # The order is part of the schema: label index i in TFRecords, model outputs and the
@@ -43,11 +44,13 @@ def _normalise(name: str) -> str:
     return re.sub(r"[\s_\-\.]+", "", name.strip().lower())
 
 
+@functools.lru_cache(maxsize=4096)  # called for every file; folder names repeat
 def canonical_label(folder_name: str) -> str | None:
     """Maps a class folder name to a canonical label, or None when it names no class."""
     return ALIASES.get(_normalise(folder_name))
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical_split(folder_name: str) -> str | None:
     """Maps a split folder name (train, Validation, TEST, ...) to train/val/test, or None."""
     return SPLIT_ALIASES.get(_normalise(folder_name))

@@ -75,13 +75,18 @@ def list_entries(root: str) -> Iterator[Entry]:
 
 class Unit(NamedTuple):
     """A part of an input folder that one worker lists: a folder and everything below it, or
-    (recursive=False) only the files directly in it. The units of a plan cover the input once."""
+    (recursive=False) only the files directly in it; on gs://, optionally only the object names in
+    [start, end) ("" is unbounded). The units of a plan cover the input once."""
 
     path: str
     recursive: bool = True
+    start: str = ""
+    end: str = ""
 
 
 FAN_OUT_DEPTH = 2  # <split>/<class>/: a unit per class folder
+# A flat gs:// folder (files, no class folders) is listed in name ranges split at these characters.
+NAME_RANGE_BOUNDS = "048CGKOSWaeimquy"
 
 
 def plan_units(root: str, depth: int = FAN_OUT_DEPTH) -> tuple[list[Unit], list[Entry]]:
@@ -101,7 +106,7 @@ def plan_units(root: str, depth: int = FAN_OUT_DEPTH) -> tuple[list[Unit], list[
     for _ in range(depth):
         below = []
         for folder in frontier:
-            units.append(Unit(folder, recursive=False))
+            units += _own_files_units(folder)
             for sub in _subfolders(folder):
                 identity = _identity(sub) if is_local(sub) else sub
                 if identity in visited or (inside and _links_inside(sub, inside)):
@@ -113,6 +118,35 @@ def plan_units(root: str, depth: int = FAN_OUT_DEPTH) -> tuple[list[Unit], list[
     return sorted(units + [Unit(folder) for folder in frontier]), problems
 
 
+def _own_files_units(folder: str) -> list[Unit]:
+    """The units listing the files directly in a folder: one, or on gs:// one per name range (a flat
+    bucket folder of millions of objects is then listed by many workers)."""
+    if is_local(folder):
+        return [Unit(folder, recursive=False)]
+    prefix = _gcs_prefix(folder)[1]
+    bounds = [""] + [prefix + c for c in NAME_RANGE_BOUNDS] + [""]
+    return [Unit(folder, False, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+
+
+def _gcs_prefix(folder: str) -> tuple[str, str]:
+    bucket, _, prefix = folder[len("gs://"):].partition("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def _list_gcs(unit: Unit) -> Iterator[Entry]:
+    """A gs:// unit's objects, paged by the client: recursive, or only the folder's own (a delimiter
+    listing), in the unit's name range (asked of the server, and checked here too)."""
+    from google.cloud import storage
+
+    bucket, prefix = _gcs_prefix(unit.path)
+    blobs = storage.Client().list_blobs(bucket, prefix=prefix, delimiter=None if unit.recursive else "/",
+                                        start_offset=unit.start or None, end_offset=unit.end or None)
+    for blob in blobs:
+        if blob.name.endswith("/") or blob.name < unit.start or (unit.end and blob.name >= unit.end):
+            continue
+        yield Entry(f"gs://{bucket}/{blob.name}", blob.size or 0)
+
+
 def _subfolders(folder: str) -> list[str]:
     if is_local(folder):
         try:
@@ -122,8 +156,7 @@ def _subfolders(folder: str) -> list[str]:
             return []
     from google.cloud import storage
 
-    bucket, _, prefix = folder[len("gs://"):].partition("/")
-    prefix = f"{prefix}/" if prefix else ""
+    bucket, prefix = _gcs_prefix(folder)
     blobs = storage.Client().list_blobs(bucket, prefix=prefix, delimiter="/")
     for _ in blobs:  # the prefixes arrive with the pages
         pass
@@ -141,9 +174,7 @@ def list_unit(unit: Unit, root: str, planned: frozenset = frozenset()) -> Iterat
     """The files of one unit of the input `root`. `planned`: identities of the plan's folders, so that
     a link to any of them is a `symlink_loop` entry instead of a second listing of it."""
     if not is_local(unit.path):
-        for entry in list_entries(unit.path):
-            if unit.recursive or "/" not in entry.path[len(unit.path) + 1:]:
-                yield entry
+        yield from _list_gcs(unit)
         return
     yield from _list_local(unit.path, recursive=unit.recursive, seen=set(planned), inside=_real(root))
 

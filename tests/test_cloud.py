@@ -408,6 +408,26 @@ def test_ingest_then_predict_on_gcs(gcs, model_dir, tmp_path):
     assert {r["uri"]: r["split"] for r in rows} == records
 
 
+def test_fan_out_listing_on_gcs_covers_every_object_once(gcs):
+    """gs:// units (class prefixes by a delimiter listing, name ranges for a folder's own objects)
+    together list exactly what one recursive listing does."""
+    from beam_pipelines.listing import NAME_RANGE_BOUNDS, list_entries, list_unit, plan_units
+
+    bucket = gcs.bucket("emotion-test")
+    names = [f"fan/{c}{i}.png" for c in "0Aa~_z-" for i in range(2)]  # a flat part, across the name ranges
+    names += [f"fan/train/happy/{i}.png" for i in range(3)] + ["fan/train/loose.png", "fan/test/sad/x/deep.png"]
+    for name in names:
+        bucket.blob(name).upload_from_string(b"x")
+    units, problems = plan_units("gs://emotion-test/fan")
+    assert not problems
+    assert sum(1 for u in units if u.path == "gs://emotion-test/fan") == len(NAME_RANGE_BOUNDS) + 1
+    assert {u.path for u in units if u.recursive} == {"gs://emotion-test/fan/train/happy",
+                                                      "gs://emotion-test/fan/test/sad"}
+    fanned = sorted(e.path for u in units for e in list_unit(u, "gs://emotion-test/fan"))
+    assert fanned == sorted(e.path for e in list_entries("gs://emotion-test/fan")) == sorted(
+        f"gs://emotion-test/{n}" for n in names)
+
+
 def test_output_ownership_and_lock_on_gcs(gcs, tmp_path):
     """The data-safety rules hold on gs:// as on disk: manifest, staging committed and gone, the lock
     released; a busy output, and files no run wrote, stop a run before it writes anything."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
@@ -95,6 +99,32 @@ def merge_counts(a: dict, b: dict) -> dict:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = out[key] + value
     return out
+
+
+class MergeCounts(beam.CombineFn):
+    """Merges dicts of counts (common.merge_counts) into one: stats, listing summaries."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, acc, value):
+        return merge_counts(acc, value)
+
+    def merge_accumulators(self, accs):
+        out = {}
+        for acc in accs:
+            out = merge_counts(out, acc)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def parquet_bytes(table: pa.Table, **write_options) -> bytes:
+    """A Parquet file's bytes (pyarrow.parquet.write_table options), to write with write_bytes."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, **write_options)
+    return sink.getvalue()
 
 
 def write_bytes(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:

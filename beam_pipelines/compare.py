@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines.common import UsageError, join, log, write_bytes
+from beam_pipelines.common import UsageError, join, log, parquet_bytes, write_bytes
 from beam_pipelines.listing import list_entries
 from beam_pipelines.outputs import OutputClaim, commit
 from model.metrics import confusion, summarize
@@ -160,9 +160,7 @@ def _single(column: pa.ChunkedArray) -> str | None:
 
 
 def _parquet(rows: list[dict], schema: pa.Schema) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=with_schema_version(schema)), sink, compression="zstd")
-    return sink.getvalue()
+    return parquet_bytes(pa.Table.from_pylist(rows, schema=with_schema_version(schema)), compression="zstd")
 
 
 def write(result: dict, root: str) -> None:

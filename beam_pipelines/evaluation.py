@@ -8,15 +8,13 @@ confident mistakes, then a few correct ones), so it scales with the pipeline.
 from __future__ import annotations
 
 import heapq
-import io
 import json
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from beam_pipelines.common import join, write_bytes
+from beam_pipelines.common import join, parquet_bytes, write_bytes
 from model.files import png_bytes, pyplot
 from model.metrics import calibration_bin, expected_calibration_error, summarize
 from schemas import CONFUSION_SCHEMA, LABEL_TO_INDEX, LABELS, NUM_CLASSES, PER_CLASS_SCHEMA
@@ -98,12 +96,6 @@ def metrics_from(acc) -> dict:
         for i in range(CALIBRATION_BINS)
     ]
     return m
-
-
-def _parquet_bytes(rows: list[dict], schema: pa.Schema) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf)
-    return buf.getvalue()
 
 
 def plot_confusion(m) -> bytes:
@@ -212,13 +204,13 @@ class WriteEvaluation(beam.DoFn):
         }
         write_bytes(join(out, "metrics.json"), (json.dumps(metrics, indent=2) + "\n").encode(), "application/json")
         per_class = [{"label": c, **m["per_class"][c]} for c in LABELS]
-        write_bytes(join(out, "per_class.parquet"), _parquet_bytes(per_class, PER_CLASS_SCHEMA))
+        write_bytes(join(out, "per_class.parquet"), parquet_bytes(pa.Table.from_pylist(per_class, schema=PER_CLASS_SCHEMA)))
         confusion = [
             {"true_label": LABELS[i], "predicted_label": LABELS[j], "count": int(m["confusion"][i][j])}
             for i in range(NUM_CLASSES)
             for j in range(NUM_CLASSES)
         ]
-        write_bytes(join(out, "confusion.parquet"), _parquet_bytes(confusion, CONFUSION_SCHEMA))
+        write_bytes(join(out, "confusion.parquet"), parquet_bytes(pa.Table.from_pylist(confusion, schema=CONFUSION_SCHEMA)))
         plots = join(self.output, "plots")
         write_bytes(join(plots, "confusion_matrix.png"), plot_confusion(m), "image/png")
         write_bytes(join(plots, "per_class.png"), plot_per_class(m), "image/png")

@@ -42,8 +42,8 @@ from beam_pipelines.common import (
     is_dry_run,
     is_remote_runner,
     join,
+    MergeCounts,
     log,
-    merge_counts,
     pipeline_options,
     split_and_class_dir,
     write_bytes,
@@ -413,23 +413,6 @@ class WriteEmptyShards(beam.DoFn):
 # --------------------------------------------------------------------------- stats
 
 
-class MergeStats(beam.CombineFn):
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, acc, value):
-        return merge_counts(acc, value)
-
-    def merge_accumulators(self, accs):
-        out = {}
-        for acc in accs:
-            out = merge_counts(out, acc)
-        return out
-
-    def extract_output(self, acc):
-        return acc
-
-
 def _mean_std(sums, n):
     if n == 0:
         return None, None
@@ -597,7 +580,7 @@ class Ingest(beam.PTransform):
         carve = beam.pvalue.AsSingleton(
             grouped
             | "CountKept" >> beam.ParDo(CountKept(a.image_size))
-            | "MergeKept" >> beam.CombineGlobally(MergeStats())
+            | "MergeKept" >> beam.CombineGlobally(MergeCounts())
             | "PlanSplits" >> beam.Map(plan_splits, summary, a)
         )
         written = grouped | "DedupeAndWrite" >> beam.ParDo(DedupeAndWriteShard(a), summary, carve).with_outputs(
@@ -619,7 +602,7 @@ class Ingest(beam.PTransform):
         stats = (
             (decoded.stats, written.stats)
             | "AllStats" >> beam.Flatten()
-            | "MergeStats" >> beam.CombineGlobally(MergeStats())
+            | "MergeStats" >> beam.CombineGlobally(MergeCounts())
             | "WriteStats" >> beam.ParDo(WriteStats(a), summary, carve)
         )
         totals = stats | "Totals" >> beam.Map(lambda s: s["totals"])

@@ -8,7 +8,7 @@ lists folders itself:
 - local: os.walk with followlinks, each real folder visited once (a link back to an ancestor
   is a `symlink_loop` entry, not an endless walk); a link whose target is gone is a
   `broken_link` entry, so the pipelines reject it with that reason instead of losing it;
-- gs://: the object listing under "<root>/" (pages are fetched by Beam's GCS client).
+- gs://: the object listing under "<root>/" (google-cloud-storage, page by page).
 
 Entries come out in a deterministic order (sorted folder by folder, or the object store's
 lexicographic order) without holding the whole listing in memory.
@@ -26,7 +26,6 @@ import os
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from apache_beam.io.filesystems import FileSystems
 
 BROKEN_LINK = "broken_link"
 SYMLINK_LOOP = "symlink_loop"
@@ -63,11 +62,7 @@ def list_entries(root: str) -> Iterator[Entry]:
     if is_local(root):
         yield from _list_local(root, inside=_real(root))
     else:
-        filesystem = FileSystems.get_filesystem(root)
-        # _list is Beam's literal prefix listing (match() would read the root as a glob).
-        for metadata in filesystem._list(root.rstrip("/") + "/"):
-            if not metadata.path.endswith("/"):  # folder placeholder objects
-                yield Entry(metadata.path, metadata.size_in_bytes)
+        yield from _list_gcs(Unit(root.rstrip("/")))  # the literal prefix listing the units use
 
 
 # --------------------------------------------------------------------------- fan-out

@@ -41,6 +41,7 @@ import uuid
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipelines.common import join
 from beam_pipelines.errors import UsageError
 from beam_pipelines.listing import has_glob_characters, is_local, list_entries
 
@@ -52,10 +53,6 @@ MANIFEST_VERSION = 1
 log = logging.getLogger("emotion")
 
 
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
-
-
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
@@ -65,7 +62,7 @@ def new_run_id(stage: str) -> str:
 
 
 def read_manifest(output: str) -> dict | None:
-    path = _join(output, MANIFEST)
+    path = join(output, MANIFEST)
     if not FileSystems.exists(path):
         return None
     with FileSystems.open(path) as f:
@@ -90,7 +87,7 @@ def _write_json(path: str, value: dict) -> None:
 
 def _files_under(output: str, name: str) -> list[str]:
     """Relative paths of the files at output/name (a file, or everything under a folder)."""
-    path = _join(output, name)
+    path = join(output, name)
     if FileSystems.exists(path) and not (is_local(path) and os.path.isdir(path)):
         return [name]
     if is_local(path) and not os.path.isdir(path):
@@ -120,7 +117,7 @@ class OutputLock:
     """One run per output folder (see the module docstring)."""
 
     def __init__(self, output: str, run_id: str):
-        self.path = _join(output, LOCK)
+        self.path = join(output, LOCK)
         self.output = output
         self.holder = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
         self._fd = None
@@ -213,7 +210,7 @@ def _gcs_blob(path: str):
 
 def release_remote_lock(output: str, run_id: str) -> None:
     """Deletes a gs:// lock if it is still this run's (a later taker's lock is left alone)."""
-    blob = _gcs_blob(_join(output, LOCK))
+    blob = _gcs_blob(join(output, LOCK))
     if blob.exists():
         blob.reload()
         if json.loads(blob.download_as_bytes()).get("run_id") == run_id:
@@ -243,7 +240,7 @@ class CommitPlan:
 
     @property
     def staging(self) -> str:
-        return _join(self.output, STAGING, self.run_id)
+        return join(self.output, STAGING, self.run_id)
 
     @property
     def write_root(self) -> str:
@@ -313,7 +310,7 @@ class OutputClaim:
             )
         # Leftovers of a killed run are ours: the manifest names its staging folder.
         if self.previous and self.previous.get("staging"):
-            remove_tree(_join(self.output, self.previous["staging"]))
+            remove_tree(join(self.output, self.previous["staging"]))
         manifest = {
             "manifest_version": MANIFEST_VERSION,
             "run_id": self.run_id,
@@ -329,7 +326,7 @@ class OutputClaim:
 
     def _write_running_manifest(self) -> None:
         previous_files = sorted(self.previous.get("files", [])) if self.previous else []
-        _write_json(_join(self.output, MANIFEST), {
+        _write_json(join(self.output, MANIFEST), {
             **self.plan.manifest, "state": "running", "files": previous_files,
             "staging": f"{STAGING}/{self.run_id}",
             "previous": {k: self.previous.get(k) for k in ("run_id", "stage", "finished")} if self.previous else None,
@@ -345,9 +342,9 @@ class OutputClaim:
         self.plan.remove_write_root()
         remove_tree(self.plan.staging)
         if self.previous is not None:
-            _write_json(_join(self.output, MANIFEST), self.previous)
+            _write_json(join(self.output, MANIFEST), self.previous)
         else:
-            delete_files([_join(self.output, MANIFEST)])
+            delete_files([join(self.output, MANIFEST)])
         log.info("output: run %s failed; %s left as it was", self.run_id, self.output)
 
 
@@ -385,13 +382,13 @@ def commit(plan: CommitPlan, counts: dict) -> dict:
     prefix = plan.staging + "/"
     staged = sorted(entry.path[len(prefix):] for entry in list_entries(plan.staging))
     staged = [rel for rel in staged if _under(rel, plan.names)]  # not scratch (.spill, beam-temp)
-    manifest_path = _join(plan.output, MANIFEST)
+    manifest_path = join(plan.output, MANIFEST)
     _write_json(manifest_path, {**plan.manifest, "state": "committing",
                                 "files": sorted(set(plan.keep) | set(plan.remove) | set(staged)),
                                 "staging": f"{STAGING}/{plan.run_id}"})
-    delete_files([_join(plan.output, rel) for rel in plan.remove if rel not in set(staged)])
-    sources = [_join(plan.staging, rel) for rel in staged]
-    targets = [_join(plan.output, rel) for rel in staged]
+    delete_files([join(plan.output, rel) for rel in plan.remove if rel not in set(staged)])
+    sources = [join(plan.staging, rel) for rel in staged]
+    targets = [join(plan.output, rel) for rel in staged]
     if is_local(plan.output):
         for target in targets:
             os.makedirs(os.path.dirname(target), exist_ok=True)

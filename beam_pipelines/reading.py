@@ -12,7 +12,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines.common import extension, merge_counts, split_and_class_dir
+from beam_pipelines.common import MergeCounts, extension, split_and_class_dir
 from beam_pipelines.listing import PROBLEMS as LISTING_PROBLEMS
 from beam_pipelines.listing import Unit, list_unit, plan_units, planned_identities
 from model.preprocess import IMAGE_EXTENSIONS, PreprocessError, is_non_data, preprocess
@@ -76,20 +76,8 @@ class ListBatches(beam.DoFn):
         })
 
 
-class MergeSummaries(beam.CombineFn):
+class MergeSummaries(MergeCounts):
     """The listing summaries of all work items -> one (input_splits as a sorted list of names)."""
-
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, acc, summary):
-        return merge_counts(acc, summary)
-
-    def merge_accumulators(self, accs):
-        out = {}
-        for acc in accs:
-            out = merge_counts(out, acc)
-        return out
 
     def extract_output(self, acc):
         empty = {"matched": 0, "skipped": {}, "skipped_non_data": 0, "input_bytes": 0, "input_splits": {}}

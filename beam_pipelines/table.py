@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipelines.common import join, parquet_bytes, write_bytes
 from beam_pipelines.listing import is_local, list_entries
 from beam_pipelines.outputs import delete_files, remove_tree
 from schemas.tables import (
@@ -45,10 +46,6 @@ from schemas.tables import (
 
 RUNS = "_runs"
 STAGING = "_staging"
-
-
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
 
 
 def code_version() -> str:
@@ -69,7 +66,7 @@ class TablePlan:
 
     @property
     def staging(self) -> str:
-        return _join(self.root, STAGING, self.run_id)
+        return join(self.root, STAGING, self.run_id)
 
     @property
     def partition(self) -> str:
@@ -77,11 +74,11 @@ class TablePlan:
 
     @property
     def runs_file(self) -> str:
-        return _join(self.root, RUNS, f"{self.run_id}.parquet")
+        return join(self.root, RUNS, f"{self.run_id}.parquet")
 
 
 def partition_path(root: str, model_version: str, run_date: str, run_id: str) -> str:
-    return _join(root, f"model_version={model_version}", f"run_date={run_date}", f"run_id={run_id}")
+    return join(root, f"model_version={model_version}", f"run_date={run_date}", f"run_id={run_id}")
 
 
 def check_run_id(run_id: str) -> str | None:
@@ -95,10 +92,7 @@ def check_run_id(run_id: str) -> str | None:
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", row_group_size=TABLE_ROW_GROUP_ROWS,
-                   write_statistics=True)
-    return sink.getvalue()
+    return parquet_bytes(table, compression="zstd", row_group_size=TABLE_ROW_GROUP_ROWS, write_statistics=True)
 
 
 class _WriteFile(beam.DoFn):
@@ -112,9 +106,8 @@ class _WriteFile(beam.DoFn):
         schema = with_schema_version(TABLE_SCHEMA)
         rows = sorted(rows, key=lambda r: (*(r[k] for k in TABLE_SORT_KEYS), r["uri"]))
         table = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
-        path = _join(self.plan.staging, f"part-{shard:05d}.parquet")
-        with FileSystems.create(path, mime_type="application/octet-stream") as f:
-            f.write(_parquet_bytes(table))
+        path = join(self.plan.staging, f"part-{shard:05d}.parquet")
+        write_bytes(path, _parquet_bytes(table))
         yield path
 
 
@@ -162,7 +155,7 @@ class DataFingerprint(beam.PTransform):
 
 
 def read_run(root: str, run_id: str) -> dict | None:
-    path = _join(root, RUNS, f"{run_id}.parquet")
+    path = join(root, RUNS, f"{run_id}.parquet")
     if not FileSystems.exists(path):
         return None
     with FileSystems.open(path) as f:
@@ -182,8 +175,8 @@ def commit_table(plan: TablePlan, run: dict) -> dict:
     delete_files([e.path for e in list_entries(plan.partition)])  # a killed earlier attempt's files
     prefix = plan.staging + "/"
     staged = sorted(e.path[len(prefix):] for e in list_entries(plan.staging))
-    sources = [_join(plan.staging, rel) for rel in staged]
-    targets = [_join(plan.partition, rel) for rel in staged]
+    sources = [join(plan.staging, rel) for rel in staged]
+    targets = [join(plan.partition, rel) for rel in staged]
     if is_local(plan.root):
         os.makedirs(plan.partition, exist_ok=True)
         for source, target in zip(sources, targets):
@@ -194,18 +187,16 @@ def commit_table(plan: TablePlan, run: dict) -> dict:
     write_bigquery_definitions(plan.root)
     row = {**run, "finished": dt.datetime.now(dt.timezone.utc)}
     table = pa.Table.from_pylist([{k: row.get(k) for k in RUNS_SCHEMA.names}], schema=with_schema_version(RUNS_SCHEMA))
-    with FileSystems.create(plan.runs_file, mime_type="application/octet-stream") as f:
-        f.write(_parquet_bytes(table))
+    write_bytes(plan.runs_file, _parquet_bytes(table))
     return row
 
 
 def write_bigquery_definitions(root: str) -> None:
     """ROOT/_bigquery/: the external-table definition and DDL for this root (same bytes every run)."""
     defs = bigquery_external_table(root)
-    with FileSystems.create(_join(root, "_bigquery", "predictions.external.json"), mime_type="application/json") as f:
-        f.write((json.dumps(defs["definition"], indent=2) + "\n").encode())
-    with FileSystems.create(_join(root, "_bigquery", "predictions.sql"), mime_type="text/plain") as f:
-        f.write(defs["ddl"].encode())
+    write_bytes(join(root, "_bigquery", "predictions.external.json"),
+                (json.dumps(defs["definition"], indent=2) + "\n").encode(), "application/json")
+    write_bytes(join(root, "_bigquery", "predictions.sql"), defs["ddl"].encode(), "text/plain")
 
 
 def _remove_empty_parents(path: str, root: str) -> None:

@@ -9,12 +9,12 @@ overhead stays out of the way of the training step.
 
 from __future__ import annotations
 
-import json
 
 import tensorflow as tf
 
 from beam_pipelines.errors import UsageError
 from model import augment as augmentation
+from model.files import read_json_object
 from schemas import FEATURES, LABELS, SCHEMA_VERSION
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -36,12 +36,9 @@ def read_stats(data_dir: str) -> dict:
         raise UsageError(f"--data {data_dir} has no stats.json: not an emotion ingest output (run emotion ingest "
                          f"and pass its --output)")
     try:
-        with tf.io.gfile.GFile(path) as f:
-            stats = json.load(f)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}): re-run emotion ingest") from None
-    if not isinstance(stats, dict):
-        raise UsageError(f"{path} is not an ingest summary (a JSON object): re-run emotion ingest")
+        stats = read_json_object(path, "an ingest summary")
+    except ValueError as exc:
+        raise UsageError(f"{exc}: re-run emotion ingest") from None
     if stats.get("schema_version") != SCHEMA_VERSION:
         raise UsageError(
             f"--data {data_dir} was written with schema version {stats.get('schema_version')}, this code reads "

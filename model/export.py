@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from model import serving, tta
-from model.files import local_copy, local_target
+from model.files import local_copy, local_target, read_json_object
 from schemas import LABELS, LABELS_VERSION, SCHEMA_VERSION
 
 METADATA = "metadata.json"
@@ -302,12 +302,9 @@ def _read_metadata(root: str) -> dict:
         raise ModelNotFoundError(f"no {METADATA} in {root}{_interrupted(root)}: not an exported model "
                                  f"directory; export or re-export it")
     try:
-        with tf.io.gfile.GFile(path) as f:
-            metadata = json.load(f)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}): re-export the model") from None
-    if not isinstance(metadata, dict):
-        raise ModelError(f"{path} is not a model's metadata (a JSON object): re-export the model")
+        metadata = read_json_object(path, "a model's metadata")
+    except ValueError as exc:
+        raise ModelError(f"{exc}: re-export the model") from None
     check_compatible(metadata, root)
     for key, kind in (("model_fingerprint", str), ("image_size", int)):
         if not isinstance(metadata.get(key), kind):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -30,6 +31,21 @@ def local_target(path: str) -> Iterator[str]:
         local = os.path.join(tmp, os.path.basename(path.rstrip("/")) or "file")
         yield local
         tf.io.gfile.copy(local, path, overwrite=True)
+
+
+def read_json_object(path: str, what: str) -> dict:
+    """The JSON object in `path` (local or gs://); ValueError with one line when the file is not valid
+    JSON or holds something other than an object (`what` names what it should be)."""
+    import tensorflow as tf
+
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            value = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not {what} (a JSON object)")
+    return value
 
 
 def pyplot():

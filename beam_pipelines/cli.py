@@ -13,7 +13,11 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
+
+from beam_pipelines.errors import UsageError
 
 COMMANDS = {
     "ingest": ("beam_pipelines.ingest", "raw image folders -> validated, sharded TFRecords"),
@@ -63,6 +67,22 @@ def _quiet_logs(command: str) -> None:
         handler.addFilter(lambda record: "Resource module is not available" not in record.getMessage())
 
 
+class _Interrupted:
+    """Ctrl-C: the first SIGINT silences the runner's threads (which log and print the interruption as
+    errors of their own) and raises KeyboardInterrupt in the main thread, where Beam may wrap it in
+    another exception; main() reports any exception after it as one "interrupted" line, exit 130."""
+
+    seen = False
+
+    @classmethod
+    def handler(cls, signum, frame):
+        if not cls.seen:
+            cls.seen = True
+            logging.disable(logging.CRITICAL)
+            threading.excepthook = lambda args: None
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -72,20 +92,32 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"emotion: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    _quiet_logs(command)
-    from beam_pipelines.errors import UsageError
-
-    module = importlib.import_module(COMMANDS[command][0])
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _Interrupted.handler) if main_thread else None
+    hook, _Interrupted.seen = threading.excepthook, False
     try:
+        _quiet_logs(command)
+        module = importlib.import_module(COMMANDS[command][0])
         module.run(rest)
     except UsageError as exc:
         print(f"emotion {command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except SystemExit as exc:  # argparse: it already printed one line
+        if _Interrupted.seen:
+            print(f"emotion {command}: interrupted", file=sys.stderr)
+            return 130
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        if not _Interrupted.seen:
+            raise
         print(f"emotion {command}: interrupted", file=sys.stderr)
         return 130
-    except SystemExit as exc:  # argparse: it already printed one line
-        return int(exc.code or 0)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+        if _Interrupted.seen:
+            logging.disable(logging.NOTSET)
+            threading.excepthook = hook
     return 0
 
 

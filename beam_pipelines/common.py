@@ -1,16 +1,29 @@
-"""Helpers shared by the Beam pipelines: options, paths, storage access checks, stats merging."""
+"""Helpers shared by the Beam pipelines: options and runner checks, paths, storage access checks, stats merging."""
 
 from __future__ import annotations
 
+import importlib
 import io
+import json
 import logging
+import socket
+import threading
+import uuid
+from concurrent import futures
 
 import apache_beam as beam
+import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    PortableOptions,
+    StandardOptions,
+)
 from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, endpoints_pb2
 
 from beam_pipelines.errors import UsageError  # noqa: F401  (re-exported for the pipelines)
 
@@ -27,6 +40,7 @@ def pipeline_options(beam_args: list[str], save_main_session: bool) -> PipelineO
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = "DirectRunner"
+    check_runner(options)
     if is_dataflow_runner(standard.runner):
         gcp = options.view_as(GoogleCloudOptions)
         missing = [
@@ -54,6 +68,141 @@ def pipeline_options(beam_args: list[str], save_main_session: bool) -> PipelineO
         if problems:
             raise UsageError("; ".join(problems))
     return options
+
+
+ENDPOINT_TIMEOUT_S = 5  # a TCP connect to a job service or a worker pool
+WORKER_START_TIMEOUT_S = 60  # a worker pool's new SDK worker connecting back (a Python start-up)
+
+
+def check_runner(options: PipelineOptions) -> None:
+    """The runner exists and what a portable runner needs answers, before anything is built or
+    written. Unchecked, an unknown --runner is a traceback at submission, an unreachable job
+    service a wait of --job_server_timeout (300 s), and a worker pool whose workers cannot import
+    Beam a silent hang: the embedded job service waits forever for them to connect."""
+    from apache_beam.runners.portability.portable_runner import PortableRunner
+
+    runner = runner_class(options.view_as(StandardOptions).runner)
+    if not issubclass(runner, PortableRunner):
+        return
+    portable = options.view_as(PortableOptions)
+    # FlinkRunner and SparkRunner start a job server of their own; PortableRunner has none.
+    if runner is PortableRunner and not portable.job_endpoint:
+        raise UsageError("PortableRunner needs --job_endpoint: a job service's HOST:PORT, or embed to run here")
+    if portable.job_endpoint and portable.job_endpoint != "embed":
+        probe_endpoint(portable.job_endpoint, "the job service (--job_endpoint)")
+    # Only an embedded job service asks the pool for workers from this machine. Submitted to a
+    # cluster, the EXTERNAL address is the one its nodes see (a pool beside each task manager),
+    # which this machine need not reach.
+    if portable.job_endpoint == "embed" and portable.environment_type == "EXTERNAL":
+        address = external_worker_pool(portable)
+        probe_endpoint(address, "the worker pool (--environment_config)")
+        check_worker_pool(address, WORKER_START_TIMEOUT_S)
+
+
+def runner_class(name: str) -> type:
+    """The class --runner names, found as Beam's create_runner finds it (a known name in any case,
+    with or without "Runner", or a class's dotted path), importing only its module."""
+    known = {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
+    path = known.get(name.lower()) or known.get(name.lower() + "runner") or name
+    module, _, class_name = path.rpartition(".")
+    if not module:
+        raise UsageError(f"unknown --runner {name}: use one of {', '.join(StandardOptions.KNOWN_RUNNER_NAMES)} "
+                         "or a runner class's dotted path")
+    try:
+        return getattr(importlib.import_module(module), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"cannot load --runner {name}: {exc}") from None
+
+
+def external_worker_pool(portable: PortableOptions) -> str:
+    """The worker pool's address, read as Beam's ExternalEnvironment reads it (JSON with a "url",
+    a plain address, or --environment_options external_service_address=)."""
+    config = (portable.environment_config or "").strip()
+    if config.startswith("{"):
+        try:
+            config = json.loads(config).get("url") or ""
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--environment_config is not valid JSON: {exc}") from None
+    address = config or portable.lookup_environment_option("external_service_address")
+    if not address:
+        raise UsageError("--environment_type EXTERNAL needs --environment_config HOST:PORT, the worker pool's address")
+    return address
+
+
+def probe_endpoint(address: str, what: str) -> None:
+    """A TCP connection to HOST:PORT within ENDPOINT_TIMEOUT_S, or one line naming what is missing."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"{what} must be HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ENDPOINT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise UsageError(f"cannot reach {what} at {address} within {ENDPOINT_TIMEOUT_S} s: {reason}") from None
+
+
+class _CallWatcher(grpc.ServerInterceptor):
+    """Notes that a call reached the probe's server: a process-mode worker's Control stream, or
+    the SDK container's boot program asking for its provisioning first. Both prove a worker
+    started and can reach this machine."""
+
+    def __init__(self):
+        self.called = threading.Event()
+
+    def intercept_service(self, continuation, handler_call_details):
+        self.called.set()
+        return continuation(handler_call_details)
+
+
+class _EndingControl(beam_fn_api_pb2_grpc.BeamFnControlServicer):
+    """Ends a worker's control stream at once: given no work, the worker shuts down cleanly."""
+
+    def Control(self, request_iterator, context):  # noqa: N802 (gRPC's method name)
+        return iter(())
+
+
+def check_worker_pool(address: str, timeout_s: float) -> None:
+    """The pool at `address` starts an SDK worker that calls back within timeout_s, asked as the
+    embedded job service asks it (StartWorker, endpoints on this machine's FQDN). A pool whose
+    `python` lacks Beam starts workers that die at once, and the job would wait for them forever."""
+    watcher = _CallWatcher()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[watcher])
+    beam_fn_api_pb2_grpc.add_BeamFnControlServicer_to_server(_EndingControl(), server)
+    port = server.add_insecure_port("[::]:0")
+    server.start()
+    endpoint = endpoints_pb2.ApiServiceDescriptor(url=f"{socket.getfqdn()}:{port}")
+    worker_id = f"emotion-probe-{uuid.uuid4().hex[:8]}"
+    with grpc.insecure_channel(address) as channel:
+        pool = beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolStub(channel)
+        try:
+            _start_probe_worker(pool, address, worker_id, endpoint)
+            if not watcher.called.wait(timeout_s):
+                raise UsageError(
+                    f"the worker pool at {address} started a worker that did not call back within {timeout_s:g} s: "
+                    "start the pool with the project's Python first on its PATH (Beam and this package installed)")
+        finally:
+            _stop_probe_worker(pool, worker_id)
+            server.stop(None)
+
+
+def _start_probe_worker(pool, address: str, worker_id: str, endpoint) -> None:
+    try:
+        response = pool.StartWorker(beam_fn_api_pb2.StartWorkerRequest(
+            worker_id=worker_id, control_endpoint=endpoint, logging_endpoint=endpoint,
+            artifact_endpoint=endpoint, provision_endpoint=endpoint), timeout=ENDPOINT_TIMEOUT_S)
+    except grpc.RpcError as exc:
+        raise UsageError(f"{address} does not answer as a Beam worker pool: {exc.code().name}") from None
+    if response.error:  # the pool's traceback: its last line says why (e.g. no `python` on its PATH)
+        reason = response.error.strip().splitlines()[-1]
+        raise UsageError(f"the worker pool at {address} cannot start a worker: {reason}")
+
+
+def _stop_probe_worker(pool, worker_id: str) -> None:
+    """Has the pool kill and reap the probe's worker process (it keeps it otherwise)."""
+    try:
+        pool.StopWorker(beam_fn_api_pb2.StopWorkerRequest(worker_id=worker_id), timeout=ENDPOINT_TIMEOUT_S)
+    except grpc.RpcError:
+        pass  # the pool is gone or never answered: there is no worker to stop
 
 
 def split_and_class_dir(rel: str) -> tuple[str | None, str | None]:
@@ -211,3 +360,25 @@ def check_remote_paths(options: PipelineOptions, **paths: str) -> None:
     for flag, path in paths.items():
         if not str(path).startswith("gs://"):
             raise UsageError(f"--{flag} must be a gs:// path on Dataflow (workers cannot see {path})")
+
+
+def check_unknown_args(beam_args: list[str], prog: str) -> None:
+    """What a stage's parser did not know goes to Beam, which silently drops what it does not know
+    either: a mistyped option (--face-crp) would run something else than asked. Every leftover
+    option must be one of Beam's pipeline options (any PipelineOptions subclass), or a UsageError
+    names it. Beam's own parser (handed over by get_all_options) decides, abbreviations excluded."""
+    parsers = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    parser = parsers[0]
+
+    def error(message):
+        raise UsageError(f"{message} (a Beam pipeline option of {prog})")
+
+    parser.error = error  # one line instead of argparse's usage dump
+    _, unknown = parser.parse_known_args(list(beam_args))
+    flags = [arg for arg in unknown if arg.startswith("-")]
+    stray = [arg for arg in unknown if not arg.startswith("-")]
+    if flags or stray:
+        shown = " ".join((flags or stray)[:3])
+        raise UsageError(f"unrecognized argument{'s' if len(flags or stray) > 1 else ''}: {shown} "
+                         f"(neither an option of {prog} nor a Beam pipeline option; see {prog} --help)")

@@ -37,6 +37,7 @@ from schemas.tables import with_schema_version
 
 OUTPUT_NAMES = ["compare"]
 COLUMNS = ["uri", "content_sha256", "true_label", "predicted_label", "confidence", "model_version"]
+COLUMN_SCHEMA = pa.schema([(c, pa.float64() if c == "confidence" else pa.string()) for c in COLUMNS])
 
 AGREEMENT_SCHEMA = pa.schema([("label_a", pa.string()), ("label_b", pa.string()), ("count", pa.int64())])
 PER_CLASS_SCHEMA = pa.schema([("label", pa.string()), ("support", pa.int64()), ("recall_a", pa.float64()),
@@ -66,24 +67,41 @@ def build_parser() -> argparse.ArgumentParser:
 def _read_parquet_files(paths: list[str]) -> pa.Table:
     tables = []
     for path in paths:
-        with FileSystems.open(path) as f:
-            table = pq.read_table(io.BytesIO(f.read()))
-        if "model_version" not in table.column_names:  # a table partition: the key is in the path
+        try:
+            with FileSystems.open(path) as f:
+                table = pq.read_table(io.BytesIO(f.read()))
+        except Exception as exc:
+            raise UsageError(f"{path} cannot be read as Parquet ({str(exc).splitlines()[0][:120]}): not a "
+                             "predictions file of emotion predict") from None
+        if "model_version" not in table.column_names and "model_version=" in path:  # a table partition
             version = path.split("model_version=", 1)[1].split("/", 1)[0]
             table = table.append_column("model_version", pa.array([version] * table.num_rows, pa.string()))
-        tables.append(table.select(COLUMNS))
+        missing = [c for c in COLUMNS if c not in table.column_names]
+        if missing:
+            raise UsageError(f"{path} is not a predictions file of emotion predict (no column "
+                             f"{', '.join(missing[:3])}): move it away or compare another folder")
+        try:
+            table = table.select(COLUMNS).cast(COLUMN_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+            raise UsageError(f"{path} is not a predictions file of emotion predict (its columns have other types: "
+                             f"{str(exc).splitlines()[0][:120]})") from None
+        labels = set(pc.unique(table["predicted_label"]).to_pylist()) | set(pc.unique(table["true_label"]).to_pylist())
+        if labels - set(LABELS) - {None} or table["predicted_label"].null_count:
+            raise UsageError(f"{path} holds labels outside {', '.join(LABELS)}: not a predictions file of this "
+                             "emotion predict")
+        tables.append(table)
     return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in COLUMNS})
 
 
 def read_run(source: str, table_root: str | None) -> tuple[pa.Table, str]:
     """(the run's prediction rows, a name for it) from a predict output or a table run id."""
     if table_root:
-        from beam_pipelines.table import partition_path, read_run as read_run_row
+        from beam_pipelines.table import read_run as read_run_row, run_partition
 
         row = read_run_row(table_root, source)
         if row is None:
             raise UsageError(f"run {source} is not in the runs table of --table {table_root}")
-        folder = partition_path(table_root, row["model_version"], row["started"].strftime("%Y-%m-%d"), source)
+        folder = run_partition(table_root, row)
     else:
         folder = join(source, "predictions")
     try:

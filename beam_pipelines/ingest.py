@@ -38,6 +38,7 @@ from beam_pipelines.common import (
     UsageError,
     check_max_pixels,
     check_remote_paths,
+    check_unknown_args,
     check_storage_access,
     is_dry_run,
     is_remote_runner,
@@ -96,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv):
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
+    check_unknown_args(beam_args, parser.prog)
     check_max_pixels(args.max_pixels)
+    if args.files_per_batch < 1 or args.num_shards < 0:
+        raise UsageError("--files-per-batch must be at least 1 and --num-shards at least 0")
     if not 8 <= args.image_size <= 512:
         raise UsageError("--image-size must be between 8 and 512")
     if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
@@ -552,7 +556,7 @@ class WriteStats(beam.DoFn):
         for warning in stats["warnings"]:
             logging.getLogger("emotion").warning("ingest: %s", warning)
         # Every shard is written once stats exist (they are merged from the shard writers).
-        remove_tree(join(self.options.staging, ".spill"))
+        remove_tree(join(self.options.staging, ".spill"), self.options.staging)
         yield stats
 
 

@@ -21,28 +21,34 @@ The life of a run (OutputClaim, in the launcher, then commit() in the pipeline's
   3. the pipeline writes under _staging/<run id>/; _run.json (state "running") lists the staging
      folder so that a killed run's leftovers are ours to remove next time.
   4. commit (the pipeline's last step, on a worker on Dataflow): _run.json lists old and new files
-     (state "committing"), the old files of this stage's names are removed, the staged ones moved
-     into place, and _run.json is rewritten (state "complete").
+     (state "committing"); in one transaction (gate.Transaction) the old files of this stage's names
+     are retired, the staged ones moved into place, anything else the run commits with them (predict's
+     --table partition) moved too, and _run.json rewritten (state "complete"). A failure anywhere in it
+     puts every file back, so the output and the table change together or not at all.
+
+_run.json is read back as untrusted input: a manifest whose files are not plain relative paths, or
+whose staging folder is not _staging/<a run id>, is refused (one line) before anything is removed,
+and every remove or move goes through beam_pipelines/gate.py, which refuses any path outside the
+run's own folders whatever the manifest or a link says.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
 import socket
 import sys
-import tempfile
-import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipelines import gate
 from beam_pipelines.common import join
 from beam_pipelines.errors import UsageError
+from beam_pipelines.gate import Gate, RootLock
 from beam_pipelines.listing import has_glob_characters, is_local, list_entries
 
 MANIFEST = "_run.json"
@@ -58,31 +64,57 @@ def _now() -> str:
 
 
 def new_run_id(stage: str) -> str:
-    return f"{stage}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    return gate.new_id(stage)
 
 
 def read_manifest(output: str) -> dict | None:
+    """The output's _run.json, validated (see validate_manifest); None when there is none."""
+    raw = read_manifest_bytes(output)
+    if raw is None:
+        return None
     path = join(output, MANIFEST)
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        manifest = None
+    return validate_manifest(manifest, path)
+
+
+def read_manifest_bytes(output: str) -> bytes | None:
+    path = join(output, MANIFEST)
+    if is_local(path) and os.path.lexists(path) and not os.path.isfile(path):
+        raise UsageError(f"{path} is not a manifest this pipeline wrote; move it away or choose another --output")
     if not FileSystems.exists(path):
         return None
     with FileSystems.open(path) as f:
-        try:
-            return json.loads(f.read())
-        except ValueError:
-            raise UsageError(f"{path} is not a manifest this pipeline wrote; move it away or choose another --output")
+        return f.read()
 
 
-def _write_json(path: str, value: dict) -> None:
-    """Local: write a temporary file and rename it over (atomic). gs://: one object upload is atomic."""
-    data = (json.dumps(value, indent=2) + "\n").encode()
-    if is_local(path):
-        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    else:
-        with FileSystems.create(path, mime_type="application/json") as f:
-            f.write(data)
+def validate_manifest(manifest, path: str) -> dict:
+    """A manifest is untrusted input: an object whose files are plain relative paths (no '..', not
+    absolute) and whose staging folder, if any, is _staging/<a run id>; UsageError otherwise."""
+    if not isinstance(manifest, dict):
+        raise UsageError(f"{path} is not a manifest this pipeline wrote; move it away or choose another --output")
+    files = manifest.get("files", [])
+    if not isinstance(files, list):
+        raise UsageError(f"{path}: its files are not a list; it was not written by this pipeline (move it away)")
+    for rel in files:
+        gate.check_relative(rel, path)
+        if rel in (MANIFEST, LOCK) or rel.split("/")[0] == STAGING:
+            raise UsageError(f"{path} lists {rel}, which no run writes; it was not written by this pipeline "
+                             "(move it away)")
+    staging = manifest.get("staging")
+    if staging is not None:
+        name = staging[len(STAGING) + 1:] if isinstance(staging, str) and staging.startswith(STAGING + "/") else None
+        if name is None or gate.name_problem(name):
+            raise UsageError(f"{path}: staging {str(staging)[:80]!r} is not {STAGING}/<run id>; it was not written "
+                             "by this pipeline (move it away)")
+    return manifest
+
+
+def _write_json(path: str, value: dict, output: str) -> None:
+    """Written whole or not at all, through the gate (local: a temporary file renamed over it)."""
+    Gate([output]).write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
 def _files_under(output: str, name: str) -> list[str]:
@@ -100,126 +132,20 @@ def _under(rel: str, names) -> bool:
     return any(rel == name or rel.startswith(name + "/") for name in names)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # --------------------------------------------------------------------------- the lock
 
 
-class OutputLock:
-    """One run per output folder (see the module docstring)."""
+class OutputLock(RootLock):
+    """One run per output folder (see the module docstring and gate.RootLock)."""
 
     def __init__(self, output: str, run_id: str):
-        self.path = join(output, LOCK)
-        self.output = output
-        self.holder = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
-        self._fd = None
-        self._generation = None
-
-    def _busy(self, holder: dict) -> UsageError:
-        return UsageError(
-            f"--output {self.output} is in use by run {holder.get('run_id')} (pid {holder.get('pid')} on "
-            f"{holder.get('host')}, since {holder.get('started')}); wait for it to finish or choose another --output"
-            + ("" if is_local(self.path) else f" (if that run is dead, delete {self.path})")
-        )
-
-    def acquire(self) -> None:
-        if is_local(self.path):
-            self._created_output = not os.path.exists(self.output)
-            os.makedirs(self.output, exist_ok=True)
-            while True:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    holder = _read_holder(fd)
-                    os.close(fd)
-                    self._remove_created_output()
-                    raise self._busy(holder) from None
-                # The holder before us removes the file as it lets go: if what we locked is no longer
-                # the file at the path, lock the new one instead.
-                try:
-                    if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                        break
-                except FileNotFoundError:
-                    pass
-                os.close(fd)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(self.holder) + "\n").encode(), 0)
-            self._fd = fd
-            return
-        blob = _gcs_blob(self.path)
-        data = json.dumps(self.holder) + "\n"
-        from google.api_core.exceptions import PreconditionFailed
-
-        if blob.exists():
-            blob.reload()
-            holder = json.loads(blob.download_as_bytes())
-            if holder.get("host") != self.holder["host"] or _pid_alive(int(holder.get("pid", 0))):
-                raise self._busy(holder)
-            log.info("output: taking over the lock of dead run %s", holder.get("run_id"))
-            generation = blob.generation
-        else:
-            generation = 0  # create only if absent
-        try:
-            blob.upload_from_string(data, content_type="application/json", if_generation_match=generation)
-        except PreconditionFailed:
-            blob.reload()
-            raise self._busy(json.loads(blob.download_as_bytes())) from None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.unlink(self.path)  # while still held (see acquire)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-            self._remove_created_output()
-        elif not is_local(self.path):
-            release_remote_lock(self.output, self.holder["run_id"])
-
-
-    def _remove_created_output(self) -> None:
-        """A refused run leaves no trace: not even the output folder it created for its lock."""
-        if getattr(self, "_created_output", False):
-            try:
-                os.rmdir(self.output)
-            except OSError:  # not empty: results were written
-                pass
-
-
-def _read_holder(fd: int) -> dict:
-    try:
-        return json.loads(os.pread(fd, 4096, 0) or b"{}")
-    except ValueError:
-        return {}
-
-
-def _gcs_blob(path: str):
-    from google.cloud import storage
-
-    bucket, _, name = path[len("gs://"):].partition("/")
-    return storage.Client().bucket(bucket).blob(name)
+        super().__init__(output, run_id, flag="--output", name=LOCK)
+        self.output = self.root
 
 
 def release_remote_lock(output: str, run_id: str) -> None:
-    """Deletes a gs:// lock if it is still this run's (a later taker's lock is left alone)."""
-    blob = _gcs_blob(join(output, LOCK))
-    if blob.exists():
-        blob.reload()
-        if json.loads(blob.download_as_bytes()).get("run_id") == run_id:
-            from google.api_core.exceptions import NotFound, PreconditionFailed
-
-            try:
-                blob.delete(if_generation_match=blob.generation)
-            except (NotFound, PreconditionFailed):
-                pass
+    """Deletes a gs:// output lock if it is still this run's (a later taker's lock is left alone)."""
+    gate.release_remote_lock(join(output, LOCK), run_id)
 
 
 # --------------------------------------------------------------------------- the claim
@@ -237,6 +163,8 @@ class CommitPlan:
     keep: tuple[str, ...]  # files of other stages' names, still ours, carried in the manifest
     manifest: dict  # run description (input, options, command); counts and files are added at commit
     remote_lock: bool
+    write_link: str = ""  # the link the pipeline writes through (see write_root), in temp_root
+    temp_root: str = ""  # a fresh temp folder this run created for write_link
 
     @property
     def staging(self) -> str:
@@ -247,18 +175,27 @@ class CommitPlan:
         """Where the pipeline writes: the staging folder, or a link to it without glob characters.
         Beam's file sinks read their own output prefix as a pattern, so a folder named
         `faces [2024]` is written through a link whose name is plain (local disk only)."""
-        if not has_glob_characters(self.staging):
-            return self.staging
-        return os.path.join(tempfile.gettempdir(), f"emotion-{self.run_id}")
+        return self.write_link or self.staging
 
-    def make_write_root(self) -> None:
-        if self.write_root != self.staging and not os.path.islink(self.write_root):
-            os.makedirs(self.staging, exist_ok=True)
-            os.symlink(self.staging, self.write_root, target_is_directory=True)
+    def gate(self) -> Gate:
+        """The run's roots: its --output, and the temp folder it made for its link."""
+        return Gate([self.output, self.temp_root])
 
-    def remove_write_root(self) -> None:
-        if self.write_root != self.staging and os.path.islink(self.write_root):
-            os.unlink(self.write_root)
+    def with_write_root(self) -> CommitPlan:
+        """The plan with its write root made: when the staging path has glob characters, a link to
+        its absolute path in a fresh temp folder (tempfile.mkdtemp: no predictable name to plant)."""
+        if not has_glob_characters(self.staging) or not is_local(self.staging):
+            return self
+        g = self.gate()
+        g.makedirs(self.staging)
+        temp = g.make_temp_dir(prefix="emotion-")
+        return dataclasses.replace(self, temp_root=temp, write_link=g.link(self.staging, temp))
+
+    def remove_write_root(self, g: Gate | None = None) -> None:
+        if self.write_link:
+            g = g or self.gate()
+            g.remove(self.write_link)
+            g.remove_empty_root(self.temp_root)
 
 
 class OutputClaim:
@@ -267,10 +204,11 @@ class OutputClaim:
     def __init__(self, output: str, stage: str, names: list[str], overwrite: bool = False,
                  description: dict | None = None, run_id: str | None = None):
         self.output, self.stage, self.names, self.overwrite = output.rstrip("/"), stage, tuple(names), overwrite
-        self.run_id = run_id or new_run_id(stage)
+        self.run_id = gate.check_name(run_id, "--run-id") if run_id else new_run_id(stage)
         self.description = description or {}
         self.lock = OutputLock(self.output, self.run_id)
         self.previous = None
+        self.previous_raw: bytes | None = None
         self.plan: CommitPlan | None = None
 
     def __enter__(self) -> CommitPlan:
@@ -281,7 +219,11 @@ class OutputClaim:
         try:
             self.plan = self._check()
             self._write_running_manifest()
-            self.plan.make_write_root()
+            try:
+                self.plan = self.plan.with_write_root()
+            except BaseException:
+                self.abort()
+                raise
         except BaseException:
             self.lock.release()
             raise
@@ -296,6 +238,8 @@ class OutputClaim:
                 self.lock.release()
 
     def _check(self) -> CommitPlan:
+        g = Gate([self.output])
+        self.previous_raw = read_manifest_bytes(self.output)
         self.previous = read_manifest(self.output)
         owned = set(self.previous.get("files", [])) if self.previous else set()
         ours_before = sorted(rel for rel in owned if _under(rel, self.names))
@@ -308,9 +252,13 @@ class OutputClaim:
                 f"--output {self.output} already holds {len(foreign)} file(s) no earlier run of this pipeline wrote "
                 f"({shown}); choose another --output, move them away, or pass --overwrite to replace them"
             )
-        # Leftovers of a killed run are ours: the manifest names its staging folder.
+        remove = tuple(sorted(set(ours_before) | set(foreign)))
+        for rel in remove:  # before anything changes: each lies inside --output, links resolved
+            g.inside(join(self.output, rel))
+        # Leftovers of a killed run are ours: the (validated) manifest names its staging folder.
         if self.previous and self.previous.get("staging"):
-            remove_tree(join(self.output, self.previous["staging"]))
+            g.remove_tree(join(self.output, self.previous["staging"]))
+            g.remove_empty_dirs(join(self.output, STAGING), self.output)
         manifest = {
             "manifest_version": MANIFEST_VERSION,
             "run_id": self.run_id,
@@ -320,8 +268,7 @@ class OutputClaim:
             "command": " ".join(["emotion", self.stage, *sys.argv[2:]]) if len(sys.argv) > 1 else self.stage,
             **{k: v for k, v in self.description.items() if k != "remote"},
         }
-        return CommitPlan(self.output, self.run_id, self.stage, self.names,
-                          tuple(sorted(set(ours_before) | set(foreign))), tuple(keep), manifest,
+        return CommitPlan(self.output, self.run_id, self.stage, self.names, remove, tuple(keep), manifest,
                           remote_lock=not is_local(self.output))
 
     def _write_running_manifest(self) -> None:
@@ -330,7 +277,16 @@ class OutputClaim:
             **self.plan.manifest, "state": "running", "files": previous_files,
             "staging": f"{STAGING}/{self.run_id}",
             "previous": {k: self.previous.get(k) for k in ("run_id", "stage", "finished")} if self.previous else None,
-        })
+        }, self.output)
+
+    def _restore_manifest(self) -> None:
+        """_run.json byte for byte as it was before this run (or gone, if there was none)."""
+        g = Gate([self.output])
+        path = join(self.output, MANIFEST)
+        if self.previous_raw is not None:
+            g.write_bytes(path, self.previous_raw)
+        else:
+            g.remove(path)
 
     def dry_run_plan(self) -> CommitPlan:
         """The plan of a --dry_run, built without reading or writing the output."""
@@ -339,68 +295,60 @@ class OutputClaim:
 
     def abort(self) -> None:
         """A failed run: its staging removed, the manifest as it was before the run."""
-        self.plan.remove_write_root()
-        remove_tree(self.plan.staging)
-        if self.previous is not None:
-            _write_json(join(self.output, MANIFEST), self.previous)
-        else:
-            delete_files([join(self.output, MANIFEST)])
+        g = self.plan.gate()
+        self.plan.remove_write_root(g)
+        remove_tree(self.plan.staging, self.output)
+        self._restore_manifest()
         log.info("output: run %s failed; %s left as it was", self.run_id, self.output)
 
 
-def remove_tree(path: str) -> None:
-    if is_local(path):
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)
-        parent = os.path.dirname(path)
-        if os.path.basename(parent) == STAGING and os.path.isdir(parent) and not os.listdir(parent):
-            os.rmdir(parent)
-        return
-    delete_files([entry.path for entry in list_entries(path)])
-
-
-def delete_files(paths: list[str]) -> None:
-    """Deletes exactly these files, those that exist (Beam's local delete would read them as globs)."""
-    paths = [path for path in paths if FileSystems.exists(path)]
-    if not paths:
-        return
-    if is_local(paths[0]):
-        for path in paths:
-            os.remove(path)
-    else:
-        FileSystems.delete(paths)
+def remove_tree(path: str, root: str) -> None:
+    """Removes the folder `path` inside `root` (through the gate), then root's _staging/ if it is left
+    empty."""
+    g = Gate([root])
+    g.remove_tree(path)
+    parent = path.rstrip("/").rsplit("/", 1)[0]
+    if parent.rsplit("/", 1)[-1] == STAGING:
+        g.remove_empty_dirs(parent, root)
 
 
 # --------------------------------------------------------------------------- commit
 
 
-def commit(plan: CommitPlan, counts: dict) -> dict:
-    """Moves the staged results into place and writes the final manifest; returns it.
+def commit(plan: CommitPlan, counts: dict, also=None, also_values=()) -> dict:
+    """Moves the staged results into place and writes the final manifest, in one transaction with
+    `also` (predict's table commit: an object with .root, .trash, a call (tx, *also_values) and
+    .finish(gate)); returns the manifest. Either everything is committed, or an exception leaves the
+    output (and the table) as they were before this step.
 
     Runs once, as the pipeline's last step, after every write of the run has finished."""
+    g = plan.gate()
     prefix = plan.staging + "/"
     staged = sorted(entry.path[len(prefix):] for entry in list_entries(plan.staging))
     staged = [rel for rel in staged if _under(rel, plan.names)]  # not scratch (.spill, beam-temp)
     manifest_path = join(plan.output, MANIFEST)
     _write_json(manifest_path, {**plan.manifest, "state": "committing",
                                 "files": sorted(set(plan.keep) | set(plan.remove) | set(staged)),
-                                "staging": f"{STAGING}/{plan.run_id}"})
-    delete_files([join(plan.output, rel) for rel in plan.remove if rel not in set(staged)])
-    sources = [join(plan.staging, rel) for rel in staged]
-    targets = [join(plan.output, rel) for rel in staged]
-    if is_local(plan.output):
-        for target in targets:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-        for source, target in zip(sources, targets):
-            os.replace(source, target)  # replaces an older file of ours in one step
-    elif sources:
-        FileSystems.rename(sources, targets)
-    plan.remove_write_root()
-    remove_tree(plan.staging)
-    manifest = {**plan.manifest, "state": "complete", "finished": _now(), "counts": counts,
-                "files": sorted(set(plan.keep) | set(staged)), "staging": None}
-    _write_json(manifest_path, manifest)
+                                "staging": f"{STAGING}/{plan.run_id}"}, plan.output)
+    trash = {plan.output: join(plan.staging, ".retired")}
+    if also is not None:
+        g.add_root(also.root)
+        trash[also.root] = also.trash
+    with g.transaction(trash) as tx:
+        for rel in plan.remove:
+            if rel not in set(staged):
+                tx.retire(join(plan.output, rel))
+        for rel in staged:
+            tx.move(join(plan.staging, rel), join(plan.output, rel))  # replaces an older file of ours
+        if also is not None:
+            also(tx, *also_values)
+        manifest = {**plan.manifest, "state": "complete", "finished": _now(), "counts": counts,
+                    "files": sorted(set(plan.keep) | set(staged)), "staging": None}
+        tx.write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    plan.remove_write_root(g)
+    remove_tree(plan.staging, plan.output)
+    if also is not None:
+        also.finish(g)
     if plan.remote_lock:
         release_remote_lock(plan.output, plan.run_id)
     return manifest
@@ -409,18 +357,21 @@ def commit(plan: CommitPlan, counts: dict) -> dict:
 class CommitOutputs(beam.PTransform):
     """The pipeline's last step: once every PCollection in `after` is complete, commit `plan`
     with the counts found in the single element of `counts` (this runs on a worker on Dataflow,
-    where the launcher does not wait for the job)."""
+    where the launcher does not wait for the job). `also` is committed in the same transaction,
+    with the single elements of `also_inputs` (see commit)."""
 
-    def __init__(self, plan: CommitPlan, counts, after: list):
+    def __init__(self, plan: CommitPlan, counts, after: list, also=None, also_inputs: tuple = ()):
         super().__init__()
         self.plan, self.counts, self.after = plan, counts, after
+        self.also, self.also_inputs = also, tuple(also_inputs)
 
     def expand(self, pbegin):
-        plan = self.plan
+        plan, also, n = self.plan, self.also, len(self.also_inputs)
         return (
             pbegin
             | "Trigger" >> beam.Create([None])
-            | "MoveIntoPlace" >> beam.Map(lambda _, counts, *done: commit(plan, counts),
+            | "MoveIntoPlace" >> beam.Map(lambda _, counts, *rest: commit(plan, counts, also, rest[:n]),
                                           beam.pvalue.AsSingleton(self.counts),
+                                          *[beam.pvalue.AsSingleton(p) for p in self.also_inputs],
                                           *[beam.pvalue.AsList(p) for p in self.after])
         )

@@ -20,6 +20,7 @@ uses (model.preprocess.preprocess).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -37,6 +38,7 @@ from beam_pipelines import evaluation
 from beam_pipelines.common import (
     UsageError,
     check_max_pixels,
+    check_unknown_args,
     check_remote_paths,
     check_storage_access,
     is_dry_run,
@@ -48,11 +50,13 @@ from beam_pipelines.common import (
     write_bytes,
 )
 from beam_pipelines.listing import escape_glob, exists_any
-from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim, remove_tree
+from beam_pipelines.gate import check_name
+from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim
 from beam_pipelines.reading import ListInput, read_image, reject
-from beam_pipelines.table import DataFingerprint, TablePlan, WriteTable, check_run_id, code_version, commit_table
+from beam_pipelines.table import DataFingerprint, TableClaim, TableCommit, TablePlan, WriteTable, code_version
+from model.engines import ENGINES
 from model.preprocess import DEFAULT_MAX_PIXELS, FACE_DETECTORS, PreprocessError, resize
-from model import resolve_model_dir
+from model import PACKAGED_MODELS, resolve_model_dir
 from schemas import LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label
 from schemas.tables import bigquery_schema_json
 
@@ -67,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True,
                    help="folder for predictions/, evaluation/, plots/, summary.json (local or gs://)")
     p.add_argument("--model", default="shipped",
-                   help="exported model directory, local or gs:// (default: 'shipped', the model installed with the package)")
+                   help="exported model directory, local or gs://, or a model installed with the package: 'shipped' "
+                        "(the default, the accurate one) or 'fast' (a sixteenth of its compute, distilled from it)")
     crop = p.add_mutually_exclusive_group()
     crop.add_argument("--face-crop", dest="face_crop", action="store_true", default=None,
                       help="crop faces (default: as the model was trained)")
@@ -78,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=["none", "flip", "crops"], default=None,
                    help="test-time augmentation: flip (2 views), crops (10 shifted/mirrored views); "
                         "default: as the model's metadata recommends")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="what runs the network: litert (the export's int8 file, ~4x faster on CPUs), keras (float32 "
+                        "TensorFlow); auto: litert when the export has its file (model/engines.py)")
     p.add_argument("--batch-size", type=int, default=128, help="largest model batch")
     p.add_argument("--files-per-batch", type=int, default=256, help="files read and decoded per work item")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -96,13 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv):
     p = build_parser()
     args, beam_args = p.parse_known_args(argv)
+    check_unknown_args(beam_args, p.prog)
     check_max_pixels(args.max_pixels)
+    if args.batch_size < 1 or args.files_per_batch < 1:
+        raise UsageError("--batch-size and --files-per-batch must be at least 1")
     args.input = args.input.rstrip("/")
     args.output = args.output.rstrip("/")
     if args.table:
         args.table = args.table.rstrip("/")
-    if args.run_id is not None and check_run_id(args.run_id):
-        raise UsageError(f"--run-id {args.run_id!r}: {check_run_id(args.run_id)}")
+    if args.run_id is not None:
+        check_name(args.run_id, "--run-id")
     return args, beam_args
 
 
@@ -110,36 +121,28 @@ def parse_args(argv):
 
 
 class EmotionModelHandler(ModelHandler[np.ndarray, PredictionResult, object]):
-    """Loads an exported model once per worker process (RunInference shares it across
-    threads) and runs batches of (S, S) uint8 images through it.
+    """Loads an exported model's engine once per worker process (RunInference shares it across
+    threads) and runs batches of (S, S) images through it (model/engines.py: the int8 file on LiteRT,
+    or the .keras export in TensorFlow; either is checked against metadata.json when it loads).
 
-    Beam's own TFModelHandler imports tensorflow_hub and cannot load Keras 3 SavedModels;
-    this handler loads the .keras export with safe_mode and checks labels/schema.
+    Beam's own TFModelHandler imports tensorflow_hub and cannot load Keras 3 SavedModels.
     """
 
-    def __init__(self, model_dir: str, min_batch_size: int = 8, max_batch_size: int = 128, tta: str = "none"):
+    def __init__(self, model_dir: str, min_batch_size: int = 8, max_batch_size: int = 128, tta: str = "none",
+                 engine: str = "auto"):
         super().__init__()
         self._model_dir = model_dir
-        self._tta = tta
+        self._tta, self._engine = tta, engine
         self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
 
     def load_model(self):
-        import tensorflow as tf
+        from model import engines
 
-        from model import tta
-        from model.export import load
-
-        model, _ = load(resolve_model_dir(self._model_dir))
-
-        @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
-        def probabilities(pixels):
-            return tta.probabilities(lambda v: model(v, training=False), pixels, self._tta)
-
-        return probabilities
+        return engines.load(self._model_dir, self._engine, self._tta)[0]
 
     def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[PredictionResult]:
         pixels = np.stack(batch).astype(np.float32)[..., None]
-        probs = model(pixels).numpy().astype(np.float64)
+        probs = model.probabilities(pixels)
         return [PredictionResult(x, p) for x, p in zip(batch, probs)]
 
     def batch_elements_kwargs(self):
@@ -315,7 +318,9 @@ class Predict(beam.PTransform):
             inputs, rejected, counts = decoded.images, decoded.rejected, listing[ListInput.SUMMARY]
 
         # The key (an Image) carries everything but the pixels through RunInference: no join needed.
-        handler = KeyedModelHandler(EmotionModelHandler(a.model, max_batch_size=a.batch_size, tta=a.tta))
+        handler = KeyedModelHandler(EmotionModelHandler(a.model, min_batch_size=min(8, a.batch_size),
+                                                        max_batch_size=a.batch_size, tta=a.tta,
+                                                        engine=a.engine))
         rows = (
             inputs
             | "RunInference" >> RunInference(handler)
@@ -352,20 +357,15 @@ class Predict(beam.PTransform):
             )
         )
         totals = summary | "Totals" >> beam.Map(lambda s: s["totals"])
-        committed = pbegin | "Commit" >> CommitOutputs(self.plan, totals, after=[prediction_files, rejected_files, summary])
         if self.table is None:
-            return committed
-        table, started, output = self.table, self.run_timestamp, a.output
-        table_files = row_dicts | "WriteTable" >> WriteTable(table)
+            return pbegin | "Commit" >> CommitOutputs(self.plan, totals, after=[prediction_files, rejected_files, summary])
+        # With --table, the table is committed in the output's transaction: both, or neither.
+        table_files = row_dicts | "WriteTable" >> WriteTable(self.table)
         fingerprint = row_dicts | "DataFingerprint" >> DataFingerprint()
-        return (
-            pbegin
-            | "TableTrigger" >> beam.Create([None])
-            | "CommitTable" >> beam.Map(
-                lambda _, s, fp, *done: commit_table(table, run_row(s, fp, output, table, started)),
-                beam.pvalue.AsSingleton(summary), beam.pvalue.AsSingleton(fingerprint),
-                beam.pvalue.AsList(table_files), beam.pvalue.AsList(committed))
-        )
+        also = TableCommit(self.table, a.output, self.run_timestamp, remote_lock="://" in self.table.root)
+        return pbegin | "Commit" >> CommitOutputs(self.plan, totals, after=[prediction_files, rejected_files, summary,
+                                                                           table_files],
+                                                  also=also, also_inputs=(summary, fingerprint))
 
 
 def run_description(args, model_info: dict) -> dict:
@@ -379,6 +379,7 @@ def run_description(args, model_info: dict) -> dict:
         "face_crop": args.face_crop,
         "face_detector": args.face_detector if args.face_crop else None,
         "tta": args.tta,
+        "engine": args.engine,
     }
 
 
@@ -400,14 +401,22 @@ def run(argv=None, save_main_session=True) -> dict | None:
     args, beam_args = parse_args(argv)
     options = pipeline_options(beam_args, save_main_session)
     check_remote_paths(options, input=args.input, output=args.output,
-                       **({} if args.model == "shipped" else {"model": args.model}))
+                       **({} if args.model in PACKAGED_MODELS else {"model": args.model}))
     dry_run = is_dry_run(options)
     # Everything that can be checked is checked before the output is touched.
-    metadata = _check_model(args.model, load_weights=not dry_run) if not (dry_run and "://" in args.model) else {}
+    metadata = _check_model(args.model, args.engine, load_weights=not dry_run) \
+        if not (dry_run and "://" in args.model) else {}
     if args.face_crop is None:
         args.face_crop = bool(metadata.get("training_data", {}).get("face_crop", False))
     if args.tta is None:
         args.tta = metadata.get("recommended_tta", "none")
+    if metadata:  # the engine the workers will run, recorded as such (not "auto")
+        from model.engines import resolve
+
+        args.engine = resolve(args.engine, metadata)
+    if args.tta not in ("none", "flip", "crops"):
+        raise UsageError(f"{args.model}: its metadata.json recommends TTA {str(args.tta)[:40]!r}, which is none of "
+                         "none, flip, crops: re-export the model or pass --tta")
     if not dry_run:  # a dry run touches no storage
         check_storage_access(args.input, args.output, *([args.table] if args.table else []))
     # A dry run reads an --input naming .tfrecord files as TFRecords and anything else as images.
@@ -416,6 +425,7 @@ def run(argv=None, save_main_session=True) -> dict | None:
         pattern = tfrecord_pattern(args.input)
         _check_input(args.input, pattern)
     model_info = {k: metadata.get(k, "unknown") for k in ("model_version", "model_fingerprint")}
+    check_name(model_info["model_version"], f"the model_version in {args.model}'s metadata.json")
     claim = OutputClaim(args.output, "predict", OUTPUT_NAMES, overwrite=args.overwrite, description={
         "command": " ".join(["emotion", "predict", *(sys.argv[2:] if argv is None else argv)]),
         "input": args.input, "model": args.model, **model_info,
@@ -431,13 +441,20 @@ def run(argv=None, save_main_session=True) -> dict | None:
     if dry_run:
         return _run_pipeline(args, options, model_info, image_size, claim.dry_run_plan(), pattern, run_timestamp,
                              table)
-    with claim as plan:
+    # The table's lock and checks first, then the output's; a failure undoes both (a failed run leaves
+    # no partial partition and the previous output as it was).
+    with contextlib.ExitStack() as claims:
+        if table:
+            claims.enter_context(TableClaim(table.root, claim.run_id, remote=is_remote_runner(options)))
+        plan = claims.enter_context(claim)
         try:
             if _run_pipeline(args, options, model_info, image_size, plan, pattern, run_timestamp, table) is None:
                 return None
-        except BaseException:
-            if table:  # a failed run leaves no partial partition
-                remove_tree(table.staging)
+        except Exception as exc:
+            if "Not a valid TFRecord" in str(exc):
+                detail = str(exc).split("Not a valid TFRecord", 1)[1].split(":", 1)[0].strip(" .")
+                raise UsageError(f"--input {args.input} holds a damaged TFRecord file ({detail or 'not a TFRecord'}): "
+                                 "re-run emotion ingest") from None
             raise
     with FileSystems.open(join(args.output, "summary.json")) as f:
         summary = json.loads(f.read())
@@ -451,16 +468,19 @@ def run(argv=None, save_main_session=True) -> dict | None:
     return summary
 
 
-def _check_model(model: str, load_weights: bool) -> dict:
-    """The model's metadata, after loading it the way workers will (a model that cannot be used
-    stops the run here, with one line, before anything is written)."""
-    from model.export import ModelError, load, read_metadata
+def _check_model(model: str, engine: str, load_weights: bool) -> dict:
+    """The model's metadata, after loading its engine the way workers will (a model that cannot be
+    used stops the run here, with one line, before anything is written)."""
+    from model import engines
+    from model.export import ModelError, read_metadata
 
     try:
         if load_weights:
-            return load(resolve_model_dir(model))[1]
-        return read_metadata(resolve_model_dir(model))
-    except (FileNotFoundError, ModelError) as exc:
+            return engines.load(model, engine)[1]
+        metadata = read_metadata(resolve_model_dir(model))
+        engines.resolve(engine, metadata)
+        return metadata
+    except (FileNotFoundError, ModelError, engines.EngineError) as exc:
         raise UsageError(str(exc)) from None
 
 

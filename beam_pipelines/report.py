@@ -26,7 +26,8 @@ import jinja2
 from apache_beam.io.filesystems import FileSystems
 from markupsafe import Markup
 
-from beam_pipelines.common import UsageError, join, log, read_bytes, write_bytes
+from beam_pipelines.common import UsageError, join, log, read_bytes
+from beam_pipelines.gate import Gate
 
 REPORT_NAME = "report.html"
 GENERATOR_TAG = "<meta name=generator content=\"emotion report\">"  # marks a page this command may replace
@@ -664,7 +665,11 @@ def build(root: str, title: str | None = None) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = render(root, title, parts, manifest, now)
     path = join(root, REPORT_NAME)
-    write_bytes(path, page.encode("utf-8"), "text/html")
+    try:
+        Gate([root]).write_bytes(path, page.encode("utf-8"))  # whole or not at all; a link there is replaced
+    except OSError as exc:
+        raise UsageError(f"cannot write {path} ({exc.strerror or exc}): choose another --output or fix its "
+                         "permissions") from None
     return path
 
 

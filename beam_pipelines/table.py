@@ -10,6 +10,13 @@ partition, then writes its row of the runs table; other runs' partitions are nev
 touched. Re-running a run id (`--run-id`) replaces that run's partition (found through its runs-table
 row, wherever its model version and date put it); a failed run leaves no partition at all.
 
+One writer per root: ROOT/_table.lock (gate.RootLock) is held from the launcher's checks to the
+commit, so two runs (of one run id or not) never interleave their staging and partitions. The table
+is committed with the run's --output in one transaction (outputs.commit, with TableCommit as its
+`also`): both change, or neither. The partition's names (model version, date, run id) are checked as
+safe names before they become a path, whether they come from the command line, the model's
+metadata.json or a runs-table row.
+
 Files are written for engines that prune: rows sorted by (predicted_label, confidence) within a file,
 so label and confidence filters skip whole row groups by their min/max statistics; row groups of
 128 Ki rows; ZSTD; the tables version in the schema metadata. Partition keys are folder names, not
@@ -24,6 +31,7 @@ import io
 import json
 import math
 import os
+import re
 import zlib
 
 import apache_beam as beam
@@ -31,9 +39,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipelines import gate
 from beam_pipelines.common import join, parquet_bytes, write_bytes
+from beam_pipelines.errors import UsageError
 from beam_pipelines.listing import is_local, list_entries
-from beam_pipelines.outputs import delete_files, remove_tree
+from beam_pipelines.outputs import remove_tree
 from schemas.tables import (
     RUNS_SCHEMA,
     TABLE_ROW_GROUP_ROWS,
@@ -46,6 +56,9 @@ from schemas.tables import (
 
 RUNS = "_runs"
 STAGING = "_staging"
+BIGQUERY = "_bigquery"
+LOCK = "_table.lock"
+OWN_FOLDERS = (RUNS, STAGING, BIGQUERY)
 
 
 def code_version() -> str:
@@ -78,14 +91,17 @@ class TablePlan:
 
 
 def partition_path(root: str, model_version: str, run_date: str, run_id: str) -> str:
+    """ROOT/model_version=/run_date=/run_id=, each key checked as a safe name (UsageError otherwise)."""
+    gate.check_name(model_version, "model version")
+    gate.check_name(run_id, "run id")
+    if not isinstance(run_date, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", run_date):
+        raise UsageError(f"run date {str(run_date)[:40]!r} is not YYYY-MM-DD")
     return join(root, f"model_version={model_version}", f"run_date={run_date}", f"run_id={run_id}")
 
 
 def check_run_id(run_id: str) -> str | None:
     """Why a run id cannot name a partition folder, or None when it can."""
-    if not run_id or any(c in run_id for c in '/\\=*?[]"\'') or run_id.startswith(("_", ".")):
-        return "a run id is letters, digits, '-' and '.', not starting with '_' or '.'"
-    return None
+    return gate.name_problem(run_id)
 
 
 # --------------------------------------------------------------------------- writing
@@ -151,55 +167,119 @@ class DataFingerprint(beam.PTransform):
         )
 
 
+# --------------------------------------------------------------------------- the claim
+
+
+class TableClaim:
+    """The launcher's side of a run into --table: checks that the root can take a run (a folder, or
+    absent under a writable folder; its own names _runs/, _staging/, _bigquery/ folders, writable),
+    then holds ROOT/_table.lock until the run ends. A refusal is one line (exit 2), before anything
+    is written; a root this claim created is removed again if the run leaves it empty."""
+
+    def __init__(self, root: str, run_id: str, remote: bool = False):
+        self.root, self.run_id, self.remote = root.rstrip("/"), run_id, remote
+        self.lock = gate.RootLock(self.root, run_id, flag="--table", name=LOCK)
+
+    def __enter__(self) -> TableClaim:
+        if is_local(self.root):
+            for name in OWN_FOLDERS:
+                path = os.path.join(self.root, name)
+                if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
+                    raise UsageError(f"--table {self.root} holds {name}, which is not a folder the table wrote: "
+                                     "move it away or choose another --table")
+                if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+                    raise UsageError(f"--table {self.root}: {name}/ is not writable; fix its permissions or "
+                                     "choose another --table")
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            remove_tree(join(self.root, STAGING, self.run_id), self.root)
+        if exc_type is not None or is_local(self.root) or not self.remote:
+            self.lock.release()
+
+
 # --------------------------------------------------------------------------- commit
 
 
 def read_run(root: str, run_id: str) -> dict | None:
-    path = join(root, RUNS, f"{run_id}.parquet")
+    path = join(root, RUNS, f"{gate.check_name(run_id, 'run id')}.parquet")
     if not FileSystems.exists(path):
         return None
-    with FileSystems.open(path) as f:
-        rows = pq.read_table(io.BytesIO(f.read())).to_pylist()
+    try:
+        with FileSystems.open(path) as f:
+            rows = pq.read_table(io.BytesIO(f.read())).to_pylist()
+    except Exception as exc:
+        raise UsageError(f"{path} is not a runs-table row this pipeline wrote ({str(exc)[:120]}); "
+                         "move it away") from None
     return rows[0] if rows else None
 
 
-def commit_table(plan: TablePlan, run: dict) -> dict:
-    """Moves the staged files into the run's partition, replacing only an earlier partition of the
-    same run id, then writes the run's row of the runs table. Returns that row."""
+def run_partition(root: str, row: dict) -> str:
+    """The partition a runs-table row names (its keys validated: the row is read back from disk)."""
+    started = row.get("started")
+    if not isinstance(started, dt.datetime):
+        raise UsageError(f"the runs-table row of {row.get('run_id')!r} in {root} has no valid start time; "
+                         "it was not written by this pipeline (move it away)")
+    return partition_path(root, row.get("model_version"), started.strftime("%Y-%m-%d"), row.get("run_id"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TableCommit:
+    """predict's table, committed inside the output's transaction (outputs.commit's `also`): the
+    run's staged files into its partition (an earlier partition of the same run id retired), the
+    BigQuery definitions, and its runs-table row."""
+
+    plan: TablePlan
+    output: str
+    started: dt.datetime
+    remote_lock: bool = False
+
+    @property
+    def root(self) -> str:
+        return self.plan.root
+
+    @property
+    def trash(self) -> str:
+        return join(self.plan.staging, ".retired")
+
+    def __call__(self, tx: gate.Transaction, summary: dict, fingerprint: str) -> dict:
+        from beam_pipelines.predict import run_row
+
+        return commit_table(self.plan, run_row(summary, fingerprint, self.output, self.plan, self.started), tx)
+
+    def finish(self, g: gate.Gate) -> None:
+        remove_tree(self.plan.staging, self.plan.root)
+        if self.remote_lock:
+            gate.release_remote_lock(join(self.plan.root, LOCK), self.plan.run_id)
+
+
+def commit_table(plan: TablePlan, run: dict, tx: gate.Transaction) -> dict:
+    """Moves the staged files into the run's partition, retiring only an earlier partition of the
+    same run id, then writes the run's row of the runs table, all as steps of `tx`. Returns the row."""
     earlier = read_run(plan.root, plan.run_id)
-    if earlier is not None:
-        old = partition_path(plan.root, earlier["model_version"], earlier["started"].strftime("%Y-%m-%d"), plan.run_id)
-        delete_files([e.path for e in list_entries(old)])
-        if is_local(old) and os.path.isdir(old):
-            _remove_empty_parents(old, plan.root)
-    delete_files([e.path for e in list_entries(plan.partition)])  # a killed earlier attempt's files
+    old = run_partition(plan.root, earlier) if earlier is not None else None
+    if old is not None:
+        tx.retire(old)
+        if old != plan.partition:  # its empty model_version=/run_date= folders (an undo makes them again)
+            tx.gate.remove_empty_dirs(old.rsplit("/", 1)[0], plan.root)
+    if plan.partition != old:
+        tx.retire(plan.partition)  # a killed earlier attempt's files
     prefix = plan.staging + "/"
-    staged = sorted(e.path[len(prefix):] for e in list_entries(plan.staging))
-    sources = [join(plan.staging, rel) for rel in staged]
-    targets = [join(plan.partition, rel) for rel in staged]
-    if is_local(plan.root):
-        os.makedirs(plan.partition, exist_ok=True)
-        for source, target in zip(sources, targets):
-            os.replace(source, target)
-    elif sources:
-        FileSystems.rename(sources, targets)
-    remove_tree(plan.staging)
-    write_bigquery_definitions(plan.root)
+    staged = sorted(e.path[len(prefix):] for e in list_entries(plan.staging) if "/" not in e.path[len(prefix):])
+    for rel in staged:
+        tx.move(join(plan.staging, rel), join(plan.partition, rel))
+    write_bigquery_definitions(plan.root, tx)
     row = {**run, "finished": dt.datetime.now(dt.timezone.utc)}
     table = pa.Table.from_pylist([{k: row.get(k) for k in RUNS_SCHEMA.names}], schema=with_schema_version(RUNS_SCHEMA))
-    write_bytes(plan.runs_file, _parquet_bytes(table))
+    tx.write_bytes(plan.runs_file, _parquet_bytes(table))
     return row
 
 
-def write_bigquery_definitions(root: str) -> None:
+def write_bigquery_definitions(root: str, tx: gate.Transaction) -> None:
     """ROOT/_bigquery/: the external-table definition and DDL for this root (same bytes every run)."""
     defs = bigquery_external_table(root)
-    write_bytes(join(root, "_bigquery", "predictions.external.json"),
-                (json.dumps(defs["definition"], indent=2) + "\n").encode(), "application/json")
-    write_bytes(join(root, "_bigquery", "predictions.sql"), defs["ddl"].encode(), "text/plain")
-
-
-def _remove_empty_parents(path: str, root: str) -> None:
-    while os.path.abspath(path) != os.path.abspath(root) and os.path.isdir(path) and not os.listdir(path):
-        os.rmdir(path)
-        path = os.path.dirname(path)
+    tx.write_bytes(join(root, BIGQUERY, "predictions.external.json"),
+                   (json.dumps(defs["definition"], indent=2) + "\n").encode())
+    tx.write_bytes(join(root, BIGQUERY, "predictions.sql"), defs["ddl"].encode())

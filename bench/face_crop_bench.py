@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -171,7 +170,6 @@ def main():
                for name in preprocess.FACE_DETECTORS},
         }
         report["test_in_process"] = in_process_scores(tmp / "test" / "frames", detectors, args.margins, model_dir)
-        shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(report, indent=2))
 
 

@@ -9,12 +9,12 @@ both wall times, their ratio and peak memory, and what ingest found in the data.
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 
 from _measure import measure
+
+from beam_pipelines.gate import Gate
 
 
 def main():
@@ -23,7 +23,8 @@ def main():
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--beam-args", default="", help="extra Beam options, e.g. '--direct_num_workers 2 ...'")
     args = p.parse_args()
-    tmp = tempfile.mkdtemp(prefix="ingest-bench-")
+    scratch = Gate([])  # every remove goes through the gate (beam_pipelines/gate.py)
+    tmp = scratch.make_temp_dir(prefix="ingest-bench-")
     runs = {"plain": [], "beam": []}
     # One untimed pass warms the page cache for both.
     measure([sys.executable, "bench/plain_ingest_loop.py", "--input", args.input, "--output", f"{tmp}/warm"])
@@ -47,7 +48,7 @@ def main():
         "ingest_found": {k: stats[k] for k in ("totals", "written_per_split", "rejected", "duplicates", "warnings")},
     }
     print(json.dumps(result, indent=2))
-    shutil.rmtree(tmp, ignore_errors=True)
+    scratch.remove_temp_dir(tmp)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 preprocesses it with the same function, and calls the model in batches with the same test-time
 augmentation, writing the probabilities to one .npy file. No Beam, no dead letter, no evaluation.
 
-    python bench/plain_predict_loop.py --input /tmp/fer2013/test --output /tmp/plain.npy [--tta flip]
+    python bench/plain_predict_loop.py --input /tmp/fer2013/test --output /tmp/plain.npy [--tta flip] [--engine litert]
+
+--engine keras (the default here) is the plain Keras float32 process the README's bars compare with;
+--engine litert runs the export's int8 file, the same engine as emotion predict's default.
 """
 
 import argparse
@@ -25,31 +28,26 @@ def main():
     p.add_argument("--model", default="shipped")
     p.add_argument("--tta", default="flip", choices=["none", "flip", "crops"])
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--engine", default="keras", choices=["keras", "litert"])
     args = p.parse_args()
     started = time.perf_counter()
 
-    import tensorflow as tf
+    from model import engines
 
-    from model import resolve_model_dir, tta
-    from model.export import load
-
-    model, _ = load(resolve_model_dir(args.model))
-
-    @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
-    def probabilities(pixels):
-        return tta.probabilities(lambda v: model(v, training=False), pixels, args.tta)
+    engine, metadata = engines.load(args.model, args.engine, args.tta)
+    size = int(metadata["image_size"])
 
     paths = sorted(os.path.join(d, f) for d, _, files in os.walk(args.input) for f in files)
     outputs, batch = [], []
     for i, path in enumerate(paths):
         with open(path, "rb") as f:
             try:
-                pixels, _ = preprocess(f.read(), 48, False, as_float=True)
+                pixels, _ = preprocess(f.read(), size, False, as_float=True)
                 batch.append(pixels)
             except PreprocessError:
                 pass
         if len(batch) == args.batch_size or (i == len(paths) - 1 and batch):
-            outputs.append(probabilities(np.stack(batch)[..., None]).numpy())
+            outputs.append(engine.probabilities(np.stack(batch)[..., None]))
             batch = []
     np.save(args.output, np.concatenate(outputs))
     print(f"{sum(len(o) for o in outputs)} images in {time.perf_counter() - started:.1f}s")

@@ -10,12 +10,12 @@ nothing on top of the model).
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 
 from _measure import measure
+
+from beam_pipelines.gate import Gate
 
 
 def main():
@@ -25,7 +25,8 @@ def main():
     p.add_argument("--tta", default="flip")
     p.add_argument("--beam-args", default="", help="extra Beam options, e.g. '--direct_num_workers 2 ...'")
     args = p.parse_args()
-    tmp = tempfile.mkdtemp(prefix="predict-bench-")
+    scratch = Gate([])  # every remove goes through the gate (beam_pipelines/gate.py)
+    tmp = scratch.make_temp_dir(prefix="predict-bench-")
     runs = {"plain": [], "beam": []}
     for i in range(args.repeats):
         runs["plain"].append(measure([sys.executable, "bench/plain_predict_loop.py", "--input", args.input,
@@ -45,7 +46,7 @@ def main():
         "plain_peak_rss_mib": max(r["peak_rss_mib"] for r in runs["plain"]),
         "beam_peak_rss_mib": max(r["peak_rss_mib"] for r in runs["beam"]),
     }, indent=2))
-    shutil.rmtree(tmp, ignore_errors=True)
+    scratch.remove_temp_dir(tmp)
 
 
 if __name__ == "__main__":

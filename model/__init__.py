@@ -2,11 +2,14 @@
 
 import importlib.resources
 
-# The model that ships inside the package (a Dataflow worker's image included); "shipped" names it
-# wherever a model directory is asked for.
+# The models that ship inside the package (a Dataflow worker's image included), by the name that stands
+# for them wherever a model directory is asked for: "shipped", the accurate one (the default), and "fast",
+# a sixteenth of its compute distilled from it (model/recipes/fast.toml).
 SHIPPED_MODEL = str(importlib.resources.files("model") / "shipped")
+FAST_MODEL = str(importlib.resources.files("model") / "fast")
+PACKAGED_MODELS = {"shipped": SHIPPED_MODEL, "fast": FAST_MODEL}
 
 
 def resolve_model_dir(model_dir: str) -> str:
-    """'shipped' -> the installed shipped model; anything else is a path or gs:// URI."""
-    return SHIPPED_MODEL if model_dir == "shipped" else model_dir
+    """'shipped' or 'fast' -> that installed model; anything else is a path or gs:// URI."""
+    return PACKAGED_MODELS.get(model_dir, model_dir)

@@ -89,9 +89,10 @@ def augment_batch(pixels: tf.Tensor, seed: tf.Tensor, preset: str) -> tf.Tensor:
 
 def train_dataset(files: list[str], image_size: int, batch_size: int, seed: int = 0,
                   input_context: tf.distribute.InputContext | None = None, augment_images: bool = True,
-                  augment_preset: str = "strong",
+                  augment_preset: str = "strong", targets=None,
                   shuffle_buffer: int = 16384) -> tf.data.Dataset:
-    """An endless, shuffled, augmented dataset of (pixels, label) batches for one input pipeline.
+    """An endless, shuffled, augmented dataset of (pixels, label) batches for one input pipeline;
+    (pixels, label, teacher log-probabilities) when `targets` (a `distill.TargetLookup`) is given.
 
     With several input pipelines (multi-worker), files are sharded when there are enough
     of them, otherwise records are.
@@ -113,15 +114,16 @@ def train_dataset(files: list[str], image_size: int, batch_size: int, seed: int 
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.map(lambda s: decode_batch(s, image_size), num_parallel_calls=AUTOTUNE)
-    if augment_images:
-        counter = tf.data.Dataset.counter()
-        ds = tf.data.Dataset.zip((ds, counter)).map(
-            lambda b, i: (augment_batch(b["pixels"], tf.stack([tf.cast(seed, tf.int64), i]), augment_preset),
-                          b["label"]),
-            num_parallel_calls=AUTOTUNE,
-        )
-    else:
-        ds = ds.map(lambda b: (b["pixels"], b["label"]), num_parallel_calls=AUTOTUNE)
+
+    def to_example(batch, i):
+        pixels = batch["pixels"]
+        if augment_images:
+            pixels = augment_batch(pixels, tf.stack([tf.cast(seed, tf.int64), i]), augment_preset)
+        if targets is None:
+            return pixels, batch["label"]
+        return pixels, batch["label"], targets(batch["sha256"])
+
+    ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter())).map(to_example, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 

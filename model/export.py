@@ -9,7 +9,9 @@
 
 A model directory is whole or refused. An export is written into DIR/.export-staging-<id>/ and
 committed by renames, metadata.json last (see _commit), so an export killed at any point leaves either
-the previous model whole or a directory that load() refuses. Loading checks that export/model.keras is
+the previous model whole or a directory that load() refuses. The commit replaces only what an earlier
+export (or the running training) wrote, and records what it committed in DIR/_train.json
+(model/ownership.py); every remove and rename goes through beam_pipelines/gate.py. Loading checks that export/model.keras is
 the model metadata.json describes (weights fingerprint, input size, classes) and that its labels and
 schema are this code's; every problem is a ModelError with one line that says what to do.
 """
@@ -26,7 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model import serving, tta
+from beam_pipelines.gate import name_problem
+from model import ownership, serving, tta
 from model.files import local_copy, local_target, read_json_object
 from schemas import LABELS, LABELS_VERSION, SCHEMA_VERSION
 
@@ -100,10 +103,12 @@ def _serving_module(model: keras.Model, image_size: int, tta_mode: str = "none")
 # =========================================================================== writing
 
 
-def export(model: keras.Model, model_dir: str, metadata: dict) -> dict:
+def export(model: keras.Model, model_dir: str, metadata: dict, engine_data: str | None = None) -> dict:
     """Writes export/ and metadata.json for a trained (non-distributed) model, whole or not at all;
     returns the metadata. An exception leaves the previous export and metadata as they were.
-    One export at a time per model directory (training exports from the chief only)."""
+    One export at a time per model directory (training exports from the chief only).
+    With `engine_data` (an ingest output), export/ also gets the int8 engine file, checked on its val split
+    (model/quantize.py)."""
     root = model_dir.rstrip("/")
     image_size = int(model.input_shape[1])
     fingerprint = weights_fingerprint(model)
@@ -135,6 +140,8 @@ def export(model: keras.Model, model_dir: str, metadata: dict) -> dict:
             raise ModelError(f"{staging}/{KERAS_FILE} does not read back as the model just saved; export again")
         _serving_module(model, image_size, metadata.get("recommended_tta", "none")).write_out(
             f"{staging}/saved_model", verbose=False)
+        if engine_data:
+            metadata["engines"] = _write_engines(model, staging, engine_data)
     except BaseException:
         _remove(staging)
         raise
@@ -142,6 +149,19 @@ def export(model: keras.Model, model_dir: str, metadata: dict) -> dict:
     _remove_leftovers(root)  # of exports interrupted before this one
     write_model_card(root, metadata)
     return metadata
+
+
+def _write_engines(model: keras.Model, staging: str, data_dir: str) -> dict:
+    """The faster engines' files beside model.keras; their metadata entries (empty when none passes its check)."""
+    from model import quantize
+    from model.engines import INT8_FILE, INT8_KEY
+
+    result = quantize.int8_engine(model, data_dir)
+    if result is None:
+        return {}
+    content, entry = result
+    _write_file(f"{staging}/{INT8_FILE}", content)
+    return {INT8_KEY: entry}
 
 
 def _commit(root: str, staging: str, metadata: dict) -> None:
@@ -157,41 +177,45 @@ def _commit(root: str, staging: str, metadata: dict) -> None:
     export_dir = f"{root}/{EXPORT}"
     final = f"{root}/{METADATA}"
     pending = f"{root}/.{METADATA}.{uuid.uuid4().hex[:12]}"
+    g = ownership.model_gate(root)
     try:
+        ownership.check_export_owned(root)  # a user's files under export/ are never replaced
         _write_file(pending, json.dumps(metadata, indent=2) + "\n")
     except BaseException:
         _remove(staging)
         _remove(pending)
         raise
     if not _is_local(root):
-        if tf.io.gfile.exists(final):
-            tf.io.gfile.remove(final)
-        _remove(export_dir)
+        g.remove(final)
+        g.remove_tree(export_dir)
         _copy_tree(staging, export_dir)
-        tf.io.gfile.rename(pending, final, overwrite=True)
+        g.move(pending, final)
         _remove(staging)
+        ownership.record(root, adopt=(EXPORT, METADATA), create=True)
         return
     retired = f"{root}/{RETIRED_PREFIX}{uuid.uuid4().hex[:12]}"
     had_export = tf.io.gfile.exists(export_dir)
     try:
         if had_export:
-            tf.io.gfile.rename(export_dir, retired)
-        tf.io.gfile.rename(staging, export_dir)
-        tf.io.gfile.rename(pending, final, overwrite=True)
+            g.move(export_dir, retired)
+        g.move(staging, export_dir)
+        g.move(pending, final)
     except BaseException:
         if not tf.io.gfile.exists(staging) and tf.io.gfile.exists(export_dir):
-            tf.io.gfile.rename(export_dir, staging)  # the new export was in place: take it out again
+            g.move(export_dir, staging)  # the new export was in place: take it out again
         if had_export and tf.io.gfile.exists(retired):
-            tf.io.gfile.rename(retired, export_dir)
+            g.move(retired, export_dir)
         _remove(staging)
         _remove(pending)
         raise
     _remove(retired)
+    ownership.record(root, adopt=(EXPORT, METADATA), create=True)
 
 
 def write_metadata(model_dir: str, metadata: dict) -> None:
     """Replaces DIR/metadata.json in one step (a rename), e.g. to add metrics; the model is unchanged."""
     _write_file(f"{model_dir.rstrip('/')}/{METADATA}", json.dumps(metadata, indent=2) + "\n", atomic=True)
+    ownership.record(model_dir, adopt=(METADATA,))
 
 
 def write_model_card(model_dir: str, metadata: dict) -> str:
@@ -205,6 +229,7 @@ def write_model_card(model_dir: str, metadata: dict) -> str:
         m=metadata, imported=metadata.get("training", {}).get("imported_run"), per_class_splits=per_class)
     path = f"{model_dir.rstrip('/')}/MODEL_CARD.md"
     _write_file(path, card, atomic=True)
+    ownership.record(model_dir, adopt=("MODEL_CARD.md",))
     return path
 
 
@@ -215,28 +240,28 @@ def _is_local(path: str) -> bool:
     return "://" not in path
 
 
-def _write_file(path: str, text: str, atomic: bool = False) -> None:
-    """Writes text; atomic: to a temporary name beside it, then renamed over it."""
-    target = path
-    if atomic:
-        head, name = path.rsplit("/", 1) if "/" in path else (".", path)
-        path = f"{head}/.{name}.{uuid.uuid4().hex[:12]}"
-    try:
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(text)
-        if atomic:
-            tf.io.gfile.rename(path, target, overwrite=True)
-    except BaseException:
-        if atomic:
-            _remove(path)
-        raise
+def _write_file(path: str, text: str | bytes, atomic: bool = False) -> None:
+    """Writes text (or bytes) through the gate: locally always to a fresh temporary name beside it,
+    renamed over it (a link there is replaced, never written through); gs://, one upload."""
+    head = path.rsplit("/", 1)[0] if "/" in path else "."
+    ownership.model_gate(head).write_bytes(path, text.encode() if isinstance(text, str) else text)
 
 
-def _remove(path: str) -> None:
+# The names an export removes on its own in a model directory (or in export/, for main's rebuild).
+_TRANSIENT = (STAGING_PREFIX, RETIRED_PREFIX, f".{METADATA}.", ".saved_model-", "saved_model")
+
+
+def _remove(path: str, root: str | None = None) -> None:
+    """Removes a file or folder of the export's own, through the gate: under `root`, or (no root) one
+    of the export's transient names (staging, retired export, pending metadata) in its folder."""
+    head, name = path.rstrip("/").rsplit("/", 1) if "/" in path else (".", path)
+    if root is None and not name.startswith(_TRANSIENT):
+        raise ValueError(f"{path} is not one of the export's own transient files")
+    g = ownership.model_gate(root or head)
     if tf.io.gfile.isdir(path):
-        tf.io.gfile.rmtree(path)
+        g.remove_tree(path)
     elif tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
+        g.remove(path)
 
 
 def _copy_tree(src: str, dst: str) -> None:
@@ -310,6 +335,17 @@ def _read_metadata(root: str) -> dict:
         if not isinstance(metadata.get(key), kind):
             raise ModelMismatchError(f"{path} has no valid {key}: a hand-edited or foreign metadata file; "
                                      f"re-export the model")
+    # Read back from disk, so untrusted: the version names a table partition, the TTA a code path.
+    if "model_version" in metadata and name_problem(metadata["model_version"]):
+        raise ModelMismatchError(f"{path}: model_version {str(metadata['model_version'])[:60]!r} is not a safe name "
+                                 f"({name_problem(metadata['model_version'])}): a hand-edited metadata file; "
+                                 f"re-export the model")
+    if metadata.get("recommended_tta", "none") not in tta.MODES:
+        raise ModelMismatchError(f"{path}: recommended_tta {str(metadata.get('recommended_tta'))[:40]!r} is none of "
+                                 f"{', '.join(tta.MODES)}: a hand-edited metadata file; re-export the model")
+    if not 8 <= metadata["image_size"] <= 512:
+        raise ModelMismatchError(f"{path}: image_size {metadata['image_size']} is outside 8-512: a hand-edited "
+                                 f"metadata file; re-export the model")
     return metadata
 
 
@@ -376,13 +412,13 @@ def main(argv=None) -> None:
     try:
         _serving_module(model, int(metadata["image_size"]), metadata.get("recommended_tta", "none")).write_out(
             staging, verbose=False)
-        _remove(target)
+        _remove(target, root)
         if _is_local(root):
-            tf.io.gfile.rename(staging, target)
+            ownership.model_gate(root).move(staging, target)
         else:
             _copy_tree(staging, target)
     finally:
-        _remove(staging)
+        _remove(staging, root)
     write_model_card(root, metadata)
     print(f"wrote {target} and MODEL_CARD.md")
 

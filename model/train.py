@@ -14,6 +14,9 @@ every strategy.
     DIR/plots/training_curves.png
     DIR/best.weights.h5   weights of the epoch with the best val macro-F1
     DIR/export/, DIR/metadata.json   (model.export)
+    DIR/_train.json       the manifest of what training wrote (model/ownership.py): a user's
+                          files under these names stop the run (--overwrite replaces them);
+                          DIR/_train.lock keeps a second training out while one runs
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (0: per epoch)")
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
     p.add_argument("--resume", action="store_true", help="resume (the default when checkpoints exist)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files under --model-dir's training names that no training or export wrote")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--augment", choices=sorted(PRESETS), default="strong", help="augmentation preset")
     p.add_argument("--tta", choices=["auto", *TTA_MODES], default="auto",
@@ -73,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import-run", default=None,
                    help="folder written by model/train_portable.py (weights, history, run.json): evaluate and "
                         "export its weights here instead of training (implies --epochs 0)")
+    p.add_argument("--teacher", default=None,
+                   help="distil from this exported model dir ('shipped': the shipped model): its soft targets on "
+                        "the train split are computed once into MODEL_DIR/teacher_targets.npz (model/distill.py)")
+    p.add_argument("--distill-alpha", type=float, default=0.7,
+                   help="weight of the teacher's soft targets in the loss (the label gets 1 - alpha)")
+    p.add_argument("--distill-temperature", type=float, default=4.0, help="softmax temperature of the distillation")
     p.add_argument("--seed", type=int, default=42)
     return p
 
@@ -87,7 +98,7 @@ def parse_args(argv):
     known, _ = config.parse_known_args(argv)
     recipe_values = {}
     if known.config:
-        allowed = {a.dest for a in p._actions} - {"help", "config", "data", "model_dir"}
+        allowed = {a.dest for a in p._actions} - {"help", "config", "data", "model_dir", "overwrite"}
         try:
             recipe_values = recipe.load(known.config, allowed)
         except recipe.RecipeError as exc:
@@ -99,6 +110,8 @@ def parse_args(argv):
         args.epochs = 0
     if args.epochs < 0 or args.batch_size < 1 or (args.epochs == 0 and not args.import_run):
         raise UsageError("--epochs and --batch-size must be positive (--epochs 0 only with --import-run)")
+    if not 0.0 <= args.distill_alpha <= 1.0 or args.distill_temperature <= 0:
+        raise UsageError("--distill-alpha must lie in [0, 1] and --distill-temperature be positive")
     return args
 
 
@@ -202,8 +215,13 @@ def init_from(model, source: str) -> None:
     if source.endswith(".weights.h5"):
         if not tf.io.gfile.exists(source):
             raise UsageError(f"--init-weights {source} does not exist")
-        with local_copy(source) as local:
-            model.load_weights(local)
+        try:
+            with local_copy(source) as local:
+                model.load_weights(local)
+        except Exception as exc:  # not an HDF5 file, or the weights of another architecture
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UsageError(f"--init-weights {source} cannot be loaded into --arch {model.name} ({reason}): "
+                             f"give weights saved from a {model.name}") from None
         return
     try:
         exported, _ = load(source)
@@ -229,6 +247,7 @@ def check_data(data_dir: str) -> dict:
     from schemas import eval_split_too_small, min_eval_images
 
     stats = data.read_stats(data_dir)
+    _check_stats(data_dir, stats)
     n_train = int(stats["written_per_split"].get("train", 0))
     n_val = int(stats["written_per_split"].get("val", 0))
     if n_train <= 0:
@@ -248,17 +267,65 @@ def check_data(data_dir: str) -> dict:
     return stats
 
 
+def _check_stats(data_dir: str, stats: dict) -> None:
+    """stats.json is read back from disk: its split and class names must be this code's, its counts
+    numbers, and its image_size the size of the images in the TFRecords (one record read, no device)."""
+    from schemas import LABELS, SPLITS
+
+    path = f"{data_dir.rstrip('/')}/stats.json"
+    per_split, written = stats["written_per_split"], stats["written"]
+    bad = [str(k) for k in [*per_split, *written] if k not in SPLITS]
+    bad += [str(k) for v in written.values() if isinstance(v, dict) for k in v if k not in LABELS]
+    numbers = [*per_split.values(), *(n for v in written.values() if isinstance(v, dict) for n in v.values())]
+    if bad or not all(isinstance(v, dict) for v in written.values()) or \
+            not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        raise UsageError(f"{path} has split or class names this code does not know ({', '.join(bad[:3]) or 'counts'}) "
+                         f"or counts that are not numbers: a hand-edited summary; re-run emotion ingest")
+    files = tf.io.gfile.glob(f"{data_dir.rstrip('/')}/tfrecords/train-*-of-*.tfrecord")
+    first = next((f for f in sorted(files) if tf.io.gfile.stat(f).length > 0), None)
+    if first is None:
+        return
+    try:
+        with tf.io.gfile.GFile(first, "rb") as f:
+            header = f.read(12)
+            length = int.from_bytes(header[:8], "little")
+            if len(header) < 12 or length > 64 << 20:
+                raise ValueError("a damaged record header")
+            feature = tf.train.Example.FromString(f.read(length)).features.feature
+        size = (feature["image/height"].int64_list.value[0], feature["image/width"].int64_list.value[0])
+    except Exception as exc:
+        raise UsageError(f"{first} is not a readable TFRecord of emotion ingest ({str(exc)[:80]}): a damaged shard; "
+                         f"re-run emotion ingest") from None
+    if size != (stats["image_size"], stats["image_size"]):
+        raise UsageError(f"{path} says image_size {stats['image_size']}, its TFRecords hold {size[0]}x{size[1]} "
+                         f"images: a hand-edited summary; re-run emotion ingest")
+
+
 # =========================================================================== main
 
 
 def run(argv=None) -> dict:
+    """Trains into --model-dir, which this run owns while it runs (model/ownership.TrainingClaim:
+    one training at a time, a user's files refused); returns the exported metadata."""
+    from model import ownership
+
     args = parse_args(argv)
     stats = check_data(args.data)  # cheap, and touches no device
+    with ownership.TrainingClaim(args.model_dir, overwrite=args.overwrite, chief=ownership.is_chief_task()) as claim:
+        try:
+            return _train(args, stats, claim)
+        except tf.errors.DataLossError as exc:
+            detail = (str(exc).strip().splitlines() or ["corrupted record"])[0][:160]
+            raise UsageError(f"--data {args.data} holds a damaged TFRecord shard ({detail}): re-run emotion ingest") \
+                from None
+
+
+def _train(args, stats: dict, claim) -> dict:
     strategy = make_strategy(args)  # before anything else touches TensorFlow's devices
 
     import keras
 
-    from model import archs, data, export, optimization, plots
+    from model import archs, data, export, optimization, ownership, plots
     from model import evaluate as evaluation
     from schemas import NUM_CLASSES
 
@@ -319,23 +386,34 @@ def run(argv=None) -> dict:
             log.info("train: initialised weights from %s", args.init_weights)
 
     # ----------------------------------------------------------------- input
+    teacher_targets = None
+    if args.teacher:
+        from model import distill
+
+        tf.io.gfile.makedirs(model_dir)
+        targets = distill.load_or_compute(model_dir, args.teacher, args.data, image_size, stats.get("fingerprint"))
+        teacher_targets = distill.TargetLookup(targets, NUM_CLASSES)
+
     def dataset_fn(ctx: tf.distribute.InputContext):
         return data.train_dataset(
             train_files, image_size, ctx.get_per_replica_batch_size(global_batch),
             seed=args.seed + int(step_var.numpy()), input_context=ctx, augment_images=not args.no_augment,
-            augment_preset=args.augment,
+            augment_preset=args.augment, targets=teacher_targets,
         )
 
     dist_ds = strategy.distribute_datasets_from_function(dataset_fn)
     iterator = iter(dist_ds)
 
     # ----------------------------------------------------------------- steps
-    def step_fn(pixels, labels):
+    def step_fn(pixels, labels, soft_targets=None):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(pixels, training=True), tf.float32)
             onehot = tf.one_hot(labels, NUM_CLASSES)
             smoothed = onehot * (1.0 - args.label_smoothing) + args.label_smoothing / NUM_CLASSES
             per_example = tf.nn.softmax_cross_entropy_with_logits(smoothed, logits) * tf.gather(weights, labels)
+            if soft_targets is not None:
+                per_example = ((1.0 - args.distill_alpha) * per_example + args.distill_alpha
+                               * distill.loss(logits, soft_targets, args.distill_temperature))
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = optimizer.scale_loss(loss) if loss_scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
@@ -346,8 +424,7 @@ def run(argv=None) -> dict:
     @tf.function
     def train_step(iterator):
         optimizer.learning_rate.assign(schedule())
-        pixels, labels = next(iterator)
-        loss, correct = strategy.run(step_fn, args=(pixels, labels))
+        loss, correct = strategy.run(step_fn, args=next(iterator))
         step_var.assign_add(1)
         return (strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None))
 
@@ -379,9 +456,12 @@ def run(argv=None) -> dict:
     # ----------------------------------------------------------------- history and logging
     history_path = f"{model_dir}/history.csv"
     history = []
-    if chief and tf.io.gfile.exists(history_path) and not args.fresh:
+    if chief and tf.io.gfile.exists(history_path) and not args.fresh and "history.csv" not in claim.replaced:
         with tf.io.gfile.GFile(history_path) as f:
             history = [row for row in csv.DictReader(f)]
+        if any(not str(row.get("epoch", "")).isdigit() for row in history):
+            raise UsageError(f"{history_path} is not a training history (no epoch column of numbers): move it "
+                             f"away, or pass --fresh or --overwrite")
     if chief:
         tf.io.gfile.makedirs(model_dir)
     writer = tf.summary.create_file_writer(f"{model_dir}/logs/train") if chief else tf.summary.create_noop_writer()
@@ -389,7 +469,7 @@ def run(argv=None) -> dict:
     def save_checkpoint():
         manager.save(checkpoint_number=int(step_var.numpy()))
         if not chief and tf.io.gfile.exists(os.path.dirname(ckpt_dir)):  # a worker's scratch copy
-            tf.io.gfile.rmtree(os.path.dirname(ckpt_dir))
+            ownership.model_gate(f"{model_dir}/.workers").remove_tree(os.path.dirname(ckpt_dir))
 
     best_weights = f"{model_dir}/best.weights.h5"
 
@@ -532,6 +612,9 @@ def run(argv=None) -> dict:
                 "peak_lr": peak_lr,
                 "seconds_this_run": round(train_seconds, 1),
                 "resumed_from_step": start_step,
+                **({"distillation": {"teacher": targets["teacher"], "teacher_tta": targets["teacher_tta"],
+                                     "alpha": args.distill_alpha, "temperature": args.distill_temperature}}
+                   if args.teacher else {}),
                 **({"imported_run": imported} if imported else {}),
             },
             "recipe": {"config": args.recipe.get("config"),
@@ -541,6 +624,7 @@ def run(argv=None) -> dict:
                 for name, m in results.items()
             },
         },
+        engine_data=args.data,
     )
     for name, m in results.items():
         log.info("train: %-15s accuracy %.4f  macro-F1 %.4f  ECE %.3f  (%d images)", name, m["accuracy"],

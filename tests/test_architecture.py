@@ -42,8 +42,26 @@ def test_schemas_import_nothing_of_ours_but_schemas(path):
 def test_model_never_imports_beam(path):
     found = imports_of(path)
     assert "apache_beam" not in found
-    assert {n for n in found if n.startswith("beam_pipelines.")} <= {"beam_pipelines.errors",
-                                                                     "beam_pipelines.errors.UsageError"}
+    # Of the Beam side, model/ uses only the Beam-free modules: errors (UsageError) and the gate.
+    assert not {n for n in found if n.startswith("beam_pipelines.")
+                and not n.startswith(("beam_pipelines.errors", "beam_pipelines.gate"))}
+
+
+def test_the_gate_imports_neither_beam_nor_tensorflow_on_import():
+    """beam_pipelines/gate.py is shared by both sides: at module level it imports only the standard
+    library and errors.py; Beam's FileSystems and tf.io.gfile are reached lazily, by the store its
+    owner names (remote="beam" in the pipelines, "tensorflow" in model/)."""
+    import ast
+
+    tree = ast.parse((REPO / "beam_pipelines" / "gate.py").read_text())
+    top = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top.add(node.module)
+    assert top <= {"__future__", "contextlib", "datetime", "errno", "json", "logging", "os", "re", "shutil",
+                   "socket", "tempfile", "uuid", "beam_pipelines.errors"}, sorted(top)
 
 
 def test_the_input_contract_imports_no_framework():

@@ -530,7 +530,8 @@ def test_flex_template_launch_of_ingest_writes_the_dataflow_job(gcs, tmp_path, m
 SAMPLE_VALUES = {
     "input": "gs://b/in", "output": "gs://b/out", "model": "gs://b/model", "image_size": "64", "face_crop": "true",
     "val_fraction": "0.2", "test_fraction": ".15", "seed": "3", "num_shards": "8", "max_pixels": "1000000",
-    "files_per_batch": "128", "batch_size": "64", "face_detector": "mtcnn", "tta": "flip", "overwrite": "true",
+    "files_per_batch": "128", "batch_size": "64", "face_detector": "mtcnn", "tta": "flip", "engine": "litert",
+    "overwrite": "true",
     "table": "gs://b/table", "run_id": "run-1",
 }
 

@@ -97,8 +97,12 @@ def test_a_failed_run_leaves_the_previous_output_as_it_was(capsys, tmp_path, fac
     broken = tmp_path / "broken-model"
     shutil.copytree(SHIPPED_MODEL, broken)
     (broken / "export" / "model.keras").write_bytes(b"half a file")
-    code, err = run_cli(capsys, "predict", "--input", faces, "--output", out, "--model", broken)
+    code, err = run_cli(capsys, "predict", "--input", faces, "--output", out, "--model", broken, "--engine", "keras")
     assert code == 2 and "model.keras" in err and "Traceback" not in err
+    assert tree_snapshot(out) == before
+    (broken / "export" / "model_int8.tflite").write_bytes(b"half a file")  # the default engine's file
+    code, err = run_cli(capsys, "predict", "--input", faces, "--output", out, "--model", broken)
+    assert code == 2 and "model_int8.tflite" in err and "Traceback" not in err
     assert tree_snapshot(out) == before
 
 

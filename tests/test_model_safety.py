@@ -169,18 +169,18 @@ def test_failed_export_leaves_the_previous_model_as_it_was(exported, tmp_path, m
 
 
 def test_export_failing_at_the_last_rename_puts_the_previous_model_back(exported, tmp_path, monkeypatch):
-    import tensorflow as tf
+    from beam_pipelines import gate
 
     model_dir = _copy(exported["a"], tmp_path)
     before = _tree(model_dir)
-    rename = tf.io.gfile.rename
+    move = gate.Gate.move
 
-    def failing_rename(src, dst, overwrite=False):
+    def failing_move(self, src, dst):  # every rename of the export goes through the gate
         if dst.endswith("/metadata.json"):  # export/ is already the new one
             raise OSError("rename failed")
-        return rename(src, dst, overwrite)
+        return move(self, src, dst)
 
-    monkeypatch.setattr(tf.io.gfile, "rename", failing_rename)
+    monkeypatch.setattr(gate.Gate, "move", failing_move)
     with pytest.raises(OSError, match="rename failed"):
         export.export(exported["models"]["b"], str(model_dir), EXTRA)
     monkeypatch.undo()

@@ -1,0 +1,185 @@
+"""Inference engines: what runs an exported model's network on batches of preprocessed pixels.
+
+    litert   the export's full-int8 TFLite file (model/quantize.py) on LiteRT's XNNPACK kernels: about 4x
+             the images per second of Keras on CPUs, at the accuracy measured in bench/engine_bench.py
+    keras    the export's model.keras in TensorFlow, float32: the reference every other engine is held to
+
+Both take float32 pixels in [0, 255], shape (B, S, S, 1) (the input contract of model/preprocess.py), apply the
+test-time augmentation in numpy (the views of model/tta.py, which tests hold equal) and return class
+probabilities. The LiteRT engine never builds a Keras model: a predict worker running it loads one small
+flatbuffer. `auto` (predict's default) is litert when the export holds a verified int8 file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import numpy as np
+
+ENGINES = ("auto", "litert", "keras")
+TTA_MODES = ("none", "flip", "crops")
+INT8_FILE = "model_int8.tflite"
+INT8_KEY = "litert_int8"  # its entry in metadata["engines"]
+CROP_PAD = 3
+
+
+def tta_views(pixels: np.ndarray, mode: str) -> list[np.ndarray]:
+    """model.tta.views in numpy: the image; for crops four 3-pixel shifted crops of its reflect-padded
+    copy; for flip and crops the mirrors of all of them."""
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown TTA mode {mode!r}; choose from {TTA_MODES}")
+    base = [pixels]
+    if mode == "crops":
+        size = pixels.shape[1]
+        padded = np.pad(pixels, [(0, 0), (CROP_PAD, CROP_PAD), (CROP_PAD, CROP_PAD), (0, 0)], mode="reflect")
+        for dy, dx in ((0, 0), (0, 2 * CROP_PAD), (2 * CROP_PAD, 0), (2 * CROP_PAD, 2 * CROP_PAD)):
+            base.append(padded[:, dy : dy + size, dx : dx + size, :])
+    if mode == "none":
+        return base
+    return base + [v[:, :, ::-1, :] for v in base]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def mean_probabilities(logits_fn, pixels: np.ndarray, mode: str) -> np.ndarray:
+    """Mean softmax over the TTA views, all views of a batch run as one call of logits_fn."""
+    views = tta_views(pixels, mode)
+    logits = logits_fn(np.concatenate(views) if len(views) > 1 else pixels)
+    probs = softmax(logits.astype(np.float64)).reshape(len(views), len(pixels), -1)
+    return probs.mean(axis=0)
+
+
+class LiteRTEngine:
+    """A TFLite flatbuffer in LiteRT's interpreter.
+
+    Re-planning an interpreter for a new batch size costs more than running a small batch, and Beam's
+    batching hands over batches of every size: so there is one interpreter per power-of-two batch size
+    (planned once, on first use), and a batch is run in chunks of the largest size, its tail padded up to
+    the next power of two. The interpreters are not thread-safe and RunInference shares one model between
+    a worker's threads: calls are serialised (each already uses every core)."""
+
+    name = "litert"
+    MAX_CHUNK = 256
+
+    def __init__(self, content: bytes, tta: str = "none", threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.tta = tta
+        self._new_interpreter = lambda: Interpreter(model_content=content, num_threads=threads or os.cpu_count() or 1)
+        self._by_size: dict[int, tuple] = {}
+        self._lock = threading.Lock()
+
+    def _planned(self, size: int, shape: tuple) -> tuple:
+        if size not in self._by_size:
+            interpreter = self._new_interpreter()
+            inp, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+            interpreter.resize_tensor_input(inp, [size, *shape], strict=False)
+            interpreter.allocate_tensors()
+            self._by_size[size] = (interpreter, inp, out)
+        return self._by_size[size]
+
+    def _logits(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        chunks = []
+        with self._lock:
+            for start in range(0, len(pixels), self.MAX_CHUNK):
+                chunk = pixels[start : start + self.MAX_CHUNK]
+                size = 1 << max(0, len(chunk) - 1).bit_length()  # the next power of two
+                if size != len(chunk):
+                    chunk = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), np.float32)])
+                interpreter, inp, out = self._planned(size, chunk.shape[1:])
+                interpreter.set_tensor(inp, chunk)
+                interpreter.invoke()
+                chunks.append(interpreter.get_tensor(out)[: min(self.MAX_CHUNK, len(pixels) - start)].copy())
+        return np.concatenate(chunks)
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        return mean_probabilities(self._logits, pixels, self.tta)
+
+
+class KerasEngine:
+    """The export's Keras model in TensorFlow (float32), compiled once per input shape."""
+
+    name = "keras"
+
+    def __init__(self, model, tta: str = "none"):
+        import tensorflow as tf
+
+        self.tta = tta
+        self._logits_fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+
+    def _logits(self, pixels: np.ndarray) -> np.ndarray:
+        return np.asarray(self._logits_fn(pixels.astype(np.float32)))
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        return mean_probabilities(self._logits, pixels, self.tta)
+
+
+class EngineError(ValueError):
+    """An engine that cannot run this export (missing or altered file); one line for the user."""
+
+
+def available(metadata: dict) -> list[str]:
+    """The engines an export supports, best first."""
+    return (["litert"] if INT8_KEY in (metadata.get("engines") or {}) else []) + ["keras"]
+
+
+def resolve(engine: str, metadata: dict) -> str:
+    """The engine a run uses: auto -> the best available; an unavailable one is an EngineError."""
+    supported = available(metadata)
+    if engine == "auto":
+        return supported[0]
+    if engine not in supported:
+        raise EngineError(f"--engine {engine}: this model's export has no {engine} file (it supports "
+                          f"{', '.join(supported)}); re-export it with this version")
+    return engine
+
+
+def read_int8(model_dir: str, metadata: dict) -> bytes:
+    """The export's int8 file, after checking it is the one metadata.json describes (its SHA-256)."""
+    entry = (metadata.get("engines") or {}).get(INT8_KEY)
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise EngineError(f"{model_dir}/metadata.json has no valid engines.{INT8_KEY} entry: re-export the model")
+    path = f"{model_dir.rstrip('/')}/export/{INT8_FILE}"
+    content = _read_bytes(path)
+    if hashlib.sha256(content).hexdigest() != entry["sha256"]:
+        raise EngineError(f"{path} does not match {model_dir}/metadata.json (SHA-256 differs): an interrupted or "
+                          f"hand-edited export; re-export it")
+    return content
+
+
+def _read_bytes(path: str) -> bytes:
+    if "://" not in path:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise EngineError(f"cannot read {path}: {exc.strerror}") from None
+    from model.files import local_copy
+
+    try:
+        with local_copy(path) as local, open(local, "rb") as f:
+            return f.read()
+    except Exception as exc:  # gfile raises NotFoundError and friends: all one answer here
+        raise EngineError(f"cannot read {path}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def load(model_dir: str, engine: str = "auto", tta: str = "none", threads: int | None = None):
+    """(engine, metadata) for an exported model directory, after every check its engine needs."""
+    from model import resolve_model_dir
+    from model.export import load as load_keras
+    from model.export import read_metadata
+
+    root = resolve_model_dir(model_dir).rstrip("/")
+    metadata = read_metadata(root, verify=False)
+    chosen = resolve(engine, metadata)
+    if chosen == "litert":
+        return LiteRTEngine(read_int8(root, metadata), tta, threads), metadata
+    model, metadata = load_keras(root)
+    return KerasEngine(model, tta), metadata

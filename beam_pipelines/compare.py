@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipelines import progress
 from beam_pipelines.common import UsageError, join, log, parquet_bytes, write_bytes
 from beam_pipelines.listing import list_entries
 from beam_pipelines.outputs import OutputClaim, commit
@@ -36,6 +37,10 @@ from schemas import LABEL_TO_INDEX, LABELS
 from schemas.tables import with_schema_version
 
 OUTPUT_NAMES = ["compare"]
+# No Beam pipeline runs here: these count in progress.py's registry only (the lines and the summary).
+FILES_LISTED = progress.Counter("prediction_files")
+FILES_READ = progress.Counter("prediction_files_read")
+ROWS_READ = progress.Counter("prediction_rows_read")
 COLUMNS = ["uri", "content_sha256", "true_label", "predicted_label", "confidence", "model_version"]
 COLUMN_SCHEMA = pa.schema([(c, pa.float64() if c == "confidence" else pa.string()) for c in COLUMNS])
 
@@ -58,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for compare/ (local or gs://)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace files under --output/compare that no earlier run of this command wrote")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr while it runs")
     return p
 
 
@@ -90,11 +96,13 @@ def _read_parquet_files(paths: list[str]) -> pa.Table:
             raise UsageError(f"{path} holds labels outside {', '.join(LABELS)}: not a predictions file of this "
                              "emotion predict")
         tables.append(table)
+        FILES_READ.inc()
+        ROWS_READ.inc(table.num_rows)
     return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.string()) for c in COLUMNS})
 
 
-def read_run(source: str, table_root: str | None) -> tuple[pa.Table, str]:
-    """(the run's prediction rows, a name for it) from a predict output or a table run id."""
+def run_files(source: str, table_root: str | None) -> list[str]:
+    """The prediction files of a predict output or of a table run id."""
     if table_root:
         from beam_pipelines.table import read_run as read_run_row, run_partition
 
@@ -111,7 +119,7 @@ def read_run(source: str, table_root: str | None) -> tuple[pa.Table, str]:
     if not files:
         raise UsageError(f"no predictions under {folder}: give an `emotion predict` --output folder"
                          + (" or a run id of --table" if not table_root else ""))
-    return _read_parquet_files(files), source
+    return files
 
 
 # --------------------------------------------------------------------------- comparing
@@ -192,9 +200,12 @@ def write(result: dict, root: str) -> None:
 def run(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     args.output = args.output.rstrip("/")
-    a, name_a = read_run(args.a, args.table)
-    b, name_b = read_run(args.b, args.table)
-    result = compare(a, b)
+    name_a, name_b = args.a, args.b
+    with progress.report("compare", progress_figures, quiet=args.quiet):
+        files_a, files_b = run_files(args.a, args.table), run_files(args.b, args.table)
+        FILES_LISTED.inc(len(files_a) + len(files_b))
+        result = compare(_read_parquet_files(files_a), _read_parquet_files(files_b))
+    counters = progress.snapshot()
     summary = result["summary"] | {"a": name_a, "b": name_b}
     result["summary"] = summary
     if summary["images_in_both"] == 0:
@@ -205,7 +216,13 @@ def run(argv=None) -> dict:
     with claim as plan:
         write(result, plan.write_root)
         commit(plan, {k: summary[k] for k in ("images_in_both", "only_in_a", "only_in_b")})
-    log.info("compare: %d images in both; agreement %.4f%s", summary["images_in_both"], summary["agreement"],
+    log.info("compare: %d images in both; agreement %.4f%s%s", summary["images_in_both"], summary["agreement"],
              f"; accuracy a {summary['accuracy_a']:.4f} vs b {summary['accuracy_b']:.4f} on {summary['labelled']} labelled"
-             if "accuracy_a" in summary else "")
+             if "accuracy_a" in summary else "", progress.format_counters(dict(sorted(counters.items()))))
     return summary
+
+
+def progress_figures(counts: dict) -> progress.Figures:
+    """A progress line: the prediction files of both runs read, once both are listed."""
+    return progress.Figures(counts.get("prediction_files_read", 0), counts.get("prediction_files"), "prediction files",
+                            f"{counts.get('prediction_rows_read', 0):,} rows")

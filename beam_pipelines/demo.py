@@ -241,7 +241,7 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
         1, total, "ingest", "embedded sample -> validated TFRecords (splits by content hash: val 15%, test 25%)"
     )
     stats = ingest.run(
-        ["--input", data_input, "--output", ingest_dir, "--val-fraction", "0.15", "--test-fraction", "0.25"]
+        ["--input", data_input, "--output", ingest_dir, "--val-fraction", "0.15", "--test-fraction", "0.25", "--quiet"]
     )
     tot = stats["totals"]
     per_split = stats["written_per_split"]
@@ -292,7 +292,8 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
         runs.append(("predict-shipped", shipped, "shipped model"))
     for name, model_dir, what in runs:
         t = p.stage(3, total, "predict", f"test split ({per_split['test']} images, TFRecords) with the {what}")
-        summary = predict.run(["--input", test_records, "--output", join(output, name), "--model", model_dir])
+        summary = predict.run(["--input", test_records, "--output", join(output, name), "--model", model_dir,
+                               "--quiet"])
         results[name] = summary
         p.done(
             f"predict test: {what}",
@@ -308,7 +309,7 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
         else (train_dir, "predict-raw-trained", "freshly trained model")
     )
     t = p.stage(4, total, "predict", f"the raw sample folder, bad files included, with the {raw_what}")
-    summary = predict.run(["--input", data_input, "--output", join(output, raw_name), "--model", raw_model])
+    summary = predict.run(["--input", data_input, "--output", join(output, raw_name), "--model", raw_model, "--quiet"])
     results[raw_name] = summary
     st = summary["totals"]
     rejected = ", ".join(f"{k} {v}" for k, v in summary["rejected"].items())
@@ -326,7 +327,7 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
 
         t = p.stage(5, total, "compare", "the trained and the shipped model on the same test images")
         c = compare.run(["--a", join(output, "predict-trained"), "--b", join(output, "predict-shipped"),
-                         "--output", join(output, "compare-trained-vs-shipped")])
+                         "--output", join(output, "compare-trained-vs-shipped"), "--quiet"])
         p.done("compare: trained vs shipped", f"agreement {c['agreement']:.3f} on {c['images_in_both']} images; "
                f"only one right: {c.get('only_a_correct', 0)} trained, {c.get('only_b_correct', 0)} shipped", t)
 

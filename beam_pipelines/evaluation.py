@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from beam_pipelines.common import join, parquet_bytes, write_bytes
 from model.files import png_bytes, pyplot
-from model.metrics import calibration_bin, expected_calibration_error, summarize
+from model.metrics import calibration_bins, expected_calibration_error, summarize
 from schemas import CONFUSION_SCHEMA, LABEL_TO_INDEX, LABELS, NUM_CLASSES, PER_CLASS_SCHEMA
 
 CALIBRATION_BINS = 15
@@ -25,7 +25,9 @@ MAX_CORRECT = 8
 
 
 class EvaluationFn(beam.CombineFn):
-    """Combines (row, pixels) pairs into confusion, calibration and sample accumulators."""
+    """Combines batches of predictions -- (rows as a pyarrow Table of PREDICTIONS_SCHEMA columns,
+    (N, S*S) uint8 thumbnails or None) -- into confusion, calibration and sample accumulators,
+    a whole batch at a time."""
 
     def create_accumulator(self):
         return {
@@ -33,30 +35,45 @@ class EvaluationFn(beam.CombineFn):
             "labelled": 0,
             "confusion": np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64),
             "bins": (np.zeros(CALIBRATION_BINS, np.int64), np.zeros(CALIBRATION_BINS), np.zeros(CALIBRATION_BINS)),
-            "mistakes": [],  # min-heap of (confidence, uri, true, predicted, pixels)
-            "correct": [],  # max-heap by hash of (-hash, uri, true, predicted, pixels)
+            "mistakes": [],  # min-heap of (confidence, uri, item): the most confident mistakes
+            "correct": [],  # min-heap of (-hash, uri, item): a hash-chosen, runner-independent few
         }
 
     def add_input(self, acc, element):
-        row, pixels = element
-        acc["predicted"] += 1
-        if row["true_label"] is None:
+        rows, thumbnails = element
+        acc["predicted"] += rows.num_rows
+        columns = rows.select(["uri", "content_sha256", "true_label", "predicted_label", "predicted_index",
+                               "confidence"]).to_pydict()
+        labelled = [i for i, label in enumerate(columns["true_label"]) if label is not None]
+        if not labelled:
             return acc
-        acc["labelled"] += 1
-        t, p = LABEL_TO_INDEX[row["true_label"]], row["predicted_index"]
-        acc["confusion"][t, p] += 1
-        b = int(calibration_bin(row["confidence"], CALIBRATION_BINS))
-        count, conf, corr = acc["bins"]
-        count[b] += 1
-        conf[b] += row["confidence"]
-        corr[b] += float(t == p)
-        if pixels is not None:
-            item = (row["uri"], row["true_label"], row["predicted_label"], row["confidence"], pixels)
-            if t != p:
-                _push(acc["mistakes"], (row["confidence"], row["uri"], item), MAX_MISTAKES)
-            else:
-                _push(acc["correct"], (-int(row["content_sha256"][:8], 16), row["uri"], item), MAX_CORRECT)
+        acc["labelled"] += len(labelled)
+        t = np.array([LABEL_TO_INDEX[columns["true_label"][i]] for i in labelled])
+        p = np.asarray(columns["predicted_index"], np.int64)[labelled]
+        confidence = np.asarray(columns["confidence"], np.float64)[labelled]
+        np.add.at(acc["confusion"], (t, p), 1)
+        count, conf_sum, corr_sum = calibration_bins(confidence, t == p, CALIBRATION_BINS)
+        acc["bins"] = (acc["bins"][0] + count, acc["bins"][1] + conf_sum, acc["bins"][2] + corr_sum)
+        if thumbnails is not None:
+            self._add_samples(acc, columns, thumbnails, labelled, t == p)
         return acc
+
+    @staticmethod
+    def _add_samples(acc, columns, thumbnails, labelled, right):
+        def item(i):
+            return (columns["uri"][i], columns["true_label"][i], columns["predicted_label"][i],
+                    columns["confidence"][i], thumbnails[i].tobytes())
+
+        for i, ok in zip(labelled, right):
+            uri, confidence = columns["uri"][i], columns["confidence"][i]
+            if not ok:
+                key = (confidence, uri)
+                if len(acc["mistakes"]) < MAX_MISTAKES or key > acc["mistakes"][0][:2]:
+                    _push(acc["mistakes"], (*key, item(i)), MAX_MISTAKES)
+            else:
+                key = (-int(columns["content_sha256"][i][:8], 16), uri)
+                if len(acc["correct"]) < MAX_CORRECT or key > acc["correct"][0][:2]:
+                    _push(acc["correct"], (*key, item(i)), MAX_CORRECT)
 
     def merge_accumulators(self, accs):
         out = self.create_accumulator()

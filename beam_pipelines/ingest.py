@@ -34,6 +34,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from beam_pipelines import progress
 from beam_pipelines.common import (
     UsageError,
     check_max_pixels,
@@ -51,7 +52,7 @@ from beam_pipelines.common import (
 )
 from beam_pipelines.listing import exists_any
 from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim, remove_tree
-from beam_pipelines.reading import ListInput, read_image, reject
+from beam_pipelines.reading import ListInput, listing_total, read_image, reject
 from model.files import png_bytes, pyplot
 from model.preprocess import DEFAULT_MAX_PIXELS, PreprocessError, image_metrics
 from schemas import (
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--files-per-batch", type=int, default=256, help="files decoded per work item")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files under --output that no earlier run of this pipeline wrote")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress lines on stderr while a local run runs (the final summary still prints)")
     return parser
 
 
@@ -190,6 +193,8 @@ class DecodeBatch(beam.DoFn):
 
     def __init__(self, options: IngestOptions):
         self.options = options
+        self.decoded = progress.Counter("images_decoded")
+        self.rejected = progress.Counter("images_rejected")
 
     def _split_of(self, folder_split, digest, summary):
         a = self.options
@@ -217,6 +222,8 @@ class DecodeBatch(beam.DoFn):
                     raise PreprocessError("blank_image", f"every pixel is {int(pixels[0, 0])}")
             except PreprocessError as exc:
                 rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
+                self.rejected.inc()
+                progress.count_reject(exc.reason)
                 yield reject(path, exc.reason, exc.detail, "ingest")
                 continue
             label = canonical_label(class_dir)
@@ -224,6 +231,7 @@ class DecodeBatch(beam.DoFn):
             shards.setdefault(shard_of(digest, summary["num_shards"]), []).append(
                 (digest, split, label, path, metrics, pixels.tobytes())
             )
+        self.decoded.inc(sum(len(items) for items in shards.values()))
         batch_id = hashlib.blake2b("\n".join(p for p, _ in batch).encode(), digest_size=10).hexdigest()
         for shard, items in shards.items():
             # Deterministic names: a retried bundle rewrites the same files with the same bytes.
@@ -354,12 +362,16 @@ class DedupeAndWriteShard(beam.DoFn):
 
     def __init__(self, options: IngestOptions):
         self.options = options
+        self.written = progress.Counter("images_written")
+        self.dropped = progress.Counter("images_dropped")  # duplicate, leakage, conflicting_labels
 
     def process(self, element, summary, carve):
         shard, spills = element
         kept, dropped, counts = resolve_copies(read_spill(spills, self.options.image_size))
         for uri, reason, detail in dropped:
+            progress.count_reject(reason)
             yield reject(uri, reason, detail, "ingest")
+        self.dropped.inc(len(dropped))
         stats = {"written": {}, "image_stats": {}, "fingerprint": 0, **counts}
         kept = [record._replace(split=carved_split(record, carve, self.options.seed)) for record in kept]
         kept.sort(key=lambda r: (r[1], r[0], r[3]))
@@ -398,6 +410,7 @@ class DedupeAndWriteShard(beam.DoFn):
             stats["fingerprint"] += int(hashlib.sha256(f"{digest}:{split}:{label}".encode()).hexdigest()[:16], 16)
         for split, frames in files.items():
             write_bytes(shard_path(self.options.staging, split, shard, summary["num_shards"]), b"".join(frames))
+        self.written.inc(len(kept))
         yield beam.pvalue.TaggedOutput("stats", stats)
 
 
@@ -639,25 +652,41 @@ def run(argv=None, save_main_session=True) -> dict | None:
     if dry_run:
         return _run_pipeline(args, options, claim.dry_run_plan())
     with claim as plan:
-        if _run_pipeline(args, options, plan) is None:
+        counters = _run_pipeline(args, options, plan)
+        if counters is None:
             return None
     with FileSystems.open(join(args.output, "stats.json")) as f:
         stats = json.loads(f.read())
     t = stats["totals"]
     log.info(
-        "ingest: %d matched -> %d written, %d rejected, %d skipped in %.1fs",
+        "ingest: %d matched -> %d written, %d rejected, %d skipped in %.1fs%s",
         t["matched"], t["written"], t["rejected"], t["skipped_non_data"], time.time() - started,
+        progress.format_counters(counters),
     )
     return stats
 
 
 def _run_pipeline(args, options, plan: CommitPlan):
-    """Runs (or submits) the pipeline writing under the plan's staging folder; True when it ran here."""
+    """Runs (or submits) the pipeline writing under the plan's staging folder, with progress lines when it
+    runs here; its Beam counters ({name: value}) when it ran here, None when it was submitted."""
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "Ingest" >> Ingest(IngestOptions.from_args(args, staging=plan.write_root), plan)
-    result = pipeline.run()
     if is_remote_runner(options):
+        result = pipeline.run()
         log.info("ingest: submitted %s", result.job_id() if getattr(result, "has_job", False) else "")
         return None
-    result.wait_until_finish()
-    return True
+    with progress.report("ingest", progress_figures, quiet=args.quiet):
+        result = pipeline.run()
+        result.wait_until_finish()
+    return progress.beam_counters(result)
+
+
+def progress_figures(counts: dict) -> progress.Figures:
+    """A progress line: images read (decoded or rejected) of those the listing found; once all are read,
+    images through de-duplication (written, or dropped as a copy) of those decoded."""
+    total, read = listing_total(counts), counts.get("images_decoded", 0) + counts.get("images_rejected", 0)
+    if total is None or read < total:
+        return progress.Figures(read, total, "images read")
+    written = counts.get("images_written", 0)
+    return progress.Figures(written + counts.get("images_dropped", 0), counts.get("images_decoded", 0),
+                            "images de-duplicated", f"{written:,} written")

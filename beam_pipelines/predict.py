@@ -26,15 +26,17 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils import shared
 
-from beam_pipelines import evaluation
+from beam_pipelines import evaluation, progress
 from beam_pipelines.common import (
     UsageError,
     check_max_pixels,
@@ -52,7 +54,7 @@ from beam_pipelines.common import (
 from beam_pipelines.listing import escape_glob, exists_any
 from beam_pipelines.gate import check_name
 from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim
-from beam_pipelines.reading import ListInput, read_image, reject
+from beam_pipelines.reading import ListInput, listing_total, read_image, reject
 from beam_pipelines.table import DataFingerprint, TableClaim, TableCommit, TablePlan, WriteTable, code_version
 from model.engines import ENGINES
 from model.preprocess import DEFAULT_MAX_PIXELS, FACE_DETECTORS, PreprocessError, resize
@@ -60,6 +62,7 @@ from model import PACKAGED_MODELS, resolve_model_dir
 from schemas import LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label
 from schemas.tables import bigquery_schema_json
 
+METRICS_NAMESPACE = progress.NAMESPACE  # Beam counters: the job page on Dataflow, the final summary here
 OUTPUT_NAMES = ["predictions", "rejected", "evaluation", "plots", "summary.json", "bigquery"]
 
 
@@ -71,8 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True,
                    help="folder for predictions/, evaluation/, plots/, summary.json (local or gs://)")
     p.add_argument("--model", default="shipped",
-                   help="exported model directory, local or gs://, or a model installed with the package: 'shipped' "
-                        "(the default, the accurate one) or 'fast' (a sixteenth of its compute, distilled from it)")
+                   help="exported model directory, local or gs:// (default: 'shipped', the model installed with the package)")
     crop = p.add_mutually_exclusive_group()
     crop.add_argument("--face-crop", dest="face_crop", action="store_true", default=None,
                       help="crop faces (default: as the model was trained)")
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None,
                    help="this run's id (default: predict-<UTC time>-<random>); re-using one replaces that "
                         "run's partition of --table")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress lines on stderr while a local run runs (the final summary still prints)")
     return p
 
 
@@ -117,41 +121,6 @@ def parse_args(argv):
     return args, beam_args
 
 
-# --------------------------------------------------------------------------- the model handler
-
-
-class EmotionModelHandler(ModelHandler[np.ndarray, PredictionResult, object]):
-    """Loads an exported model's engine once per worker process (RunInference shares it across
-    threads) and runs batches of (S, S) images through it (model/engines.py: the int8 file on LiteRT,
-    or the .keras export in TensorFlow; either is checked against metadata.json when it loads).
-
-    Beam's own TFModelHandler imports tensorflow_hub and cannot load Keras 3 SavedModels.
-    """
-
-    def __init__(self, model_dir: str, min_batch_size: int = 8, max_batch_size: int = 128, tta: str = "none",
-                 engine: str = "auto"):
-        super().__init__()
-        self._model_dir = model_dir
-        self._tta, self._engine = tta, engine
-        self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
-
-    def load_model(self):
-        from model import engines
-
-        return engines.load(self._model_dir, self._engine, self._tta)[0]
-
-    def run_inference(self, batch: Sequence[np.ndarray], model, inference_args=None) -> Iterable[PredictionResult]:
-        pixels = np.stack(batch).astype(np.float32)[..., None]
-        probs = model.probabilities(pixels)
-        return [PredictionResult(x, p) for x, p in zip(batch, probs)]
-
-    def batch_elements_kwargs(self):
-        return self._batch
-
-    def get_metrics_namespace(self) -> str:
-        return "emotion"
-
-
 # --------------------------------------------------------------------------- reading inputs
 
 
@@ -162,7 +131,7 @@ def label_from_path(rel: str) -> tuple[str | None, str | None]:
 
 
 class Image(NamedTuple):
-    """What travels with an image's pixels through RunInference (as its key) to its prediction row."""
+    """What travels with an image's pixels to its prediction row."""
 
     uri: str
     content_sha256: str
@@ -170,23 +139,43 @@ class Image(NamedTuple):
     split: str | None
 
 
+class ImageBatch(NamedTuple):
+    """A work item's decoded images as one element: at a thousand images a second, Beam's cost per
+    element (not the model) would set the pace if every image travelled alone."""
+
+    images: list[Image]
+    pixels: np.ndarray  # (N, S, S) float32 in [0, 255]
+
+
+def image_batch(items: Sequence[tuple[Image, np.ndarray]]) -> ImageBatch:
+    return ImageBatch([image for image, _ in items], np.stack([pixels for _, pixels in items]).astype(np.float32))
+
+
 class DecodeImages(beam.DoFn):
-    """A batch of (path, listing problem) -> (Image, float pixels) per image; rejects on the side."""
+    """A batch of (path, listing problem) -> one ImageBatch of what decodes; rejects on the side."""
 
     def __init__(self, root, image_size, face_crop, max_pixels, face_detector="haar"):
         self.root, self.image_size, self.face_crop, self.max_pixels = root, image_size, face_crop, max_pixels
         self.face_detector = face_detector
+        self.decoded = progress.Counter("images_decoded")
+        self.rejected = progress.Counter("images_rejected")
 
     def process(self, paths):
+        decoded = []
         for path, problem in paths:
             try:
                 pixels, digest = read_image(path, problem, self.image_size, self.face_crop, self.max_pixels,
                                             as_float=True, face_detector=self.face_detector)
             except PreprocessError as exc:
+                self.rejected.inc()
+                progress.count_reject(exc.reason)
                 yield reject(path, exc.reason, exc.detail, "predict")
                 continue
             label, split = label_from_path(path[len(self.root) + 1 :])
-            yield Image(path, digest, label, split), pixels
+            decoded.append((Image(path, digest, label, split), pixels))
+        if decoded:
+            self.decoded.inc(len(decoded))
+            yield image_batch(decoded)
 
 
 class ParseExamples(beam.DoFn):
@@ -194,6 +183,7 @@ class ParseExamples(beam.DoFn):
 
     def __init__(self, image_size):
         self.image_size = image_size
+        self.decoded = progress.Counter("images_decoded")
 
     def setup(self):
         import tensorflow as tf
@@ -206,6 +196,7 @@ class ParseExamples(beam.DoFn):
         pixels = np.frombuffer(f["image/raw"].bytes_list.value[0], np.uint8).reshape(h, w)
         if (h, w) != (self.image_size, self.image_size):
             pixels = resize(pixels, self.image_size)
+        self.decoded.inc()
         text = lambda key: f[key].bytes_list.value[0].decode()  # noqa: E731
         yield Image(text("source/uri"), text("image/sha256"), text("label/name"), text("split")), pixels
 
@@ -227,33 +218,88 @@ def tfrecord_pattern(path: str) -> str | None:
 # --------------------------------------------------------------------------- rows
 
 
-class ToRow(beam.DoFn):
-    def __init__(self, model_info, run_timestamp, run_id):
-        self.model_info = model_info
-        self.run_timestamp, self.run_id = run_timestamp, run_id
+def rows_table(images: Sequence[Image], probs: np.ndarray, model_info: dict, run_timestamp, run_id: str) -> pa.Table:
+    """Prediction rows (schemas.PREDICTIONS_SCHEMA) of a batch, built column by column."""
+    n = len(images)
+    index = probs.argmax(axis=1)
+    predicted = [LABELS[i] for i in index]
+    true = [image.true_label for image in images]
+    columns = {
+        "uri": [image.uri for image in images],
+        "content_sha256": [image.content_sha256 for image in images],
+        "true_label": true,
+        "predicted_label": predicted,
+        "predicted_index": index.astype(np.int64),
+        "confidence": probs[np.arange(n), index].astype(np.float64),
+        "correct": [None if t is None else t == p for t, p in zip(true, predicted)],
+        **{f"prob_{name}": probs[:, i].astype(np.float64) for i, name in enumerate(LABELS)},
+        "split": [image.split for image in images],
+        "model_version": [model_info["model_version"]] * n,
+        "model_fingerprint": [model_info["model_fingerprint"]] * n,
+        "run_id": [run_id] * n,
+        "run_timestamp": [run_timestamp] * n,
+    }
+    return pa.Table.from_pydict(columns, schema=PREDICTIONS_SCHEMA)
 
-    def process(self, element):
-        image, result = element
-        uri, digest, label, split = image
-        pixels, probs = result.example, result.inference
-        index = int(np.argmax(probs))
-        row = {
-            "uri": uri,
-            "content_sha256": digest,
-            "true_label": label,
-            "predicted_label": LABELS[index],
-            "predicted_index": index,
-            "confidence": float(probs[index]),
-            "correct": (label == LABELS[index]) if label is not None else None,
-            **{f"prob_{name}": float(probs[i]) for i, name in enumerate(LABELS)},
-            "split": split,
-            "model_version": self.model_info["model_version"],
-            "model_fingerprint": self.model_info["model_fingerprint"],
-            "run_id": self.run_id,
-            "run_timestamp": self.run_timestamp,
-        }
-        # 8-bit thumbnails for the samples plot (model inputs from images are float).
-        yield row, np.clip(np.round(pixels), 0, 255).astype(np.uint8).tobytes()
+
+class _SharedEngine:
+    """A holder Beam's Shared can keep a weak reference to (one engine per worker process)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+
+class Classify(beam.DoFn):
+    """ImageBatch -> (its prediction rows as a pyarrow Table, (N, S*S) uint8 thumbnails for the samples
+    plot). The model's engine (model/engines.py) is loaded once per worker process and shared by its
+    threads, as RunInference shares its model; it runs in chunks of --batch-size images."""
+
+    def __init__(self, model_dir: str, engine: str, tta: str, batch_size: int, model_info: dict, run_timestamp,
+                 run_id: str):
+        self.model_dir, self.engine_name, self.tta, self.batch_size = model_dir, engine, tta, batch_size
+        self.model_info, self.run_timestamp, self.run_id = model_info, run_timestamp, run_id
+        self._shared = shared.Shared()
+        self.predicted = progress.Counter("images_predicted")
+
+    def setup(self):
+        from model import engines
+
+        self._engine = self._shared.acquire(
+            lambda: _SharedEngine(engines.load(self.model_dir, self.engine_name, self.tta)[0])).engine
+
+    def process(self, batch: ImageBatch):
+        pixels = batch.pixels[..., None]
+        probs = np.concatenate([self._engine.probabilities(pixels[i : i + self.batch_size])
+                                for i in range(0, len(pixels), self.batch_size)])
+        self.predicted.inc(len(batch.images))
+        thumbnails = np.clip(np.round(batch.pixels), 0, 255).astype(np.uint8).reshape(len(batch.images), -1)
+        yield rows_table(batch.images, probs, self.model_info, self.run_timestamp, self.run_id), thumbnails
+
+
+class CoalesceTables(beam.DoFn):
+    """Row tables -> tables of about `rows` rows (each becomes one Parquet row group): a batch's few
+    hundred rows would make row groups too small for readers to skip through."""
+
+    def __init__(self, rows: int = 64 * 1024):
+        self.rows = rows
+
+    def start_bundle(self):
+        self._tables, self._count = [], 0
+
+    def process(self, table: pa.Table):
+        self._tables.append(table)
+        self._count += table.num_rows
+        if self._count >= self.rows:
+            yield self._take()
+
+    def finish_bundle(self):
+        if self._tables:
+            yield GlobalWindows.windowed_value(self._take())
+
+    def _take(self) -> pa.Table:
+        table = pa.concat_tables(self._tables)
+        self._tables, self._count = [], 0
+        return table
 
 
 class WriteSummary(beam.DoFn):
@@ -299,7 +345,13 @@ class Predict(beam.PTransform):
         if self.pattern:
             # Matched by the launcher already (a --dry_run does not look at storage at all).
             records = pbegin | "ReadTFRecords" >> beam.io.ReadFromTFRecord(self.pattern, validate=False)
-            inputs = records | "ParseExamples" >> beam.ParDo(ParseExamples(self.image_size))
+            inputs = (
+                records
+                | "ParseExamples" >> beam.ParDo(ParseExamples(self.image_size))
+                | "BatchRecords" >> beam.BatchElements(min_batch_size=a.files_per_batch,
+                                                       max_batch_size=a.files_per_batch)
+                | "AsImageBatches" >> beam.Map(image_batch)
+            )
             counts = (
                 records
                 | "CountRecords" >> beam.combiners.Count.Globally()
@@ -317,19 +369,13 @@ class Predict(beam.PTransform):
             )
             inputs, rejected, counts = decoded.images, decoded.rejected, listing[ListInput.SUMMARY]
 
-        # The key (an Image) carries everything but the pixels through RunInference: no join needed.
-        handler = KeyedModelHandler(EmotionModelHandler(a.model, min_batch_size=min(8, a.batch_size),
-                                                        max_batch_size=a.batch_size, tta=a.tta,
-                                                        engine=a.engine))
-        rows = (
-            inputs
-            | "RunInference" >> RunInference(handler)
-            | "ToRows" >> beam.ParDo(ToRow(self.model_info, self.run_timestamp, self.plan.run_id))
-        )
-        row_dicts = rows | "RowsOnly" >> beam.Map(lambda rp: rp[0])
+        predicted = inputs | "Classify" >> beam.ParDo(
+            Classify(a.model, a.engine, a.tta, a.batch_size, self.model_info, self.run_timestamp, self.plan.run_id))
+        tables = predicted | "RowTables" >> beam.Map(lambda batch: batch[0])
         prediction_files = (
-            row_dicts
-            | "WritePredictions" >> beam.io.WriteToParquet(
+            tables
+            | "CoalesceTables" >> beam.ParDo(CoalesceTables())
+            | "WritePredictions" >> beam.io.WriteToParquetBatched(
                 join(a.staging, "predictions", "predictions"), PREDICTIONS_SCHEMA, file_name_suffix=".parquet"
             )
         )
@@ -337,7 +383,7 @@ class Predict(beam.PTransform):
             join(a.staging, "rejected", "rejected"), REJECTED_SCHEMA, file_name_suffix=".parquet"
         )
         evaluated = (
-            rows
+            predicted
             | "Evaluate" >> beam.CombineGlobally(evaluation.EvaluationFn())
             | "WriteEvaluation" >> beam.ParDo(evaluation.WriteEvaluation(a.staging, self.image_size, self.model_info))
         )
@@ -360,6 +406,7 @@ class Predict(beam.PTransform):
         if self.table is None:
             return pbegin | "Commit" >> CommitOutputs(self.plan, totals, after=[prediction_files, rejected_files, summary])
         # With --table, the table is committed in the output's transaction: both, or neither.
+        row_dicts = tables | "Rows" >> beam.FlatMap(lambda table: table.to_pylist())
         table_files = row_dicts | "WriteTable" >> WriteTable(self.table)
         fingerprint = row_dicts | "DataFingerprint" >> DataFingerprint()
         also = TableCommit(self.table, a.output, self.run_timestamp, remote_lock="://" in self.table.root)
@@ -448,7 +495,8 @@ def run(argv=None, save_main_session=True) -> dict | None:
             claims.enter_context(TableClaim(table.root, claim.run_id, remote=is_remote_runner(options)))
         plan = claims.enter_context(claim)
         try:
-            if _run_pipeline(args, options, model_info, image_size, plan, pattern, run_timestamp, table) is None:
+            counters = _run_pipeline(args, options, model_info, image_size, plan, pattern, run_timestamp, table)
+            if counters is None:
                 return None
         except Exception as exc:
             if "Not a valid TFRecord" in str(exc):
@@ -460,10 +508,10 @@ def run(argv=None, save_main_session=True) -> dict | None:
         summary = json.loads(f.read())
     t = summary["totals"]
     log.info(
-        "predict: %d matched -> %d predicted, %d rejected in %.1fs%s",
+        "predict: %d matched -> %d predicted, %d rejected in %.1fs%s%s",
         t["matched"], t["predicted"], t["rejected"], time.time() - started,
         f"; accuracy {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f} on {summary['labelled']} labelled"
-        if summary.get("accuracy") is not None else "",
+        if summary.get("accuracy") is not None else "", progress.format_counters(counters),
     )
     return summary
 
@@ -496,15 +544,25 @@ def _check_input(path: str, pattern: str | None) -> None:
 
 def _run_pipeline(args, options, model_info: dict, image_size: int, plan: CommitPlan, pattern: str | None,
                   run_timestamp: dt.datetime, table: TablePlan | None):
-    """Runs (or submits) the pipeline writing under the plan's staging folder; True when it ran here."""
+    """Runs (or submits) the pipeline writing under the plan's staging folder, with progress lines when it
+    runs here; its Beam counters ({name: value}) when it ran here, None when it was submitted."""
     args.staging = plan.write_root
     if not is_dry_run(options):
         write_bytes(join(args.staging, "bigquery", "predictions.schema.json"),
                     bigquery_schema_json(PREDICTIONS_SCHEMA).encode())
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "Predict" >> Predict(args, model_info, image_size, run_timestamp, plan, pattern, table)
-    result = pipeline.run()
     if is_remote_runner(options):
+        pipeline.run()
         return None
-    result.wait_until_finish()
-    return True
+    with progress.report("predict", progress_figures, quiet=args.quiet):
+        result = pipeline.run()
+        result.wait_until_finish()
+    return progress.beam_counters(result)
+
+
+def progress_figures(counts: dict) -> progress.Figures:
+    """A progress line: the images predicted or rejected, of those the listing found (TFRecord input
+    has no listing: no total)."""
+    done = counts.get("images_predicted", 0) + counts.get("images_rejected", 0)
+    return progress.Figures(done, listing_total(counts), "images")

@@ -15,7 +15,24 @@ from apache_beam.io.filesystems import FileSystems
 from beam_pipelines.common import MergeCounts, extension, split_and_class_dir
 from beam_pipelines.listing import PROBLEMS as LISTING_PROBLEMS
 from beam_pipelines.listing import Unit, list_unit, plan_units, planned_identities
+from beam_pipelines.progress import Counter
 from model.preprocess import IMAGE_EXTENSIONS, PreprocessError, is_non_data, preprocess
+
+# The listing's counters (progress.py): work items planned and listed, files found. The total is known
+# once every planned item is listed (listing_total).
+UNITS_PLANNED = Counter("listing_units")
+UNITS_LISTED = Counter("listing_units_done")
+FILES_LISTED = Counter("files_listed")
+FILES_SKIPPED = Counter("files_skipped_non_data")
+
+
+def listing_total(counts: dict) -> int | None:
+    """The data files the listing found (every file listed less skipped non-data), from a
+    progress.snapshot(), once the listing is complete; None before."""
+    units = counts.get("listing_units", 0)
+    if not units or counts.get("listing_units_done", 0) < units:
+        return None
+    return counts.get("files_listed", 0) - counts.get("files_skipped_non_data", 0)
 
 
 class Work(NamedTuple):
@@ -31,6 +48,7 @@ class Work(NamedTuple):
 def plan_work(root: str):
     units, problems = plan_units(root)
     planned = planned_identities(units)
+    UNITS_PLANNED.inc(len(units) + bool(problems))  # before any is listed: the total waits for them all
     for unit in units:
         yield Work(root, unit, planned=planned)
     if problems:
@@ -40,7 +58,8 @@ def plan_work(root: str):
 class ListBatches(beam.DoFn):
     """Work -> batches of (path, listing problem or None); on the side (tag SUMMARY) one dict per
     work item: matched (every file listed), skipped non-data files by name and in all, input bytes,
-    and the split folders seen (merged by MergeSummaries). Streams: no listing is held whole."""
+    and the split folders seen (merged by MergeSummaries). Streams: no listing is held whole; the
+    counters follow each batch (files_listed, files_skipped_non_data) and the work item (listing_units_done)."""
 
     SUMMARY = "summary"
 
@@ -56,6 +75,8 @@ class ListBatches(beam.DoFn):
             if is_non_data(rel):
                 name = rel.rsplit("/", 1)[-1]
                 skipped[name] = skipped.get(name, 0) + 1
+                FILES_LISTED.inc()
+                FILES_SKIPPED.inc()
                 continue
             folder_split, _ = split_and_class_dir(rel)
             if folder_split:
@@ -63,8 +84,11 @@ class ListBatches(beam.DoFn):
             total_bytes += size
             batch.append((path, problem))
             if len(batch) >= self.files_per_batch:
+                FILES_LISTED.inc(len(batch))
                 yield batch
                 batch = []
+        FILES_LISTED.inc(len(batch))
+        UNITS_LISTED.inc()
         if batch:
             yield batch
         yield beam.pvalue.TaggedOutput(self.SUMMARY, {

@@ -1,8 +1,13 @@
-"""Inference engines side by side, in one run, on one split loaded once as pixels: speed, accuracy and how
-far each strays from the Keras float32 reference.
+"""Inference engines side by side: views/s, accuracy, and agreement with the Keras float32 reference.
+
+One run, one split loaded once as pixels, every engine built from the same exported model. All of FER2013
+test takes roughly 10-15 minutes on 2 idle cores (estimated from smoke runs); a smoke test:
+--images 256 --timing-images 256 --repeats 2.
 
     .venv/bin/python bench/engine_bench.py --model shipped --data /tmp/fer-out --repeats 3 --threads 2 \\
         --json /tmp/engine_bench.json
+
+Engines (--engines picks a subset):
 
     keras-fp32           the export's model.keras in TensorFlow, float32: the reference
     keras-bf16           the same weights in the architecture rebuilt under the mixed_bfloat16 policy
@@ -333,7 +338,7 @@ def versions() -> dict:
 def report(args, src: Sources, entries: list[dict], images: int, timing_images: int) -> dict:
     return {
         "command": " ".join([sys.executable, *sys.argv]),
-        "model": src.root, "model_version": src.metadata.get("model_version"),
+        "model": args.model, "model_version": src.metadata.get("model_version"),
         "data": args.data, "split": args.split, "images": images, "timing_images": timing_images,
         "batch_size": args.batch_size, "repeats": args.repeats, "threads": args.threads,
         "cpus": os.cpu_count(), "versions": versions(),

@@ -3,13 +3,11 @@
 import importlib.resources
 
 # The models that ship inside the package (a Dataflow worker's image included), by the name that stands
-# for them wherever a model directory is asked for: "shipped", the accurate one (the default), and "fast",
-# a sixteenth of its compute distilled from it (model/recipes/fast.toml).
+# for them wherever a model directory is asked for: "shipped", the accurate one (the default).
 SHIPPED_MODEL = str(importlib.resources.files("model") / "shipped")
-FAST_MODEL = str(importlib.resources.files("model") / "fast")
-PACKAGED_MODELS = {"shipped": SHIPPED_MODEL, "fast": FAST_MODEL}
+PACKAGED_MODELS = {"shipped": SHIPPED_MODEL}
 
 
 def resolve_model_dir(model_dir: str) -> str:
-    """'shipped' or 'fast' -> that installed model; anything else is a path or gs:// URI."""
+    """A packaged model's name ('shipped') -> its installed directory; anything else is a path or gs:// URI."""
     return PACKAGED_MODELS.get(model_dir, model_dir)

@@ -72,7 +72,7 @@ def test_the_input_contract_imports_no_framework():
 
 # Beam modules that run on ingest workers or in the launcher: never TensorFlow, not even lazily.
 # (cli.py imports it for the commands that use it, to silence its start-up lines.)
-TENSORFLOW_FREE = ["common", "errors", "listing", "reading", "outputs", "ingest", "table", "compare", "report"]
+TENSORFLOW_FREE = ["common", "errors", "listing", "reading", "progress", "outputs", "ingest", "table", "compare", "report"]
 
 
 @pytest.mark.parametrize("name", TENSORFLOW_FREE)

@@ -55,7 +55,7 @@ INGEST_STEPS = {
     "Ingest/WriteEmptyShards", "Ingest/WriteRejected", "Ingest/MergeStats", "Ingest/WriteStats",
 }
 PREDICT_STEPS = {
-    "Predict/RunInference", "Predict/ToRows", "Predict/WritePredictions", "Predict/WriteRejected",
+    "Predict/Classify", "Predict/WritePredictions", "Predict/WriteRejected",
     "Predict/Evaluate", "Predict/WriteEvaluation", "Predict/WriteSummary",
 }
 PREDICT_INPUT_STEPS = {
@@ -532,7 +532,7 @@ SAMPLE_VALUES = {
     "val_fraction": "0.2", "test_fraction": ".15", "seed": "3", "num_shards": "8", "max_pixels": "1000000",
     "files_per_batch": "128", "batch_size": "64", "face_detector": "mtcnn", "tta": "flip", "engine": "litert",
     "overwrite": "true",
-    "table": "gs://b/table", "run_id": "run-1",
+    "table": "gs://b/table", "run_id": "run-1", "quiet": "true",
 }
 
 

@@ -95,10 +95,13 @@ def test_tf_preprocessing_matches_opencv_pixel_for_pixel(corpus):
 
 
 def test_serve_signature_matches_predict(exported, corpus, tmp_path):
+    """The same float model both sides (--engine keras): what differs is only the preprocessing path.
+    The int8 engine's own tolerance against the float model is tests/test_engines.py's."""
     root, files = corpus
     meta = export.read_metadata(str(exported))
     out = tmp_path / "pred"
-    summary = predict.run(["--input", str(root), "--output", str(out), "--model", str(exported)])
+    summary = predict.run(["--input", str(root), "--output", str(out), "--model", str(exported),
+                           "--engine", "keras"])
     assert summary["totals"]["predicted"] == len(files)
     rows = pq.ParquetDataset(sorted(str(p) for p in (out / "predictions").glob("*.parquet"))).read().to_pylist()
     by_name = {r["uri"].rsplit("/", 1)[1]: np.array([r[f"prob_{c}"] for c in LABELS]) for r in rows}

@@ -248,8 +248,21 @@ def test_decode_batch_assigns_splits_from_the_content_hash_without_split_folders
 # --------------------------------------------------------------------------- EvaluationFn
 
 
+def prediction_batches(rows, size=37):
+    """The rows as predict.Classify yields them: (a pyarrow Table of a batch's rows, its thumbnails)."""
+    import pyarrow as pa
+
+    batches = []
+    for i in range(0, len(rows), size):
+        part = rows[i : i + size]
+        table = pa.Table.from_pylist([r for r, _ in part])
+        thumbnails = np.stack([np.frombuffer(t, np.uint8) for _, t in part])
+        batches.append((table, thumbnails))
+    return batches
+
+
 def prediction_rows(n, seed=0, unlabelled=0):
-    """(row, thumbnail) pairs shaped as predict.ToRow yields them, with distinct confidences and hashes."""
+    """(row, thumbnail) pairs with the columns the evaluation reads, distinct confidences and hashes."""
     rng = random.Random(seed)
     rows = []
     for i in range(n + unlabelled):
@@ -292,7 +305,7 @@ def test_evaluation_combine_matches_model_metrics():
         assert got["ece"] == pytest.approx(ece)
 
     with direct_pipeline() as p:
-        assert_that(p | beam.Create(rows) | beam.CombineGlobally(EvaluationFn()), check)
+        assert_that(p | beam.Create(prediction_batches(rows)) | beam.CombineGlobally(EvaluationFn()), check)
 
 
 def test_evaluation_merged_accumulators_equal_one_accumulator():
@@ -301,8 +314,8 @@ def test_evaluation_merged_accumulators_equal_one_accumulator():
 
     def accumulate(part):
         acc = fn.create_accumulator()
-        for row in part:
-            acc = fn.add_input(acc, row)
+        for batch in prediction_batches(part):
+            acc = fn.add_input(acc, batch)
         return acc
 
     whole = accumulate(rows)

@@ -47,7 +47,7 @@ def contenders(kind: str, args, tmp: str) -> dict[str, tuple[list[str], str]]:
         }
     peer = [PY, "bench/plain_peer_loop.py", "--input", args.input, "--peer-dir", args.peer_dir]
     with open(os.path.join(args.model, "metadata.json")) as f:
-        tta = json.load(f)["recommended_tta"]
+        tta = args.tta or json.load(f)["recommended_tta"]
     return {
         "peer mini-Xception, plain Keras": (peer + ["--output", f"{tmp}/pk.npy", "--engine", "keras"],
                                             f"{tmp}/pk.npy"),
@@ -55,7 +55,8 @@ def contenders(kind: str, args, tmp: str) -> dict[str, tuple[list[str], str]]:
                                           f"{tmp}/pt.npy"),
         f"plain LiteRT int8, fast model, {tta} TTA": (plain + ["--output", f"{tmp}/fl.npy", "--model", args.model,
                                                                "--engine", "litert", "--tta", tta], f"{tmp}/fl.npy"),
-        "emotion predict --model MODEL": (predict + ["--output", f"{tmp}/pf", "--model", args.model, "--overwrite"],
+        f"emotion predict --model MODEL --tta {tta}": (predict + ["--output", f"{tmp}/pf", "--model", args.model,
+                                                                  "--tta", tta, "--overwrite"],
                                          f"{tmp}/pf/summary.json"),
     }
 
@@ -90,6 +91,7 @@ def main():
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--peer-dir", default="/tmp/ferwheel")
     p.add_argument("--model", default="shipped", help="fast: the candidate to run (an exported model directory)")
+    p.add_argument("--tta", default=None, help="fast: the candidate's TTA (default: its recommended one)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     scratch = Gate([])

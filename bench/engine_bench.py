@@ -19,7 +19,7 @@ Engines (--engines picks a subset):
                          it unoptimised and recommends static quantization for CNNs; expect it to be slow)
     ort-int8-static      quantize_static (QDQ, per-channel) calibrated on the same 512 train images
 
-ONNX needs `pip install tf2onnx onnxruntime` (bench only; not a dependency of the project). An engine whose
+ONNX needs `pip install -e ".[bench]"` (onnxruntime, tf2onnx: bench only). An engine whose
 package is missing or whose conversion fails is reported as "unavailable: <reason>" and the run goes on.
 
 Measured per engine on the --split split (test by default; calibration never sees it), single view, batch

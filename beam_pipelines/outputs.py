@@ -255,6 +255,15 @@ class OutputClaim:
         remove = tuple(sorted(set(ours_before) | set(foreign)))
         for rel in remove:  # before anything changes: each lies inside --output, links resolved
             g.inside(join(self.output, rel))
+        # A run killed inside its commit left the files it replaced in its staging folder's .retired/:
+        # the only copy of the previous results. Never removed without being asked.
+        if self.previous and self.previous.get("state") == "committing" and self.previous.get("staging") \
+                and not self.overwrite:
+            retired = join(self.output, self.previous["staging"], ".retired")
+            if _files_under(self.output, f"{self.previous['staging']}/.retired"):
+                raise UsageError(
+                    f"--output {self.output}: run {self.previous.get('run_id')} was killed while committing; the "
+                    f"files it replaced are in {retired}: move them back, or pass --overwrite to discard them")
         # Leftovers of a killed run are ours: the (validated) manifest names its staging folder.
         if self.previous and self.previous.get("staging"):
             g.remove_tree(join(self.output, self.previous["staging"]))
@@ -279,6 +288,13 @@ class OutputClaim:
             "previous": {k: self.previous.get(k) for k in ("run_id", "stage", "finished")} if self.previous else None,
         }, self.output)
 
+    def _committed(self) -> bool:
+        try:
+            current = read_manifest(self.output)
+        except (UsageError, ValueError, OSError):
+            return False
+        return bool(current) and current.get("run_id") == self.run_id and current.get("state") == "complete"
+
     def _restore_manifest(self) -> None:
         """_run.json byte for byte as it was before this run (or gone, if there was none)."""
         g = Gate([self.output])
@@ -294,7 +310,14 @@ class OutputClaim:
                           remote_lock=not is_local(self.output))
 
     def abort(self) -> None:
-        """A failed run: its staging removed, the manifest as it was before the run."""
+        """A failed run: its staging removed, the manifest as it was before the run. An interruption
+        that lands after the commit finished (Ctrl-C in the last milliseconds) is not a failure: the
+        output is this run's, whole, and its manifest says so; putting the old manifest back would
+        describe files that are no longer there."""
+        if self._committed():
+            log.info("output: run %s was committed before the interruption; %s is complete", self.run_id,
+                     self.output)
+            return
         g = self.plan.gate()
         self.plan.remove_write_root(g)
         remove_tree(self.plan.staging, self.output)

@@ -313,3 +313,25 @@ def test_gs_paths_with_no_network_fail_fast(capsys, tmp_path, monkeypatch):
 def test_max_pixels_above_the_decoder_ceiling_is_a_usage_error(capsys, tmp_path, faces):
     code, err = run_cli(capsys, "ingest", "--input", faces, "--output", tmp_path / "out", "--max-pixels", str(10**10))
     assert code == 2 and "OPENCV_IO_MAX_IMAGE_PIXELS" in err
+
+
+def test_an_interruption_after_the_commit_keeps_the_committed_run(tmp_path, faces, monkeypatch):
+    """Ctrl-C in the milliseconds between the commit and the claim letting go: the output is the new
+    run's, whole, and its manifest must say so (putting the old one back described files now gone)."""
+    out = tmp_path / "out"
+    predict.run(["--input", str(faces), "--output", str(out), "--run-id", "first"])
+    real = predict._run_pipeline
+
+    def commit_then_interrupt(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict, "_run_pipeline", commit_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        predict.run(["--input", str(faces), "--output", str(out), "--run-id", "second"])
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert (manifest["run_id"], manifest["state"]) == ("second", "complete")
+    assert json.loads((out / "summary.json").read_text())["totals"]["balanced"]
+    listed = set(manifest["files"])
+    present = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name not in (MANIFEST, LOCK)}
+    assert listed == present

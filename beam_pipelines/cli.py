@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -62,6 +63,9 @@ def _quiet_logs(command: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("apache_beam", "absl", "tensorflow", "matplotlib", "google", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # The DirectRunner logs a failing step's traceback and then raises the same exception: main() reports
+    # it (one line for the user's mistakes, the traceback for anything else), so Beam's copy is noise.
+    logging.getLogger("apache_beam.runners").setLevel(logging.CRITICAL)
     # RunInference logs this to the root logger on every run (an optional Beam import).
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda record: "Resource module is not available" not in record.getMessage())
@@ -81,6 +85,23 @@ class _Interrupted:
             logging.disable(logging.CRITICAL)
             threading.excepthook = lambda args: None
         raise KeyboardInterrupt
+
+
+# The file system said no: a read-only or immutable file or folder, a file where a folder must go, a
+# full disk. The user's to fix, not a bug: one line, exit 2 (Beam wraps the worker's OSError in its own).
+STORAGE_REFUSALS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC, errno.EDQUOT}
+
+
+def _storage_refusal(exc: BaseException) -> str | None:
+    """The first line of the OSError behind exc (its cause or context chain) when it is a refusal by
+    the file system; None otherwise."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_REFUSALS:
+            return str(exc).splitlines()[0][:300]
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,11 +128,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"emotion {command}: interrupted", file=sys.stderr)
             return 130
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:
-        if not _Interrupted.seen:
+    except BaseException as exc:
+        if _Interrupted.seen:
+            print(f"emotion {command}: interrupted", file=sys.stderr)
+            return 130
+        refused = _storage_refusal(exc)
+        if refused is None:
             raise
-        print(f"emotion {command}: interrupted", file=sys.stderr)
-        return 130
+        # The stage's claim has already put everything back (a failed run leaves every output as it was).
+        print(f"emotion {command}: error: cannot write: {refused}; nothing was changed", file=sys.stderr)
+        return 2
     finally:
         if main_thread:
             signal.signal(signal.SIGINT, previous)

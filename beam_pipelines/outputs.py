@@ -314,11 +314,13 @@ class OutputClaim:
         that lands after the commit finished (Ctrl-C in the last milliseconds) is not a failure: the
         output is this run's, whole, and its manifest says so; putting the old manifest back would
         describe files that are no longer there."""
-        if self._committed():
+        g = self.plan.gate()
+        if self._committed():  # only the commit's clean-up may have been cut short: finish it
+            self.plan.remove_write_root(g)
+            remove_tree(self.plan.staging, self.output)
             log.info("output: run %s was committed before the interruption; %s is complete", self.run_id,
                      self.output)
             return
-        g = self.plan.gate()
         self.plan.remove_write_root(g)
         remove_tree(self.plan.staging, self.output)
         self._restore_manifest()

@@ -331,6 +331,7 @@ def test_an_interruption_after_the_commit_keeps_the_committed_run(tmp_path, face
         predict.run(["--input", str(faces), "--output", str(out), "--run-id", "second"])
     manifest = json.loads((out / MANIFEST).read_text())
     assert (manifest["run_id"], manifest["state"]) == ("second", "complete")
+    assert not (out / "_staging").exists()
     assert json.loads((out / "summary.json").read_text())["totals"]["balanced"]
     listed = set(manifest["files"])
     present = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name not in (MANIFEST, LOCK)}

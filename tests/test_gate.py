@@ -550,3 +550,31 @@ def test_ctrl_c_during_predict_is_one_line_and_exit_130(faces, tmp_path):
     assert proc.wait(timeout=60) == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "emotion predict: interrupted"
     assert not out.exists() or sorted(os.listdir(out)) in ([], [outputs.MANIFEST])
+
+
+@contextlib.contextmanager
+def immutable_file(path: pathlib.Path):
+    """A file nobody may replace or remove, root included (chattr +i)."""
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a file immutable here (chattr +i)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_write_the_file_system_refuses_midway_is_one_line_and_changes_nothing(capsys, first_run, faces, tmp_path):
+    """Found by the fault harness: the refusal comes from inside the pipeline's commit (Beam wraps it in
+    its own exception), after staging; it is still the user's to fix, and the output stays as it was."""
+    out = tmp_path / "out"
+    shutil.copytree(first_run["out"], out)
+    with immutable_file(out / "summary.json"):
+        before = snapshot(out)
+        line = one_line_error(capsys, cli.main(["predict", "--input", str(faces), "--output", str(out)]),
+                              "cannot write", "summary.json", "nothing was changed")
+        assert "Operation not permitted" in line
+        assert snapshot(out) == before
+    (out / outputs.STAGING).write_bytes(b"a file where the staging folder goes")
+    before = snapshot(out)
+    one_line_error(capsys, cli.main(["predict", "--input", str(faces), "--output", str(out)]), "Not a directory")
+    assert snapshot(out) == before

@@ -105,6 +105,7 @@ def _storage_refusal(exc: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -140,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if main_thread:
-            signal.signal(signal.SIGINT, previous)
+            # As a process's entry point (no argv given) the run's outcome is decided: a Ctrl-C during the
+            # second the interpreter takes to exit (Beam's atexit hooks) must not turn it into a traceback.
+            signal.signal(signal.SIGINT, signal.SIG_IGN if from_process else previous)
         if _Interrupted.seen:
             logging.disable(logging.NOTSET)
             threading.excepthook = hook

@@ -67,8 +67,15 @@ def read_only(path: pathlib.Path):
         finally:
             path.chmod(0o755)
         return
+    with immutable(path):
+        yield path
+
+
+@contextlib.contextmanager
+def immutable(path: pathlib.Path):
+    """A file or folder nobody may change, root included (chattr +i); skipped where chattr cannot."""
     if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-        pytest.skip("cannot make a folder read-only for root here (chattr +i)")
+        pytest.skip(f"cannot make {path.name} immutable here (chattr +i)")
     try:
         yield path
     finally:
@@ -552,23 +559,12 @@ def test_ctrl_c_during_predict_is_one_line_and_exit_130(faces, tmp_path):
     assert not out.exists() or sorted(os.listdir(out)) in ([], [outputs.MANIFEST])
 
 
-@contextlib.contextmanager
-def immutable_file(path: pathlib.Path):
-    """A file nobody may replace or remove, root included (chattr +i)."""
-    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-        pytest.skip("cannot make a file immutable here (chattr +i)")
-    try:
-        yield path
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
-
-
 def test_a_write_the_file_system_refuses_midway_is_one_line_and_changes_nothing(capsys, first_run, faces, tmp_path):
     """Found by the fault harness: the refusal comes from inside the pipeline's commit (Beam wraps it in
     its own exception), after staging; it is still the user's to fix, and the output stays as it was."""
     out = tmp_path / "out"
     shutil.copytree(first_run["out"], out)
-    with immutable_file(out / "summary.json"):
+    with immutable(out / "summary.json"):
         before = snapshot(out)
         line = one_line_error(capsys, cli.main(["predict", "--input", str(faces), "--output", str(out)]),
                               "cannot write", "summary.json", "nothing was changed")

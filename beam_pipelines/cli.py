@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 
-from beam_pipelines.errors import UsageError
+from model.errors import UsageError
 
 COMMANDS = {
     "ingest": ("beam_pipelines.ingest", "raw image folders -> validated, sharded TFRecords"),

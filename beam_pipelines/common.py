@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, endpoints_pb2
 
-from beam_pipelines.errors import UsageError  # noqa: F401  (re-exported for the pipelines)
+from model.errors import UsageError  # noqa: F401  (re-exported for the pipelines)
 
 log = logging.getLogger("emotion")
 

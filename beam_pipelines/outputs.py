@@ -28,7 +28,7 @@ The life of a run (OutputClaim, in the launcher, then commit() in the pipeline's
 
 _run.json is read back as untrusted input: a manifest whose files are not plain relative paths, or
 whose staging folder is not _staging/<a run id>, is refused (one line) before anything is removed,
-and every remove or move goes through beam_pipelines/gate.py, which refuses any path outside the
+and every remove or move goes through model/gate/, which refuses any path outside the
 run's own folders whatever the manifest or a link says.
 """
 
@@ -45,10 +45,11 @@ import sys
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import gate
+from model import gate
 from beam_pipelines.common import join
-from beam_pipelines.errors import UsageError
-from beam_pipelines.gate import Gate, RootLock
+from model.errors import UsageError
+from beam_pipelines.storage import pipeline_gate
+from model.gate import Gate, RootLock
 from beam_pipelines.listing import has_glob_characters, is_local, list_entries
 
 MANIFEST = "_run.json"
@@ -114,7 +115,7 @@ def validate_manifest(manifest, path: str) -> dict:
 
 def _write_json(path: str, value: dict, output: str) -> None:
     """Written whole or not at all, through the gate (local: a temporary file renamed over it)."""
-    Gate([output]).write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
+    pipeline_gate([output]).write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
 def _files_under(output: str, name: str) -> list[str]:
@@ -179,7 +180,7 @@ class CommitPlan:
 
     def gate(self) -> Gate:
         """The run's roots: its --output, and the temp folder it made for its link."""
-        return Gate([self.output, self.temp_root])
+        return pipeline_gate([self.output, self.temp_root])
 
     def with_write_root(self) -> CommitPlan:
         """The plan with its write root made: when the staging path has glob characters, a link to
@@ -238,7 +239,7 @@ class OutputClaim:
                 self.lock.release()
 
     def _check(self) -> CommitPlan:
-        g = Gate([self.output])
+        g = pipeline_gate([self.output])
         self.previous_raw = read_manifest_bytes(self.output)
         self.previous = read_manifest(self.output)
         owned = set(self.previous.get("files", [])) if self.previous else set()
@@ -297,7 +298,7 @@ class OutputClaim:
 
     def _restore_manifest(self) -> None:
         """_run.json byte for byte as it was before this run (or gone, if there was none)."""
-        g = Gate([self.output])
+        g = pipeline_gate([self.output])
         path = join(self.output, MANIFEST)
         if self.previous_raw is not None:
             g.write_bytes(path, self.previous_raw)
@@ -330,7 +331,7 @@ class OutputClaim:
 def remove_tree(path: str, root: str) -> None:
     """Removes the folder `path` inside `root` (through the gate), then root's _staging/ if it is left
     empty."""
-    g = Gate([root])
+    g = pipeline_gate([root])
     g.remove_tree(path)
     parent = path.rstrip("/").rsplit("/", 1)[0]
     if parent.rsplit("/", 1)[-1] == STAGING:

@@ -52,7 +52,7 @@ from beam_pipelines.common import (
     write_bytes,
 )
 from beam_pipelines.listing import escape_glob, exists_any
-from beam_pipelines.gate import check_name
+from model.gate import check_name
 from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim
 from beam_pipelines.reading import ListInput, listing_total, read_image, reject
 from beam_pipelines.table import DataFingerprint, TableClaim, TableCommit, TablePlan, WriteTable, code_version

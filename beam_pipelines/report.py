@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 from markupsafe import Markup
 
 from beam_pipelines.common import UsageError, join, log, read_bytes
-from beam_pipelines.gate import Gate
+from beam_pipelines.storage import pipeline_gate
 
 REPORT_NAME = "report.html"
 GENERATOR_TAG = "<meta name=generator content=\"emotion report\">"  # marks a page this command may replace
@@ -666,7 +666,7 @@ def build(root: str, title: str | None = None) -> str:
     page = render(root, title, parts, manifest, now)
     path = join(root, REPORT_NAME)
     try:
-        Gate([root]).write_bytes(path, page.encode("utf-8"))  # whole or not at all; a link there is replaced
+        pipeline_gate([root]).write_bytes(path, page.encode("utf-8"))  # whole or not at all; a link there is replaced
     except OSError as exc:
         raise UsageError(f"cannot write {path} ({exc.strerror or exc}): choose another --output or fix its "
                          "permissions") from None

@@ -39,9 +39,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import gate
+from model import gate
 from beam_pipelines.common import join, parquet_bytes, write_bytes
-from beam_pipelines.errors import UsageError
+from model.errors import UsageError
 from beam_pipelines.listing import is_local, list_entries
 from beam_pipelines.outputs import remove_tree
 from schemas.tables import (

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 from _measure import measure
 
-from beam_pipelines.gate import Gate
+from beam_pipelines.storage import pipeline_gate
 from model.metrics import confusion, summarize
 from schemas import LABELS, canonical_label
 
@@ -94,7 +94,7 @@ def main():
     p.add_argument("--tta", default=None, help="fast: the candidate's TTA (default: its recommended one)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    scratch = Gate([])
+    scratch = pipeline_gate([])
     tmp = scratch.make_temp_dir(prefix="cost-bars-")
     runs = contenders(args.kind, args, tmp)
     names = list(runs)

@@ -15,7 +15,7 @@ import sys
 
 from _measure import measure
 
-from beam_pipelines.gate import Gate
+from beam_pipelines.storage import pipeline_gate
 
 
 def main():
@@ -25,7 +25,7 @@ def main():
     p.add_argument("--tta", default="flip")
     p.add_argument("--beam-args", default="", help="extra Beam options, e.g. '--direct_num_workers 2 ...'")
     args = p.parse_args()
-    scratch = Gate([])  # every remove goes through the gate (beam_pipelines/gate.py)
+    scratch = pipeline_gate([])  # every remove goes through the gate (model/gate/)
     tmp = scratch.make_temp_dir(prefix="predict-bench-")
     runs = {"plain": [], "beam": []}
     for i in range(args.repeats):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from beam_pipelines.errors import UsageError
+from model.errors import UsageError
 from model import augment as augmentation
 from model.files import read_json_object
 from schemas import FEATURES, LABELS, SCHEMA_VERSION

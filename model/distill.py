@@ -22,7 +22,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from beam_pipelines.errors import UsageError
+from model.errors import UsageError
 from model.files import local_copy, local_target
 
 log = logging.getLogger("emotion")

@@ -11,7 +11,7 @@ A model directory is whole or refused. An export is written into DIR/.export-sta
 committed by renames, metadata.json last (see _commit), so an export killed at any point leaves either
 the previous model whole or a directory that load() refuses. The commit replaces only what an earlier
 export (or the running training) wrote, and records what it committed in DIR/_train.json
-(model/ownership.py); every remove and rename goes through beam_pipelines/gate.py. Loading checks that export/model.keras is
+(model/ownership.py); every remove and rename goes through model/gate/. Loading checks that export/model.keras is
 the model metadata.json describes (weights fingerprint, input size, classes) and that its labels and
 schema are this code's; every problem is a ModelError with one line that says what to do.
 """
@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from beam_pipelines.gate import name_problem
+from model.gate import name_problem
 from model import ownership, serving, tta
 from model.files import local_copy, local_target, read_json_object
 from schemas import LABELS, LABELS_VERSION, SCHEMA_VERSION

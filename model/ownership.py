@@ -27,8 +27,8 @@ import os
 import socket
 import sys
 
-from beam_pipelines import gate
-from beam_pipelines.errors import UsageError
+from model import gate
+from model.errors import UsageError
 
 MANIFEST = "_train.json"
 LOCK = "_train.lock"
@@ -48,7 +48,7 @@ def _under(rel: str, names) -> bool:
 
 
 def model_gate(root: str) -> gate.Gate:
-    return gate.Gate([root], remote="tensorflow")
+    return gate.Gate([root], store=gate.TensorFlowStore())
 
 
 def present(root: str, names=NAMES) -> list[str]:

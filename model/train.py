@@ -32,7 +32,7 @@ import time
 
 import tensorflow as tf
 
-from beam_pipelines.errors import UsageError
+from model.errors import UsageError
 from model.augment import PRESETS
 from model.files import local_copy, local_target
 from model.tta import MODES as TTA_MODES

@@ -431,7 +431,7 @@ def test_fan_out_listing_on_gcs_covers_every_object_once(gcs):
 def test_output_ownership_and_lock_on_gcs(gcs, tmp_path):
     """The data-safety rules hold on gs:// as on disk: manifest, staging committed and gone, the lock
     released; a busy output, and files no run wrote, stop a run before it writes anything."""
-    from beam_pipelines.errors import UsageError
+    from model.errors import UsageError
     from beam_pipelines.outputs import OutputLock
 
     raw = tmp_path / "raw"

@@ -24,7 +24,7 @@ from conftest import REPO, SHIPPED_MODEL, make_split_tree, synthetic_face, write
 from hostile_corpus import CORPUS, WRITTEN, preprocess_expected, write_corpus
 
 from beam_pipelines import cli, ingest, predict
-from beam_pipelines.errors import UsageError
+from model.errors import UsageError
 from beam_pipelines.outputs import LOCK, MANIFEST, OutputLock
 
 

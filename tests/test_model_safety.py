@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from beam_pipelines import cli
-from beam_pipelines.errors import UsageError
+from model.errors import UsageError
 from conftest import synthetic_face
 from model import SHIPPED_MODEL, export
 from schemas import LABELS, SCHEMA_VERSION, encode_example, min_eval_images
@@ -169,7 +169,7 @@ def test_failed_export_leaves_the_previous_model_as_it_was(exported, tmp_path, m
 
 
 def test_export_failing_at_the_last_rename_puts_the_previous_model_back(exported, tmp_path, monkeypatch):
-    from beam_pipelines import gate
+    from model import gate
 
     model_dir = _copy(exported["a"], tmp_path)
     before = _tree(model_dir)

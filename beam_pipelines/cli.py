@@ -17,24 +17,40 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 
 from model.errors import UsageError
 
-COMMANDS = {
-    "ingest": ("beam_pipelines.ingest", "raw image folders -> validated, sharded TFRecords"),
-    "train": ("model.train", "tf.distribute training -> checkpoints, TensorBoard, exported model"),
-    "predict": ("beam_pipelines.predict", "Beam batch inference -> Parquet predictions + evaluation"),
-    "compare": ("beam_pipelines.compare", "two prediction runs over the same images, model against model"),
-    "report": ("beam_pipelines.report", "static HTML report of an ingest/train/predict output"),
-    "demo": ("beam_pipelines.demo", "ingest -> train -> predict -> report on the embedded sample"),
-}
 
-TENSORFLOW_COMMANDS = {"train", "predict", "demo"}
+@dataclass(frozen=True)
+class Command:
+    """One `emotion` command: the module whose run(argv) it is."""
+
+    module: str
+    help: str
+    tensorflow: bool = False  # imports TensorFlow (its start-up lines are silenced first)
+    flex_template: bool = False  # also a Dataflow Flex Template (deploy/dataflow/flex_main.py, its specs)
+
+
+# The one list of commands: `emotion`'s and the Dataflow launcher's.
+COMMANDS = {
+    "ingest": Command("beam_pipelines.ingest", "raw image folders -> validated, sharded TFRecords",
+                      flex_template=True),
+    "train": Command("model.train", "tf.distribute training -> checkpoints, TensorBoard, exported model",
+                     tensorflow=True),
+    "predict": Command("beam_pipelines.predict", "Beam batch inference -> Parquet predictions + evaluation",
+                       tensorflow=True, flex_template=True),
+    "compare": Command("beam_pipelines.compare", "two prediction runs over the same images, model against model"),
+    "report": Command("beam_pipelines.report", "static HTML report of an ingest/train/predict output"),
+    "demo": Command("beam_pipelines.demo", "ingest -> train -> predict -> report on the embedded sample",
+                    tensorflow=True),
+}
+FLEX_TEMPLATES = [name for name, command in COMMANDS.items() if command.flex_template]
 
 
 def _usage() -> str:
     lines = ["usage: emotion COMMAND [options]   (emotion COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<8} {command.help}" for name, command in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -58,7 +74,7 @@ def _import_tensorflow_quietly() -> None:
 
 def _quiet_logs(command: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if command in TENSORFLOW_COMMANDS:  # ingest never imports TensorFlow (its workers do not need it)
+    if COMMANDS[command].tensorflow:  # ingest never imports TensorFlow (its workers do not need it)
         _import_tensorflow_quietly()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("apache_beam", "absl", "tensorflow", "matplotlib", "google", "urllib3"):
@@ -118,9 +134,26 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGINT, _Interrupted.handler) if main_thread else None
     hook, _Interrupted.seen = threading.excepthook, False
     try:
-        _quiet_logs(command)
-        module = importlib.import_module(COMMANDS[command][0])
-        module.run(rest)
+        return run_command(command, rest)
+    finally:
+        if main_thread:
+            # As a process's entry point (no argv given) the run's outcome is decided: a Ctrl-C during the
+            # second the interpreter takes to exit (Beam's atexit hooks) must not turn it into a traceback.
+            signal.signal(signal.SIGINT, signal.SIG_IGN if from_process else previous)
+        if _Interrupted.seen:
+            logging.disable(logging.NOTSET)
+            threading.excepthook = hook
+
+
+def run_command(command: str, argv: list[str], quiet_logs: bool = True) -> int:
+    """Runs one command's run(argv) and turns how it ended into an exit code: the one error-handling path
+    of `emotion` and of the Dataflow launcher (flex_main.py). A user's mistake (UsageError) or a refusal
+    by the file system is one line and 2; after a Ctrl-C, "interrupted" and 130; anything else is a bug,
+    raised with its traceback. quiet_logs=False keeps the caller's logging as it is (the launcher's)."""
+    try:
+        if quiet_logs:
+            _quiet_logs(command)
+        importlib.import_module(COMMANDS[command].module).run(argv)
     except UsageError as exc:
         print(f"emotion {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -139,14 +172,6 @@ def main(argv: list[str] | None = None) -> int:
         # The stage's claim has already put everything back (a failed run leaves every output as it was).
         print(f"emotion {command}: error: cannot write: {refused}; nothing was changed", file=sys.stderr)
         return 2
-    finally:
-        if main_thread:
-            # As a process's entry point (no argv given) the run's outcome is decided: a Ctrl-C during the
-            # second the interpreter takes to exit (Beam's atexit hooks) must not turn it into a traceback.
-            signal.signal(signal.SIGINT, signal.SIG_IGN if from_process else previous)
-        if _Interrupted.seen:
-            logging.disable(logging.NOTSET)
-            threading.excepthook = hook
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import io
 import json
@@ -25,9 +26,17 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc, endpoints_pb2
 
+from beam_pipelines.listing import exists_any
 from model.errors import UsageError  # noqa: F401  (re-exported for the pipelines)
 
 log = logging.getLogger("emotion")
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse that reports a bad option as a UsageError: one line, exit 2, no usage dump."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def pipeline_options(beam_args: list[str], save_main_session: bool) -> PipelineOptions:
@@ -286,6 +295,24 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file, local or gs:// (through Beam's FileSystems), as a pyarrow Table: the one way the
+    pipelines read Parquet back (parquet_bytes is the way they write it). The file is read whole first, as
+    pyarrow seeks to the footer and back. Raises what opening (OSError) or parsing (pyarrow.ArrowInvalid)
+    raises: whether that is the user's mistake or a part to leave out is the caller's to say."""
+    with FileSystems.open(path) as f:
+        return pq.read_table(io.BytesIO(f.read()), columns=columns)
+
+
+def parquet_num_rows(path: str) -> int:
+    """The row count of one Parquet file, from its footer alone (no column is read)."""
+    try:
+        with FileSystems.open(path) as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    except Exception:  # a stream pyarrow cannot seek in: the file read whole
+        return pq.ParquetFile(io.BytesIO(read_bytes(path))).metadata.num_rows
+
+
 def is_dry_run(options: PipelineOptions) -> bool:
     """--dry_run builds a Dataflow job without submitting it, and touches no storage."""
     from apache_beam.options.pipeline_options import TestOptions
@@ -351,6 +378,20 @@ def check_storage_access(*paths: str) -> None:
                 f"cannot reach gs://{bucket} within {GCS_TIMEOUT_S} s ({type(exc).__name__}): check the network "
                 "and the Application Default Credentials (`gcloud auth application-default login`)"
             ) from None
+
+
+def check_input(path: str, pattern: str | None = None) -> None:
+    """A stage's start-up check of --input: at least one file under it (or matching `pattern`, a TFRecord
+    glob), listed now, before any output is claimed; one line saying what is wrong otherwise."""
+    import os
+
+    try:  # (a file where a folder should be: listing says "X is a file, not a folder")
+        found = FileSystems.match([pattern], limits=[1])[0].metadata_list if pattern else exists_any(path)
+    except Exception as exc:
+        raise UsageError(f"cannot list --input {path}: {exc}") from None
+    if not found:
+        missing = "" if "://" in path or os.path.exists(path) else ": it does not exist"
+        raise UsageError(f"no files under --input {path}{missing}")
 
 
 def check_remote_paths(options: PipelineOptions, **paths: str) -> None:

@@ -13,27 +13,32 @@ predictions table. Images are matched by URI. Outputs under --output (an owned o
   compare/disagreements.parquet   every image the two label differently, most confident first
                                   (by the lower of the two confidences)
 
-`emotion report --output DIR` shows the comparison as a section of the page.
+The tables' schemas are schemas/compare.py. `emotion report --output DIR` shows the comparison as a
+section of the page.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines import progress
-from beam_pipelines.common import UsageError, join, log, parquet_bytes, write_bytes
+from beam_pipelines.common import UsageError, join, log, parquet_bytes, read_parquet, write_bytes
 from beam_pipelines.listing import list_entries
 from beam_pipelines.outputs import OutputClaim, commit
 from model.metrics import confusion, summarize
-from schemas import LABEL_TO_INDEX, LABELS
+from schemas import (
+    AGREEMENT_SCHEMA,
+    COMPARE_INPUT_SCHEMA,
+    COMPARE_PER_CLASS_SCHEMA,
+    DISAGREEMENTS_SCHEMA,
+    LABEL_TO_INDEX,
+    LABELS,
+)
 from schemas.tables import with_schema_version
 
 OUTPUT_NAMES = ["compare"]
@@ -41,18 +46,7 @@ OUTPUT_NAMES = ["compare"]
 FILES_LISTED = progress.Counter("prediction_files")
 FILES_READ = progress.Counter("prediction_files_read")
 ROWS_READ = progress.Counter("prediction_rows_read")
-COLUMNS = ["uri", "content_sha256", "true_label", "predicted_label", "confidence", "model_version"]
-COLUMN_SCHEMA = pa.schema([(c, pa.float64() if c == "confidence" else pa.string()) for c in COLUMNS])
-
-AGREEMENT_SCHEMA = pa.schema([("label_a", pa.string()), ("label_b", pa.string()), ("count", pa.int64())])
-PER_CLASS_SCHEMA = pa.schema([("label", pa.string()), ("support", pa.int64()), ("recall_a", pa.float64()),
-                              ("recall_b", pa.float64()), ("f1_a", pa.float64()), ("f1_b", pa.float64())])
-DISAGREEMENTS_SCHEMA = pa.schema([
-    ("uri", pa.string()), ("content_sha256", pa.string()), ("true_label", pa.string()),
-    ("label_a", pa.string()), ("confidence_a", pa.float64()),
-    ("label_b", pa.string()), ("confidence_b", pa.float64()),
-    ("correct", pa.string()),  # "a", "b", "neither" or null without a label
-])
+COLUMNS = COMPARE_INPUT_SCHEMA.names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,12 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- reading runs
 
 
-def _read_parquet_files(paths: list[str]) -> pa.Table:
+def _read_predictions(paths: list[str]) -> pa.Table:
+    """The compared columns of every prediction file, each checked to be one `emotion predict` wrote."""
     tables = []
     for path in paths:
         try:
-            with FileSystems.open(path) as f:
-                table = pq.read_table(io.BytesIO(f.read()))
+            table = read_parquet(path)
         except Exception as exc:
             raise UsageError(f"{path} cannot be read as Parquet ({str(exc).splitlines()[0][:120]}): not a "
                              "predictions file of emotion predict") from None
@@ -87,7 +81,7 @@ def _read_parquet_files(paths: list[str]) -> pa.Table:
             raise UsageError(f"{path} is not a predictions file of emotion predict (no column "
                              f"{', '.join(missing[:3])}): move it away or compare another folder")
         try:
-            table = table.select(COLUMNS).cast(COLUMN_SCHEMA)
+            table = table.select(COLUMNS).cast(COMPARE_INPUT_SCHEMA)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
             raise UsageError(f"{path} is not a predictions file of emotion predict (its columns have other types: "
                              f"{str(exc).splitlines()[0][:120]})") from None
@@ -193,7 +187,7 @@ def write(result: dict, root: str) -> None:
     out = join(root, "compare")
     write_bytes(join(out, "comparison.json"), (json.dumps(result["summary"], indent=2) + "\n").encode(), "application/json")
     write_bytes(join(out, "agreement.parquet"), _parquet(result["agreement"], AGREEMENT_SCHEMA))
-    write_bytes(join(out, "per_class.parquet"), _parquet(result["per_class"], PER_CLASS_SCHEMA))
+    write_bytes(join(out, "per_class.parquet"), _parquet(result["per_class"], COMPARE_PER_CLASS_SCHEMA))
     write_bytes(join(out, "disagreements.parquet"), _parquet(result["disagreements"], DISAGREEMENTS_SCHEMA))
 
 
@@ -204,7 +198,7 @@ def run(argv=None) -> dict:
     with progress.report("compare", progress_figures, quiet=args.quiet):
         files_a, files_b = run_files(args.a, args.table), run_files(args.b, args.table)
         FILES_LISTED.inc(len(files_a) + len(files_b))
-        result = compare(_read_parquet_files(files_a), _read_parquet_files(files_b))
+        result = compare(_read_predictions(files_a), _read_predictions(files_b))
     counters = progress.snapshot()
     summary = result["summary"] | {"a": name_a, "b": name_b}
     result["summary"] = summary

@@ -22,6 +22,7 @@ starts from the shipped weights: a first-time user sees a real model adapt to ne
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
@@ -30,8 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from beam_pipelines.common import UsageError, join, read_bytes, write_bytes
+from beam_pipelines.common import OneLineErrors, UsageError, check_input, join, read_bytes, write_bytes
+from beam_pipelines.model_check import check_model
 from schemas import SPLITS
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample", "faces")
@@ -40,7 +44,6 @@ DEFAULT_OUTPUT = "emotion-demo"
 
 def parse_args(argv):
     from model import SHIPPED_MODEL
-    from beam_pipelines.report import OneLineErrors
 
     p = OneLineErrors(prog="emotion demo", description=__doc__.split("\n")[0])
     p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"demo folder (default: ./{DEFAULT_OUTPUT})")
@@ -106,30 +109,6 @@ class _DropBeamNoise(logging.Filter):
         return "memory usage cannot be fetched" not in record.getMessage()
 
 
-def _check_model(path: str, what: str) -> dict:
-    from model.export import ModelError, read_metadata
-
-    try:
-        return read_metadata(path)
-    except (FileNotFoundError, ModelError) as exc:
-        raise UsageError(f"{what}: {exc}") from None
-
-
-def _check_input(path: str) -> None:
-    from beam_pipelines.listing import exists_any
-
-    if "://" not in path and not os.path.exists(path):
-        raise UsageError(f"--input {path} does not exist")
-    if "://" not in path and not os.path.isdir(path):
-        raise UsageError(f"--input {path} is not a folder")
-    try:
-        found = exists_any(path)
-    except Exception as exc:
-        raise UsageError(f"cannot list --input {path}: {exc}") from None
-    if not found:
-        raise UsageError(f"--input {path} is empty")
-
-
 def _check_output(path: str) -> None:
     if "://" in path:
         return
@@ -193,21 +172,19 @@ def run(argv=None) -> dict:
     args = parse_args(argv)
     output = _absolute(args.output)
     data_input = _absolute(args.input)
-    _check_input(data_input)
+    check_input(data_input)
     _check_output(output)
     from beam_pipelines.report import check_report_is_ours
 
     check_report_is_ours(output)
     if args.shipped_model is not None:
         shipped = _absolute(args.shipped_model)
-        shipped_meta = _check_model(shipped, "--shipped-model")
+        shipped_meta = check_model(shipped, what="--shipped-model")
     elif os.path.exists(os.path.join(args.default_shipped, "metadata.json")):
         shipped = args.default_shipped
-        shipped_meta = _check_model(shipped, "the shipped model")
+        shipped_meta = check_model(shipped, what="the shipped model")
     else:
         shipped, shipped_meta = None, None
-
-    from beam_pipelines import ingest, predict, report
 
     emotion_log = logging.getLogger("emotion")
     saved_level = emotion_log.level
@@ -218,31 +195,72 @@ def run(argv=None) -> dict:
     for h in root_handlers:
         h.addFilter(noise)
     try:
-        return _run(args, output, data_input, shipped, shipped_meta, ingest, predict, report)
+        return _run(_Demo(args, output, data_input, shipped, shipped_meta))
     finally:
         emotion_log.setLevel(saved_level)
         for h in root_handlers:
             h.removeFilter(noise)
 
 
-def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, report) -> dict:
-    p = _Progress()
-    total = 6 if shipped else 5
-    ingest_dir, train_dir = join(output, "ingest"), join(output, "train")
-    print(f"emotion demo: {data_input}\n           -> {output}", flush=True)
-    if not shipped:
-        p.say(
-            f"no shipped model at {args.default_shipped}; the shipped-model stages are left out "
+@dataclass
+class _Demo:
+    """One demo run: its arguments, its folders, the shipped model (None: not there) and its progress lines."""
+
+    args: argparse.Namespace
+    output: str
+    data_input: str
+    shipped: str | None
+    shipped_meta: dict | None
+    progress: _Progress = field(default_factory=_Progress)
+
+    @property
+    def stages(self) -> int:
+        return 6 if self.shipped else 5
+
+    def folder(self, name: str) -> str:
+        return join(self.output, name)
+
+
+class _PredictRun(NamedTuple):
+    name: str  # its subfolder of --output
+    model_dir: str
+    what: str  # the model, as the progress lines name it
+
+
+def _run(demo: _Demo) -> dict:
+    """The stages in order, each printing its progress lines; the demo's outputs, read back."""
+    print(f"emotion demo: {demo.data_input}\n           -> {demo.output}", flush=True)
+    if not demo.shipped:
+        demo.progress.say(
+            f"no shipped model at {demo.args.default_shipped}; the shipped-model stages are left out "
             "(pass --shipped-model DIR to compare with an exported model)"
         )
+    stats = _ingest_stage(demo)
+    per_split = stats["written_per_split"]
+    meta = _train_stage(demo, per_split)
+    runs = [_PredictRun("predict-trained", demo.folder("train"), "freshly trained model")]
+    if demo.shipped:
+        runs.append(_PredictRun("predict-shipped", demo.shipped, "shipped model"))
+    results = {run.name: _predict_test_split(demo, run, per_split["test"]) for run in runs}
+    raw = (_PredictRun("predict-raw-shipped", demo.shipped, "shipped model") if demo.shipped
+           else _PredictRun("predict-raw-trained", demo.folder("train"), "freshly trained model"))
+    results[raw.name] = _predict_raw_folder(demo, raw)
+    if demo.shipped:
+        _compare_stage(demo)
+    path = _report_stage(demo, per_split, raw)
+    _print_summary(demo.progress, stats, meta, results, runs, raw.name, path)
+    return {"output": demo.output, "report": path, "ingest": stats, "train": meta, "predict": results}
 
-    # ------------------------------------------------------------------ 1. ingest
-    t = p.stage(
-        1, total, "ingest", "embedded sample -> validated TFRecords (splits by content hash: val 15%, test 25%)"
-    )
-    stats = ingest.run(
-        ["--input", data_input, "--output", ingest_dir, "--val-fraction", "0.15", "--test-fraction", "0.25", "--quiet"]
-    )
+
+def _ingest_stage(demo: _Demo) -> dict:
+    """1. The sample -> TFRecords; its stats.json, after checking there is enough to train and test on."""
+    from beam_pipelines import ingest
+
+    p, args = demo.progress, demo.args
+    t = p.stage(1, demo.stages, "ingest",
+                "embedded sample -> validated TFRecords (splits by content hash: val 15%, test 25%)")
+    stats = ingest.run(["--input", demo.data_input, "--output", demo.folder("ingest"), "--val-fraction", "0.15",
+                        "--test-fraction", "0.25", "--quiet"])
     tot = stats["totals"]
     per_split = stats["written_per_split"]
     splits = " / ".join(f"{s} {per_split.get(s, 0)}" for s in SPLITS if s in per_split)
@@ -258,21 +276,21 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
         p.say(f"warning: {warning}", indent=4)
     if per_split.get("train", 0) < args.batch_size:
         raise UsageError(
-            f"ingest of {data_input} wrote {per_split.get('train', 0)} training images; the demo needs "
+            f"ingest of {demo.data_input} wrote {per_split.get('train', 0)} training images; the demo needs "
             f"at least --batch-size ({args.batch_size}); is the input laid out as <class>/<image>?"
         )
     if not per_split.get("test"):
-        raise UsageError(f"ingest of {data_input} put no image in the test split; the demo needs a few dozen images")
+        raise UsageError(f"ingest of {demo.data_input} put no image in the test split; the demo needs a few dozen "
+                         "images")
+    return stats
 
-    # ------------------------------------------------------------------ 2. train
-    t = p.stage(
-        2,
-        total,
-        "train",
-        f"{args.arch}, {args.epochs} epochs, batch {args.batch_size}, on "
-        f"{per_split['train']} images (subprocess: emotion train)",
-    )
-    _train(args, ingest_dir, train_dir, p)
+
+def _train_stage(demo: _Demo, per_split: dict) -> dict:
+    """2. `emotion train` on the train split (a subprocess); the export's metadata.json."""
+    args, train_dir = demo.args, demo.folder("train")
+    t = demo.progress.stage(2, demo.stages, "train", f"{args.arch}, {args.epochs} epochs, batch {args.batch_size}, "
+                            f"on {per_split['train']} images (subprocess: emotion train)")
+    _train(args, demo.folder("ingest"), train_dir, demo.progress)
     meta = json.loads(read_bytes(join(train_dir, "metadata.json")))
     m = meta.get("metrics", {})
     val_f1 = m.get("val", {}).get("macro_f1")
@@ -282,57 +300,75 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
         result = f"{meta['model_version']}: val macro-F1 {val_f1:.3f} (best epoch {best}), with flip TTA {tta_f1:.3f}"
     else:
         result = f"{meta['model_version']} exported (no val split)"
-    p.done("train", result, t)
+    demo.progress.done("train", result, t)
+    return meta
 
-    # ------------------------------------------------------------------ 3./4. predict the test split
-    test_records = join(ingest_dir, "tfrecords", "test-*.tfrecord")
-    results = {}
-    runs = [("predict-trained", train_dir, "freshly trained model")]
-    if shipped:
-        runs.append(("predict-shipped", shipped, "shipped model"))
-    for name, model_dir, what in runs:
-        t = p.stage(3, total, "predict", f"test split ({per_split['test']} images, TFRecords) with the {what}")
-        summary = predict.run(["--input", test_records, "--output", join(output, name), "--model", model_dir,
-                               "--quiet"])
-        results[name] = summary
-        p.done(
-            f"predict test: {what}",
-            f"{summary['totals']['predicted']} predicted: accuracy {summary['accuracy']:.3f}, "
-            f"macro-F1 {summary['macro_f1']:.3f}  [{summary['model_version']}, TTA {summary.get('tta') or 'none'}]",
-            t,
-        )
 
-    # ------------------------------------------------------------------ 4. predict the raw folder (dead letters)
-    raw_model, raw_name, raw_what = (
-        (shipped, "predict-raw-shipped", "shipped model")
-        if shipped
-        else (train_dir, "predict-raw-trained", "freshly trained model")
+def _predict_test_split(demo: _Demo, run: _PredictRun, test_images: int) -> dict:
+    """3. The test split's TFRecords through one model; predict's summary."""
+    from beam_pipelines import predict
+
+    t = demo.progress.stage(3, demo.stages, "predict", f"test split ({test_images} images, TFRecords) with the "
+                            f"{run.what}")
+    summary = predict.run(["--input", join(demo.folder("ingest"), "tfrecords", "test-*.tfrecord"),
+                           "--output", demo.folder(run.name), "--model", run.model_dir, "--quiet"])
+    demo.progress.done(
+        f"predict test: {run.what}",
+        f"{summary['totals']['predicted']} predicted: accuracy {summary['accuracy']:.3f}, "
+        f"macro-F1 {summary['macro_f1']:.3f}  [{summary['model_version']}, TTA {summary.get('tta') or 'none'}]",
+        t,
     )
-    t = p.stage(4, total, "predict", f"the raw sample folder, bad files included, with the {raw_what}")
-    summary = predict.run(["--input", data_input, "--output", join(output, raw_name), "--model", raw_model, "--quiet"])
-    results[raw_name] = summary
+    return summary
+
+
+def _predict_raw_folder(demo: _Demo, raw: _PredictRun) -> dict:
+    """4. The raw sample folder, bad files included, through one model (they land in the dead letters)."""
+    from beam_pipelines import predict
+
+    t = demo.progress.stage(4, demo.stages, "predict", f"the raw sample folder, bad files included, with the "
+                            f"{raw.what}")
+    summary = predict.run(["--input", demo.data_input, "--output", demo.folder(raw.name), "--model", raw.model_dir,
+                           "--quiet"])
     st = summary["totals"]
     rejected = ", ".join(f"{k} {v}" for k, v in summary["rejected"].items())
-    p.done(
-        f"predict raw folder: {raw_what}",
+    demo.progress.done(
+        f"predict raw folder: {raw.what}",
         f"{st['matched']} files matched: {st['predicted']} predicted, {st['rejected']} rejected"
         f"{f' ({rejected})' if rejected else ''}, {st['skipped_non_data']} skipped; accuracy "
         f"{summary['accuracy']:.3f} on {summary['labelled']} labelled",
         t,
     )
+    return summary
 
-    # ------------------------------------------------------------------ the two models, image by image
-    if shipped:
-        from beam_pipelines import compare
 
-        t = p.stage(5, total, "compare", "the trained and the shipped model on the same test images")
-        c = compare.run(["--a", join(output, "predict-trained"), "--b", join(output, "predict-shipped"),
-                         "--output", join(output, "compare-trained-vs-shipped"), "--quiet"])
-        p.done("compare: trained vs shipped", f"agreement {c['agreement']:.3f} on {c['images_in_both']} images; "
-               f"only one right: {c.get('only_a_correct', 0)} trained, {c.get('only_b_correct', 0)} shipped", t)
+def _compare_stage(demo: _Demo) -> None:
+    """5. The trained and the shipped model on the same test images, image by image."""
+    from beam_pipelines import compare
 
-    # ------------------------------------------------------------------ 5. report
-    t = p.stage(total, total, "report", "static HTML page of every stage")
+    t = demo.progress.stage(5, demo.stages, "compare", "the trained and the shipped model on the same test images")
+    c = compare.run(["--a", demo.folder("predict-trained"), "--b", demo.folder("predict-shipped"),
+                     "--output", demo.folder("compare-trained-vs-shipped"), "--quiet"])
+    demo.progress.done("compare: trained vs shipped", f"agreement {c['agreement']:.3f} on {c['images_in_both']} "
+                       f"images; only one right: {c.get('only_a_correct', 0)} trained, "
+                       f"{c.get('only_b_correct', 0)} shipped", t)
+
+
+def _report_stage(demo: _Demo, per_split: dict, raw: _PredictRun) -> str:
+    """The last stage: demo.json (the sections' titles and notes, the stages' times), then the page."""
+    from beam_pipelines import report
+
+    t = demo.progress.stage(demo.stages, demo.stages, "report", "static HTML page of every stage")
+    manifest = {"title": "Emotion pipeline demo", "sections": _report_sections(demo, per_split, raw),
+                "stages": demo.progress.rows}
+    write_bytes(demo.folder(report.MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode(), "application/json")
+    path = report.build(demo.output)
+    demo.progress.done("report", path, t)
+    return path
+
+
+def _report_sections(demo: _Demo, per_split: dict, raw: _PredictRun) -> list[dict]:
+    """The page's sections in the demo's order, with what each shows in the demo's own words."""
+    args = demo.args
     sections = [
         {
             "path": "ingest",
@@ -349,37 +385,27 @@ def _run(args, output, data_input, shipped, shipped_meta, ingest, predict, repor
         },
         {"path": "predict-trained", "title": "Test split: freshly trained model"},
     ]
-    if shipped:
-        sections.append(
-            {
-                "path": "predict-shipped",
-                "title": "Test split: shipped model",
-                "note": f"The shipped model ({shipped_meta.get('model_version')}) on the same "
-                f"{per_split['test']} test images.",
-            }
-        )
-    sections.append(
-        {
-            "path": raw_name,
-            "title": f"Raw sample folder: {raw_what}",
-            "note": "The image folder itself, not the TFRecords: files that cannot be decoded go to the "
-            "dead-letter table instead of failing the job.",
-        }
-    )
-    if shipped:
+    if demo.shipped:
+        sections.append({
+            "path": "predict-shipped",
+            "title": "Test split: shipped model",
+            "note": f"The shipped model ({demo.shipped_meta.get('model_version')}) on the same "
+            f"{per_split['test']} test images.",
+        })
+    sections.append({
+        "path": raw.name,
+        "title": f"Raw sample folder: {raw.what}",
+        "note": "The image folder itself, not the TFRecords: files that cannot be decoded go to the "
+        "dead-letter table instead of failing the job.",
+    })
+    if demo.shipped:
         sections.append({
             "path": "compare-trained-vs-shipped",
             "title": "Trained (a) against shipped (b), image by image",
             "note": "emotion compare on the two test-split runs above: where the two models disagree, and "
                     "which of them is right there.",
         })
-    manifest = {"title": "Emotion pipeline demo", "sections": sections, "stages": p.rows}
-    write_bytes(join(output, report.MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode(), "application/json")
-    path = report.build(output)
-    p.done("report", path, t)
-
-    _print_summary(p, stats, meta, results, runs, raw_name, path)
-    return {"output": output, "report": path, "ingest": stats, "train": meta, "predict": results}
+    return sections
 
 
 def _print_summary(p, stats, meta, results, runs, raw_name, path) -> None:

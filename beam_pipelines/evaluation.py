@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import json
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -24,10 +25,34 @@ MAX_MISTAKES = 24
 MAX_CORRECT = 8
 
 
+class Scored(NamedTuple):
+    """A batch of predictions, as the evaluation combines them."""
+
+    rows: pa.Table  # PREDICTIONS_SCHEMA columns (those the evaluation reads, at least)
+    thumbnails: np.ndarray | None  # (N, S*S) uint8, for the samples plot
+
+
+class Sample(NamedTuple):
+    """An image of the samples plot."""
+
+    uri: str
+    true_label: str
+    predicted_label: str
+    confidence: float
+    thumbnail: bytes  # S*S uint8
+
+
+class Ranked(NamedTuple):
+    """A heap entry: a sample and what ranks it (rank, then uri, so that any runner keeps the same)."""
+
+    rank: float
+    uri: str
+    sample: Sample
+
+
 class EvaluationFn(beam.CombineFn):
-    """Combines batches of predictions -- (rows as a pyarrow Table of PREDICTIONS_SCHEMA columns,
-    (N, S*S) uint8 thumbnails or None) -- into confusion, calibration and sample accumulators,
-    a whole batch at a time."""
+    """Combines Scored batches ((rows, thumbnails) pairs) into confusion, calibration and sample
+    accumulators, a whole batch at a time."""
 
     def create_accumulator(self):
         return {
@@ -35,12 +60,12 @@ class EvaluationFn(beam.CombineFn):
             "labelled": 0,
             "confusion": np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64),
             "bins": (np.zeros(CALIBRATION_BINS, np.int64), np.zeros(CALIBRATION_BINS), np.zeros(CALIBRATION_BINS)),
-            "mistakes": [],  # min-heap of (confidence, uri, item): the most confident mistakes
-            "correct": [],  # min-heap of (-hash, uri, item): a hash-chosen, runner-independent few
+            "mistakes": [],  # min-heap of Ranked by confidence: the most confident mistakes
+            "correct": [],  # min-heap of Ranked by -hash: a hash-chosen, runner-independent few
         }
 
     def add_input(self, acc, element):
-        rows, thumbnails = element
+        rows, thumbnails = Scored(*element)
         acc["predicted"] += rows.num_rows
         columns = rows.select(["uri", "content_sha256", "true_label", "predicted_label", "predicted_index",
                                "confidence"]).to_pydict()
@@ -60,20 +85,16 @@ class EvaluationFn(beam.CombineFn):
 
     @staticmethod
     def _add_samples(acc, columns, thumbnails, labelled, right):
-        def item(i):
-            return (columns["uri"][i], columns["true_label"][i], columns["predicted_label"][i],
-                    columns["confidence"][i], thumbnails[i].tobytes())
+        def sample(i):
+            return Sample(columns["uri"][i], columns["true_label"][i], columns["predicted_label"][i],
+                          columns["confidence"][i], thumbnails[i].tobytes())
 
         for i, ok in zip(labelled, right):
-            uri, confidence = columns["uri"][i], columns["confidence"][i]
-            if not ok:
-                key = (confidence, uri)
-                if len(acc["mistakes"]) < MAX_MISTAKES or key > acc["mistakes"][0][:2]:
-                    _push(acc["mistakes"], (*key, item(i)), MAX_MISTAKES)
-            else:
-                key = (-int(columns["content_sha256"][i][:8], 16), uri)
-                if len(acc["correct"]) < MAX_CORRECT or key > acc["correct"][0][:2]:
-                    _push(acc["correct"], (*key, item(i)), MAX_CORRECT)
+            uri = columns["uri"][i]
+            heap, limit = (acc["correct"], MAX_CORRECT) if ok else (acc["mistakes"], MAX_MISTAKES)
+            rank = -int(columns["content_sha256"][i][:8], 16) if ok else columns["confidence"][i]
+            if len(heap) < limit or (rank, uri) > (heap[0].rank, heap[0].uri):  # build the sample only if kept
+                _push(heap, Ranked(rank, uri, sample(i)), limit)
 
     def merge_accumulators(self, accs):
         out = self.create_accumulator()
@@ -83,8 +104,8 @@ class EvaluationFn(beam.CombineFn):
             out["confusion"] += acc["confusion"]
             out["bins"] = tuple(a + b for a, b in zip(out["bins"], acc["bins"]))
             for key, limit in (("mistakes", MAX_MISTAKES), ("correct", MAX_CORRECT)):
-                for item in acc[key]:
-                    _push(out[key], item, limit)
+                for entry in acc[key]:
+                    _push(out[key], entry, limit)
         return out
 
     def extract_output(self, acc):
@@ -176,17 +197,19 @@ def plot_reliability(m) -> bytes:
 def plot_samples(acc, image_size: int) -> bytes:
     plt = pyplot()
 
-    mistakes = [x[2] for x in sorted(acc["mistakes"], reverse=True)]
-    correct = [x[2] for x in sorted(acc["correct"], reverse=True)]
+    mistakes = [entry.sample for entry in sorted(acc["mistakes"], reverse=True)]
+    correct = [entry.sample for entry in sorted(acc["correct"], reverse=True)]
     items = mistakes + correct
     cols = 8
     rows = max(1, -(-len(items) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.35, rows * 1.6), dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (uri, true, pred, conf, pixels) in zip(axes.flat, items):
-        ax.imshow(np.frombuffer(pixels, np.uint8).reshape(image_size, image_size), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{true}->{pred}\n{conf:.2f}", fontsize=7, color="C3" if true != pred else "C2")
+    for ax, s in zip(axes.flat, items):
+        ax.imshow(np.frombuffer(s.thumbnail, np.uint8).reshape(image_size, image_size), cmap="gray", vmin=0,
+                  vmax=255)
+        ax.set_title(f"{s.true_label}->{s.predicted_label}\n{s.confidence:.2f}", fontsize=7,
+                     color="C3" if s.true_label != s.predicted_label else "C2")
     fig.suptitle("Most confident mistakes (red: true->predicted, confidence), then correct samples (green)",
                  fontsize=8)
     fig.tight_layout()
@@ -196,10 +219,8 @@ def plot_samples(acc, image_size: int) -> bytes:
 class WriteEvaluation(beam.DoFn):
     """Writes metrics.json, per_class.parquet, confusion.parquet and the plots."""
 
-    def __init__(self, output: str, image_size: int, model_info: dict):
-        self.output = output
-        self.image_size = image_size
-        self.model_info = model_info
+    def __init__(self, output: str, model):
+        self.output, self.model = output, model  # model: predict_options.ModelInfo
 
     def process(self, acc):
         if acc["labelled"] == 0:
@@ -208,8 +229,7 @@ class WriteEvaluation(beam.DoFn):
         m = metrics_from(acc)
         out = join(self.output, "evaluation")
         metrics = {
-            "model_version": self.model_info["model_version"],
-            "model_fingerprint": self.model_info["model_fingerprint"],
+            **self.model.names(),
             "examples": m["examples"],
             "accuracy": m["accuracy"],
             "macro_f1": m["macro_f1"],
@@ -232,6 +252,6 @@ class WriteEvaluation(beam.DoFn):
         write_bytes(join(plots, "confusion_matrix.png"), plot_confusion(m), "image/png")
         write_bytes(join(plots, "per_class.png"), plot_per_class(m), "image/png")
         write_bytes(join(plots, "reliability.png"), plot_reliability(m), "image/png")
-        write_bytes(join(plots, "samples.png"), plot_samples(acc, self.image_size), "image/png")
+        write_bytes(join(plots, "samples.png"), plot_samples(acc, self.model.image_size), "image/png")
         yield {"predicted": acc["predicted"], "labelled": acc["labelled"], "accuracy": m["accuracy"],
                "macro_f1": m["macro_f1"]}

@@ -56,6 +56,7 @@ MANIFEST = "_run.json"
 LOCK = "_run.lock"
 STAGING = "_staging"
 MANIFEST_VERSION = 1
+JOURNAL = ".journal"  # in the run's staging folder: the commit's steps, for a roll-back after a kill
 
 log = logging.getLogger("emotion")
 
@@ -166,6 +167,7 @@ class CommitPlan:
     remote_lock: bool
     write_link: str = ""  # the link the pipeline writes through (see write_root), in temp_root
     temp_root: str = ""  # a fresh temp folder this run created for write_link
+    previous_manifest: str | None = None  # _run.json as it was before this run: a roll-back writes it back
 
     @property
     def staging(self) -> str:
@@ -203,8 +205,11 @@ class OutputClaim:
     """The launcher's side of a run into --output: lock, check, stage; abort on failure."""
 
     def __init__(self, output: str, stage: str, names: list[str], overwrite: bool = False,
-                 description: dict | None = None, run_id: str | None = None):
+                 description: dict | None = None, run_id: str | None = None, also_roots: tuple = ()):
+        """`also_roots`: the other roots this run commits into with the output (predict's --table), which
+        a roll-back of an earlier killed commit may also have to put back."""
         self.output, self.stage, self.names, self.overwrite = output.rstrip("/"), stage, tuple(names), overwrite
+        self.also_roots = tuple(root for root in also_roots if root)
         self.run_id = gate.check_name(run_id, "--run-id") if run_id else new_run_id(stage)
         self.description = description or {}
         self.lock = OutputLock(self.output, self.run_id)
@@ -240,8 +245,11 @@ class OutputClaim:
 
     def _check(self) -> CommitPlan:
         g = pipeline_gate([self.output])
-        self.previous_raw = read_manifest_bytes(self.output)
         self.previous = read_manifest(self.output)
+        if self.previous and self.previous.get("state") == "committing" and \
+                roll_back_killed_commit(self.output, self.previous, self.also_roots):
+            self.previous = read_manifest(self.output)
+        self.previous_raw = read_manifest_bytes(self.output)
         owned = set(self.previous.get("files", [])) if self.previous else set()
         ours_before = sorted(rel for rel in owned if _under(rel, self.names))
         keep = sorted(owned - set(ours_before))
@@ -269,6 +277,8 @@ class OutputClaim:
         if self.previous and self.previous.get("staging"):
             g.remove_tree(join(self.output, self.previous["staging"]))
             g.remove_empty_dirs(join(self.output, STAGING), self.output)
+        elif self.previous and self.previous.get("state") == "complete" and self.previous.get("run_id") != self.run_id:
+            finish_killed_cleanup(self.output, self.previous, self.also_roots)  # (a re-used run id: its own)
         manifest = {
             "manifest_version": MANIFEST_VERSION,
             "run_id": self.run_id,
@@ -279,7 +289,9 @@ class OutputClaim:
             **{k: v for k, v in self.description.items() if k != "remote"},
         }
         return CommitPlan(self.output, self.run_id, self.stage, self.names, remove, tuple(keep), manifest,
-                          remote_lock=not is_local(self.output))
+                          remote_lock=not is_local(self.output),
+                          previous_manifest=self.previous_raw.decode("utf-8", "replace")
+                          if self.previous_raw is not None else None)
 
     def _write_running_manifest(self) -> None:
         previous_files = sorted(self.previous.get("files", [])) if self.previous else []
@@ -328,6 +340,82 @@ class OutputClaim:
         log.info("output: run %s failed; %s left as it was", self.run_id, self.output)
 
 
+def roll_back_killed_commit(output: str, killed_manifest: dict, also_roots=()) -> bool:
+    """An earlier run was killed inside its commit (kill -9, a lost worker): its journal says which
+    steps it took; they are undone, last first, and _run.json is put back as it was before that run,
+    so the output (and the table it committed into) is whole again before this run does anything.
+    Returns False when there is no journal (a run of a version without one: see OutputClaim._check).
+    The caller holds the output's lock (and the table's, for predict: TableClaim is entered first)."""
+    staging = join(output, killed_manifest["staging"])
+    journal = join(staging, JOURNAL)
+    g = pipeline_gate([output, *also_roots])
+    if not g.exists(journal):
+        return False
+    header, steps = gate.read_journal(g, journal)
+    killed = killed_manifest.get("run_id")
+    try:
+        undone = gate.roll_back(g, steps)
+    except gate.PathRefused:
+        others = [r for r in header.get("roots", []) if isinstance(r, str) and r.rstrip("/") != output]
+        raise UsageError(
+            f"--output {output}: run {killed} was killed while committing into it and into "
+            f"{', '.join(others)[:200] or 'another root'}; re-run with the same --table so that both can be "
+            "rolled back") from None
+    previous = header.get("previous_manifest")
+    if isinstance(previous, str):
+        g.write_bytes(join(output, MANIFEST), previous.encode())
+    else:
+        g.remove(join(output, MANIFEST))
+    for trash in header.get("trash", []):  # that run's staging folders in its other roots (the table's)
+        folder = trash.rstrip("/").rsplit("/", 1)[0] if isinstance(trash, str) else ""
+        root = next((r for r in also_roots if folder and gate.within(gate.resolve(folder), gate.resolve(r))), None)
+        if root and folder.rsplit("/", 2)[-2:] == [STAGING, str(killed)]:
+            remove_tree(folder, root)
+    remove_tree(staging, output)
+    log.warning("output: run %s was killed while committing; %d step(s) rolled back, %s is as it was "
+                "before it", killed, undone, output)
+    return True
+
+
+def finish_killed_cleanup(output: str, manifest: dict, also_roots=()) -> bool:
+    """A run killed after its commit, during its clean-up: its results are in place and its manifest
+    is complete, but what it replaced still waits in its staging folder (and its table's). Removes
+    those folders, which hold only that run's files. True when there was one."""
+    run_id = manifest.get("run_id")
+    if not run_id:
+        return False
+    run_id = gate.check_name(run_id, f"{join(output, MANIFEST)} run_id")
+    found = False
+    for root in (output, *also_roots):
+        g = pipeline_gate([root])
+        leftover = join(root, STAGING, run_id)
+        if g.exists(leftover):
+            remove_tree(leftover, root)
+            found = True
+        elif g.isdir(join(root, STAGING)) and not g.files(join(root, STAGING)):  # killed as it removed it
+            g.remove_empty_dirs(join(root, STAGING), root)
+            found = True
+    return found
+
+
+def recover(output: str, also_roots=()) -> bool:
+    """What the next run into `output` does first (OutputClaim), under the output's lock: a run killed
+    inside its commit is rolled back; one killed after it has its clean-up finished. True when there
+    was something to do."""
+    output, also_roots = output.rstrip("/"), tuple(root for root in also_roots if root)
+    lock = OutputLock(output, new_run_id("recover"))
+    lock.acquire()
+    try:
+        manifest = read_manifest(output)
+        if not manifest:
+            return False
+        if manifest.get("state") == "committing":
+            return roll_back_killed_commit(output, manifest, also_roots)
+        return manifest.get("state") == "complete" and finish_killed_cleanup(output, manifest, also_roots)
+    finally:
+        lock.release()
+
+
 def remove_tree(path: str, root: str) -> None:
     """Removes the folder `path` inside `root` (through the gate), then root's _staging/ if it is left
     empty."""
@@ -353,14 +441,17 @@ def commit(plan: CommitPlan, counts: dict, also=None, also_values=()) -> dict:
     staged = sorted(entry.path[len(prefix):] for entry in list_entries(plan.staging))
     staged = [rel for rel in staged if _under(rel, plan.names)]  # not scratch (.spill, beam-temp)
     manifest_path = join(plan.output, MANIFEST)
-    _write_json(manifest_path, {**plan.manifest, "state": "committing",
-                                "files": sorted(set(plan.keep) | set(plan.remove) | set(staged)),
-                                "staging": f"{STAGING}/{plan.run_id}"}, plan.output)
     trash = {plan.output: join(plan.staging, ".retired")}
     if also is not None:
         g.add_root(also.root)
         trash[also.root] = also.trash
-    with g.transaction(trash) as tx:
+    header = {"run_id": plan.run_id, "previous_manifest": plan.previous_manifest, "roots": list(trash),
+              "trash": list(trash.values())}
+    with g.transaction(trash, journal=join(plan.staging, JOURNAL), header=header) as tx:
+        # "committing" from here: a kill before the end is rolled back by the next run (the journal)
+        _write_json(manifest_path, {**plan.manifest, "state": "committing",
+                                    "files": sorted(set(plan.keep) | set(plan.remove) | set(staged)),
+                                    "staging": f"{STAGING}/{plan.run_id}"}, plan.output)
         for rel in plan.remove:
             if rel not in set(staged):
                 tx.retire(join(plan.output, rel))

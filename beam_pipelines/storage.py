@@ -35,6 +35,10 @@ class BeamStore:
         with self._fs().create(path, mime_type="application/octet-stream") as f:
             f.write(data)
 
+    def read(self, path):
+        with self._fs().open(path) as f:
+            return f.read()
+
 
 
 def pipeline_gate(roots) -> Gate:

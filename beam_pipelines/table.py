@@ -2,7 +2,8 @@
 
     ROOT/model_version=<v>/run_date=<YYYY-MM-DD>/run_id=<id>/part-SSSSS.parquet   this run's rows
     ROOT/_runs/<run_id>.parquet                                                   one row per run
-    ROOT/_bigquery/predictions.external.json, predictions.sql                     BigQuery definitions
+    ROOT/_bigquery/predictions.external.json, predictions.sql,                    BigQuery definitions
+                   current_predictions.sql
     ROOT/_staging/<run_id>/                                                       a run in progress
 
 A run writes its rows under ROOT/_staging/<run id>/ and its last step moves them into its own
@@ -21,13 +22,18 @@ Files are written for engines that prune: rows sorted by (predicted_label, confi
 so label and confidence filters skip whole row groups by their min/max statistics; row groups of
 128 Ki rows; ZSTD; the tables version in the schema metadata. Partition keys are folder names, not
 columns (schemas.TABLE_PARTITION_KEYS).
+
+Rows also record how they were predicted (tables version 3): the SHA-256 of the image file's bytes,
+the TTA and the preprocessing (schemas.TABLE_SEEN_FIELDS), so that `--incremental` can skip an image
+the model version's partitions already hold predicted the same way (predict_incremental.py). Files
+written before carry none of the three; engines read them beside newer ones by column name (DuckDB:
+union_by_name = true) with nulls there, and an incremental run predicts their images once more.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import json
 import math
 import os
@@ -36,11 +42,10 @@ import zlib
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from model import gate
-from beam_pipelines.common import join, parquet_bytes, write_bytes
+from beam_pipelines.common import join, parquet_bytes, read_parquet, write_bytes
 from model.errors import UsageError
 from beam_pipelines.listing import is_local, list_entries
 from beam_pipelines.outputs import remove_tree
@@ -208,8 +213,7 @@ def read_run(root: str, run_id: str) -> dict | None:
     if not FileSystems.exists(path):
         return None
     try:
-        with FileSystems.open(path) as f:
-            rows = pq.read_table(io.BytesIO(f.read())).to_pylist()
+        rows = read_parquet(path).to_pylist()
     except Exception as exc:
         raise UsageError(f"{path} is not a runs-table row this pipeline wrote ({str(exc)[:120]}); "
                          "move it away") from None
@@ -223,6 +227,21 @@ def run_partition(root: str, row: dict) -> str:
         raise UsageError(f"the runs-table row of {row.get('run_id')!r} in {root} has no valid start time; "
                          "it was not written by this pipeline (move it away)")
     return partition_path(root, row.get("model_version"), started.strftime("%Y-%m-%d"), row.get("run_id"))
+
+
+def run_row(summary: dict, fingerprint: str, output: str, table: TablePlan, started) -> dict:
+    """A run's row of the runs table (schemas.RUNS_SCHEMA), from its summary.json."""
+    t = summary["totals"]
+    return {
+        "run_id": table.run_id, "started": started, "input_uri": summary["input"], "data_fingerprint": fingerprint,
+        "model_version": summary["model_version"], "model_fingerprint": summary["model_fingerprint"],
+        "tta": summary["tta"], "face_crop": bool(summary["face_crop"]),
+        "matched": t["matched"], "predicted": t["predicted"], "rejected": t["rejected"],
+        "skipped_non_data": t["skipped_non_data"], "incremental": bool(summary.get("incremental")),
+        "skipped_seen": t.get("skipped_seen", 0), "labelled": summary["labelled"],
+        "accuracy": summary["accuracy"], "macro_f1": summary["macro_f1"],
+        "code_version": code_version(), "output": output,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,8 +264,6 @@ class TableCommit:
         return join(self.plan.staging, ".retired")
 
     def __call__(self, tx: gate.Transaction, summary: dict, fingerprint: str) -> dict:
-        from beam_pipelines.predict import run_row
-
         return commit_table(self.plan, run_row(summary, fingerprint, self.output, self.plan, self.started), tx)
 
     def finish(self, g: gate.Gate) -> None:
@@ -278,8 +295,10 @@ def commit_table(plan: TablePlan, run: dict, tx: gate.Transaction) -> dict:
 
 
 def write_bigquery_definitions(root: str, tx: gate.Transaction) -> None:
-    """ROOT/_bigquery/: the external-table definition and DDL for this root (same bytes every run)."""
+    """ROOT/_bigquery/: the external-table definition and DDL for this root, and the view of every
+    image's current prediction (same bytes every run)."""
     defs = bigquery_external_table(root)
     tx.write_bytes(join(root, BIGQUERY, "predictions.external.json"),
                    (json.dumps(defs["definition"], indent=2) + "\n").encode())
     tx.write_bytes(join(root, BIGQUERY, "predictions.sql"), defs["ddl"].encode())
+    tx.write_bytes(join(root, BIGQUERY, "current_predictions.sql"), defs["current"].encode())

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import sys
 import uuid
 
 import keras
@@ -29,7 +28,8 @@ import numpy as np
 import tensorflow as tf
 
 from model.gate import name_problem
-from model import ownership, serving, tta
+from model import ownership, preprocess, serving, tta
+from model.config import command_line
 from model.files import local_copy, local_target, read_json_object
 from schemas import LABELS, LABELS_VERSION, SCHEMA_VERSION
 
@@ -120,7 +120,7 @@ def export(model: keras.Model, model_dir: str, metadata: dict, engine_data: str 
         "input": "float32 pixels in [0, 255], shape (N, S, S, 1), grayscale",
         "preprocessing": {
             "function": "model.preprocess.preprocess",
-            "steps": "OpenCV decode -> 8-bit grayscale -> optional Haar face crop -> centre square -> resize (INTER_AREA)",
+            "steps": preprocess.STEPS,
             "serving": "model.serving.preprocess: the same steps in TensorFlow ops (no face crop), then the "
                        "recommended TTA",
         },
@@ -129,7 +129,7 @@ def export(model: keras.Model, model_dir: str, metadata: dict, engine_data: str 
         "parameters": int(model.count_params()),
         **metadata,
         "versions": versions(),
-        "command": " ".join(sys.argv),
+        "command": command_line(),  # portable: no absolute path of the checkout it ran from
     }
     tf.io.gfile.makedirs(root)
     staging = f"{root}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
@@ -224,7 +224,8 @@ def write_model_card(model_dir: str, metadata: dict) -> str:
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("model", "templates"), autoescape=False,
                              undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
-    per_class = [name for name in ("test", f"test_{metadata.get('recommended_tta')}_tta") if name in metadata.get("metrics", {})]
+    per_class = [name for name in ("test", f"test_{metadata.get('recommended_tta')}_tta")
+                 if name in metadata.get("metrics", {})]
     card = env.get_template("model_card.md.j2").render(
         m=metadata, imported=metadata.get("training", {}).get("imported_run"), per_class_splits=per_class)
     path = f"{model_dir.rstrip('/')}/MODEL_CARD.md"

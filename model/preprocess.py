@@ -340,6 +340,12 @@ def crop_face(gray: np.ndarray, detector: str = "haar", margin: float | None = N
     return crop_box(gray, face_box(gray, detector), FACE_MARGINS[detector] if margin is None else margin)
 
 
+# OpenCV's interpolation (the cv2 constant's name) that `resize` uses to shrink and to enlarge: named here
+# once, so that STEPS, which metadata.json records, says what the code does.
+RESIZE_DOWN = "INTER_AREA"
+RESIZE_UP = "INTER_LINEAR"
+
+
 def resize(gray: np.ndarray, size: int, as_float: bool = False) -> np.ndarray:
     """Centre square, then INTER_AREA down / INTER_LINEAR up to (size, size).
 
@@ -355,7 +361,7 @@ def resize(gray: np.ndarray, size: int, as_float: bool = False) -> np.ndarray:
         gray = gray.astype(np.float32)
     if gray.shape[0] == size:
         return gray
-    interpolation = cv2.INTER_AREA if gray.shape[0] > size else cv2.INTER_LINEAR
+    interpolation = getattr(cv2, RESIZE_DOWN if gray.shape[0] > size else RESIZE_UP)
     return cv2.resize(gray, (size, size), interpolation=interpolation)
 
 
@@ -372,6 +378,11 @@ def preprocess(
     if face_crop:
         gray = crop_face(gray, detector=face_detector)
     return resize(gray, image_size, as_float), digest
+
+
+# The steps of `preprocess`, as an exported model's metadata.json describes them (model/export.py).
+STEPS = (f"OpenCV decode -> 8-bit grayscale -> optional face crop ({' or '.join(FACE_DETECTORS)}) -> "
+         f"centre square -> resize ({RESIZE_DOWN} down, {RESIZE_UP} up)")
 
 
 def image_metrics(gray: np.ndarray) -> tuple[float, float, float]:

@@ -14,6 +14,11 @@ evaluates on val and test, chooses the TTA on val and exports through the usual 
 `train` writes run/best.weights.h5 (the epoch with the best val macro-F1), run/history.csv (the
 columns of `emotion train`'s history) and run/run.json (device, epochs, timings, data fingerprint).
 
+Its options are a TrainConfig (model/config.py) built from the recipe and its --seed/--epochs, as
+`emotion train` builds its own: the same defaults and the same checks (an unknown recipe key is an error).
+It uses the options of the model, the loss, the schedule and the augmentation; the run-level ones
+(strategy, checkpoints, --init-weights, --teacher, --patience) are `emotion train`'s alone.
+
 --max-seconds caps the wall time: a short probe measures the step time, and the number of epochs
 is cut to what fits (the schedule is then built for that many epochs, so the cosine still ends);
 run.json records the epochs actually run.
@@ -27,12 +32,14 @@ import json
 import lzma
 import os
 import shutil
-import sys
 import tempfile
 import time
 
 import numpy as np
 
+from model import config
+from model.config import TrainConfig
+from model.errors import UsageError
 from schemas import LABELS
 
 SPLITS = ("train", "val")
@@ -88,15 +95,22 @@ def macro_f1(model, pixels: np.ndarray, labels: np.ndarray, batch_size: int = 10
     return summary["accuracy"], summary["macro_f1"]
 
 
+def portable_config(args) -> TrainConfig:
+    """The recipe and this command's overrides as the TrainConfig `emotion train` would build: the same
+    defaults and checks (an unknown key, a wrong type or range is a UsageError)."""
+    overrides = {"seed": args.seed} if args.seed is not None else {}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    return config.build(args.config, **overrides)
+
+
 def train(args) -> dict:
     import keras
 
-    from model import archs, augment, optimization, recipe
+    from model import archs, augment, optimization
 
-    r = recipe.load(args.config)
-    if args.seed is not None:
-        r["seed"] = args.seed
-    arch, batch, epochs = r.get("arch", "vgg_s"), int(r.get("batch_size", 128)), int(args.epochs or r["epochs"])
+    cfg = portable_config(args)
+    batch, epochs = cfg.batch_size, cfg.epochs
     arrays, info = load_arrays(args.arrays)
     x_train = arrays["train_pixels"].astype(np.float32)
     y_train = arrays["train_labels"].astype(np.int32)
@@ -105,48 +119,30 @@ def train(args) -> dict:
 
     device = keras.config.backend()
     has_accelerator = device == "jax" and _jax_platform() != "cpu"
-    policy = "float32" if r.get("mixed_precision", "auto") == "off" else ("mixed_bfloat16" if has_accelerator else "float32")
+    policy = "float32" if cfg.mixed_precision == "off" else ("mixed_bfloat16" if has_accelerator else "float32")
     keras.mixed_precision.set_global_policy(policy)
-    keras.utils.set_random_seed(int(r.get("seed", 42)))
+    keras.utils.set_random_seed(cfg.seed)
 
     steps_per_epoch = len(x_train) // batch
-    peak = optimization.peak_lr(r.get("optimizer", "sgd"), r.get("lr"), batch)
-    class_w = optimization.class_weights(info["train_counts"], float(r.get("class_weight_power", 0.5)))
-    sample_w = class_w[y_train]
+    peak = optimization.peak_lr(cfg.optimizer, cfg.lr, batch)
+    sample_w = optimization.class_weights(info["train_counts"], cfg.class_weight_power)[y_train]
     onehot = np.eye(len(LABELS), dtype=np.float32)[y_train]
 
-    net = archs.build(arch, size, len(LABELS))
-    trainer = keras.Sequential([keras.Input((size, size, 1)),
-                                augment.RandomAugment(r.get("augment", "light"), seed=int(r.get("seed", 42))), net])
-    initial = trainer.get_weights()
+    net = archs.build(cfg.arch, size, len(LABELS))
+    trainer = keras.Sequential([keras.Input((size, size, 1)), augment.RandomAugment(cfg.augment, seed=cfg.seed), net])
 
     def compile_for(n_epochs: int):
-        schedule = optimization.WarmupCosine(peak, int(float(r.get("warmup_epochs", 1.0)) * steps_per_epoch),
-                                             steps_per_epoch * n_epochs)
+        schedule = optimization.WarmupCosine(peak, int(cfg.warmup_epochs * steps_per_epoch), steps_per_epoch * n_epochs)
         trainer.compile(
-            optimizer=optimization.build_optimizer(r.get("optimizer", "sgd"), schedule, float(r.get("weight_decay", 5e-4))),
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                      label_smoothing=float(r.get("label_smoothing", 0.1))),
+            optimizer=optimization.build_optimizer(cfg.optimizer, schedule, cfg.weight_decay),
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
             steps_per_execution=args.steps_per_execution,
         )
 
     started = time.time()
-    # ---------------------------------------------------------------- probe: step time -> epochs that fit
     if args.max_seconds:
-        compile_for(epochs)
-        probe = min(len(x_train), 40 * batch)
-        fit_kw = dict(batch_size=batch, epochs=1, verbose=0, shuffle=False)
-        trainer.fit(x_train[:probe], onehot[:probe], sample_weight=sample_w[:probe], **fit_kw)  # compiles
-        t0 = time.time()
-        trainer.fit(x_train[:probe], onehot[:probe], sample_weight=sample_w[:probe], **fit_kw)
-        epoch_seconds = (time.time() - t0) / (probe // batch) * steps_per_epoch * 1.25 + 1.0  # +val, +slack for contention
-        left = args.max_seconds - (time.time() - started) - 30  # 30 s: recompile and saving
-        fitting = max(1, int(left // epoch_seconds))
-        print(f"probe: {epoch_seconds:.2f} s/epoch; {fitting} epochs fit in {left:.0f} s", flush=True)
-        if fitting < epochs:
-            epochs = fitting
-        trainer.set_weights(initial)
+        epochs = _epochs_that_fit(trainer, compile_for, x_train, onehot, sample_w, batch, epochs, args.max_seconds)
     compile_for(epochs)
 
     # ---------------------------------------------------------------- train, select on val
@@ -180,15 +176,37 @@ def train(args) -> dict:
                 verbose=0, callbacks=[Track()])
     run = {
         "trainer": "model/train_portable.py", "backend": device, "device": _device_name(),
-        "precision_policy": policy, "config": args.config, "recipe": {k: v for k, v in r.items() if k != "config"},
+        "precision_policy": policy, "config": args.config,
+        "recipe": {**cfg.recipe, **({"seed": args.seed} if args.seed is not None else {})},
         "epochs_planned": epochs, "epochs_run": len(history), "best_epoch": best["epoch"],
         "best_val_macro_f1": best["f1"], "global_batch": batch, "peak_lr": peak,
         "train_seconds": round(time.time() - started, 1), "data_fingerprint": info.get("fingerprint"),
-        "examples": info["examples"], "keras": keras.__version__, "command": " ".join(sys.argv),
+        "examples": info["examples"], "keras": keras.__version__, "command": config.command_line(),
     }
     with open(os.path.join(args.out, "run.json"), "w") as f:
         f.write(json.dumps(run, indent=2) + "\n")
     return run
+
+
+def _epochs_that_fit(trainer, compile_for, x_train, onehot, sample_w, batch: int, epochs: int,
+                     max_seconds: float) -> int:
+    """--max-seconds: a short probe measures the step time; the epochs are cut to what fits. The trainer's
+    weights are put back as they were."""
+    started = time.time()
+    initial = trainer.get_weights()
+    compile_for(epochs)
+    probe = min(len(x_train), 40 * batch)
+    fit_kw = dict(batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    trainer.fit(x_train[:probe], onehot[:probe], sample_weight=sample_w[:probe], **fit_kw)  # compiles
+    t0 = time.time()
+    trainer.fit(x_train[:probe], onehot[:probe], sample_weight=sample_w[:probe], **fit_kw)
+    steps_per_epoch = len(x_train) // batch
+    epoch_seconds = (time.time() - t0) / (probe // batch) * steps_per_epoch * 1.25 + 1.0  # +val, +slack
+    left = max_seconds - (time.time() - started) - 30  # 30 s: recompile and saving
+    fitting = max(1, int(left // epoch_seconds))
+    print(f"probe: {epoch_seconds:.2f} s/epoch; {fitting} epochs fit in {left:.0f} s", flush=True)
+    trainer.set_weights(initial)
+    return min(epochs, fitting)
 
 
 def _write_history(path: str, rows: list[dict]) -> None:
@@ -231,10 +249,13 @@ def main(argv=None) -> None:
                    help="training steps per compiled call: fewer host round-trips for small models on accelerators")
     t.add_argument("--max-seconds", type=float, default=0, help="wall-time cap; epochs are cut to fit (0: none)")
     args = p.parse_args(argv)
-    if args.command == "export-arrays":
-        print(json.dumps(export_arrays(args.data, args.output)))
-    else:
-        print(json.dumps(train(args), indent=2))
+    try:
+        if args.command == "export-arrays":
+            print(json.dumps(export_arrays(args.data, args.output)))
+        else:
+            print(json.dumps(train(args), indent=2))
+    except UsageError as exc:  # a bad recipe or option: one line, exit 2, as `emotion train` reports it
+        p.exit(2, f"{p.prog}: error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -29,3 +29,9 @@ from schemas.tables import (  # noqa: F401
     CONFUSION_SCHEMA,
     bigquery_schema,
 )
+from schemas.compare import (  # noqa: F401
+    AGREEMENT_SCHEMA,
+    COMPARE_INPUT_SCHEMA,
+    COMPARE_PER_CLASS_SCHEMA,
+    DISAGREEMENTS_SCHEMA,
+)

@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from schemas.labels import LABELS
 
-TABLES_VERSION = 2  # 2: predictions carry run_id; the partitioned table and the runs table
+TABLES_VERSION = 3  # 2: predictions carry run_id; the partitioned table and the runs table
+#                    3: table rows carry file_sha256, tta, preprocessing; runs carry incremental, skipped_seen
 
 REJECTED_SCHEMA = pa.schema(
     [
@@ -46,7 +47,22 @@ PREDICTIONS_SCHEMA = pa.schema(
 # The partition keys are folder names, not file columns (engines add them back: DuckDB with
 # hive_partitioning, pyarrow with partitioning="hive", BigQuery with hive partitioning).
 TABLE_PARTITION_KEYS = ("model_version", "run_date", "run_id")
-TABLE_SCHEMA = pa.schema([f for f in PREDICTIONS_SCHEMA if f.name not in TABLE_PARTITION_KEYS])
+# What decides whether an image was already predicted "the same way" (`emotion predict --incremental`
+# skips a file whose bytes' hash the model version's partitions hold with the same tta and
+# preprocessing). Nullable: rows written before tables version 3 lack them (read with DuckDB's
+# union_by_name, they are null), and TFRecord input has no file bytes to hash.
+TABLE_SEEN_FIELDS = [
+    pa.field("file_sha256", pa.string()),  # hex SHA-256 of the image file's bytes, hashed before decoding
+    pa.field("tta", pa.string()),  # none, flip or crops
+    pa.field("preprocessing", pa.string()),  # the face crop: "face_crop=none", "face_crop=haar", ...
+]
+TABLE_SEEN_KEYS = tuple(f.name for f in TABLE_SEEN_FIELDS)
+TABLE_SCHEMA = pa.schema([f for f in PREDICTIONS_SCHEMA if f.name not in TABLE_PARTITION_KEYS] + TABLE_SEEN_FIELDS)
+# The table as an engine reads it: the file columns, then the partition keys (as pyarrow's
+# ds.dataset(root, format="parquet", partitioning=ds.partitioning(TABLE_PARTITION_SCHEMA, flavor="hive"),
+# schema=TABLE_READ_SCHEMA); files of older tables versions then read with nulls in the columns they lack).
+TABLE_PARTITION_SCHEMA = pa.schema([pa.field(k, pa.string()) for k in TABLE_PARTITION_KEYS])
+TABLE_READ_SCHEMA = pa.schema([*TABLE_SCHEMA, *TABLE_PARTITION_SCHEMA])
 TABLE_SORT_KEYS = ("predicted_label", "confidence")  # within a file: prunes label and confidence filters
 TABLE_ROWS_PER_FILE = 1_000_000
 TABLE_ROW_GROUP_ROWS = 128 * 1024
@@ -67,6 +83,8 @@ RUNS_SCHEMA = pa.schema(
         pa.field("predicted", pa.int64(), nullable=False),
         pa.field("rejected", pa.int64(), nullable=False),
         pa.field("skipped_non_data", pa.int64(), nullable=False),
+        pa.field("incremental", pa.bool_()),  # null in rows written before tables version 3
+        pa.field("skipped_seen", pa.int64()),  # --incremental: images the table already held, not predicted
         pa.field("labelled", pa.int64(), nullable=False),
         pa.field("accuracy", pa.float64()),  # null when no image carries a label
         pa.field("macro_f1", pa.float64()),
@@ -145,4 +163,17 @@ def bigquery_external_table(root: str, table: str = "emotion.predictions") -> di
         f"OPTIONS (format = 'PARQUET', uris = ['{uri}'], hive_partition_uri_prefix = '{root}',\n"
         "         require_hive_partition_filter = false);\n"
     )
-    return {"definition": definition, "ddl": ddl}
+    return {"definition": definition, "ddl": ddl, "current": bigquery_current_view(table)}
+
+
+def bigquery_current_view(table: str = "emotion.predictions", view: str = "emotion.current_predictions") -> str:
+    """The DDL of a view holding the current prediction of every image: per uri, the row of the
+    latest run that predicted it (an incremental run adds rows only for new or changed files, so an
+    image's current row may come from an older run). One model's own current rows: the same query
+    with `WHERE model_version = '...'` in place of `WHERE TRUE` (filtered before ranking, not after)."""
+    return (
+        f"CREATE OR REPLACE VIEW `{view}` AS\n"
+        f"SELECT * FROM `{table}`\n"
+        "WHERE TRUE\n"  # BigQuery accepts QUALIFY only beside a WHERE, GROUP BY or HAVING
+        "QUALIFY ROW_NUMBER() OVER (PARTITION BY uri ORDER BY run_timestamp DESC, run_id DESC) = 1;\n"
+    )

@@ -510,6 +510,20 @@ class Harness:
         return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
                 if p.is_file() and not p.is_symlink() and p not in self.planted}
 
+    def roll_back_killed_commits(self, step: Step, runs: list[Run]) -> None:
+        """A run killed inside its commit leaves its output (and table) mixed until the next run into it
+        rolls the commit back from its journal, before anything else; one killed just after it leaves
+        its clean-up undone. Do now what that next run does first (outputs.recover, what OutputClaim
+        does), so all-or-nothing and the manifests are checked on the result."""
+        for run in runs:
+            if run.rc != -signal.SIGKILL:
+                continue
+            keys = self._roots_of(run.argv)
+            table_root = [str(self.w["table"])] if "table" in keys else []
+            for key in keys - {"table", "model"}:
+                if outputs.recover(str(self.w[key]), also_roots=table_root):
+                    self.log(f"[seed {self.seed} step {step.index}] recovered the run killed in {key}'s commit")
+
     def check_all_or_nothing(self, step: Step, runs: list[Run], before: dict) -> None:
         """A run that did not commit (refused, failed, killed or interrupted before its commit) leaves
         its output's results and the table byte for byte as they were; one that committed has a new
@@ -518,6 +532,7 @@ class Harness:
             now = self._manifest_bytes(key)
             return now is not None and now != before[key][0] and json.loads(now).get("state") == "complete"
 
+        self.roll_back_killed_commits(step, runs)
         for key in sorted(before, key=lambda k: k == "table"):  # the outputs first, then their table
             outs = [key] if key != "table" else \
                 [k for r in runs if "table" in self._roots_of(r.argv) for k in self._roots_of(r.argv) if k != "table"]

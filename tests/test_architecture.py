@@ -4,6 +4,7 @@ function-level ones included (a lazy import is still a dependency of that module
 from __future__ import annotations
 
 import ast
+import re
 
 import pytest
 from conftest import REPO
@@ -73,19 +74,118 @@ def test_the_input_contract_imports_no_framework():
 
 # Beam modules that run on ingest workers or in the launcher: never TensorFlow, not even lazily.
 # (cli.py imports it for the commands that use it, to silence its start-up lines.)
-TENSORFLOW_FREE = ["common", "storage", "listing", "reading", "progress", "outputs", "ingest", "table", "compare", "report"]
+TENSORFLOW_FREE = ["common", "storage", "listing", "reading", "progress", "outputs", "ingest", "table", "compare",
+                   "report", "report_read", "report_format", "report_sections", "predict_options", "ingest_shuffle",
+                   "ingest_shards", "ingest_stats"]
 
 
 @pytest.mark.parametrize("name", TENSORFLOW_FREE)
 def test_pipeline_modules_outside_predict_import_no_tensorflow(name):
     found = imports_of(REPO / "beam_pipelines" / f"{name}.py")
     assert not found & ML, sorted(found & ML)
-    allowed = ("model.preprocess", "model.metrics", "model.files", "model.errors", "model.gate")  # none imports TensorFlow
+    # none of these imports TensorFlow (model.engines only lazily, inside the engine that needs it)
+    allowed = ("model.preprocess", "model.metrics", "model.files", "model.errors", "model.gate", "model.engines")
     assert not {n for n in found if n.startswith("model.") and not n.startswith(allowed)}
 
 
-def test_the_architecture_page_names_every_module():
-    page = (REPO / "ARCHITECTURE.md").read_text()
-    for path in modules("beam_pipelines"):
-        if path.stem != "__init__":
-            assert f"`{path.name}`" in page, path.name
+# =========================================================================== every module's rule, from the page
+
+FRAMEWORKS = {"apache_beam", "tensorflow", "keras", "jax", "ai_edge_litert", "mtcnn", "cv2", "pyarrow", "jinja2",
+              "matplotlib", "google", "duckdb", "numpy"}
+HEADER = "| module | what | may import (ours) | frameworks |"
+
+
+def first_party(module: str) -> str | None:
+    """The module or package of ours that `module` (an import, or an import + a name) lands in:
+    `schemas` for anything in schemas/, `model.gate` for the gate package, else the longest prefix
+    that is a file or package on disk (`model` for a name of model/__init__.py)."""
+    parts = module.split(".")
+    if parts[0] not in PACKAGES:
+        return None
+    if parts[0] == "schemas":
+        return "schemas"
+    for i in range(len(parts), 0, -1):
+        path = REPO.joinpath(*parts[:i])
+        if path.with_suffix(".py").exists() or (path / "__init__.py").exists():
+            name = ".".join(parts[:i])
+            return "model.gate" if name.startswith("model.gate") else name
+    return parts[0]
+
+
+def module_imports(path, own: str | None = None) -> tuple[set[str], set[str]]:
+    """(ours, frameworks): every import statement of the module, function-level ones included."""
+    ours, frameworks = set(), set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if first_party(name):
+                ours.add(first_party(name))
+            if name.split(".")[0] in FRAMEWORKS:
+                frameworks.add(name.split(".")[0])
+    ours.discard(own or str(path.relative_to(REPO))[:-3].replace("/", ".").removesuffix(".__init__"))
+    return ours, frameworks
+
+
+def page_rules() -> dict[str, tuple[set[str], set[str]]]:
+    """ARCHITECTURE.md's module tables: module path -> (ours, frameworks) it may import."""
+    rules, in_table = {}, False
+    for line in (REPO / "ARCHITECTURE.md").read_text().splitlines():
+        if line.strip() == HEADER:
+            in_table = True
+            continue
+        if not in_table or not line.startswith("|"):
+            in_table = False
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0].startswith("---"):
+            continue
+        names = [set(re.findall(r"`([^`]+)`", cell)) for cell in (cells[0], cells[-2], cells[-1])]
+        (module,) = names[0]
+        rules[module] = (names[1], names[2])
+    return rules
+
+
+ALL_MODULES = [p for package in PACKAGES for p in modules(package)]
+
+
+def test_the_architecture_page_has_a_rule_for_every_module_and_no_other():
+    rules = page_rules()
+    on_disk = {str(p.relative_to(REPO)) for p in ALL_MODULES}
+    assert sorted(on_disk - set(rules)) == [], "modules without a row in ARCHITECTURE.md"
+    assert sorted(set(rules) - on_disk) == [], "rows in ARCHITECTURE.md for modules that do not exist"
+
+
+@pytest.mark.parametrize("path", ALL_MODULES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_module_imports_only_what_the_page_allows_it(path):
+    rule = page_rules().get(str(path.relative_to(REPO)))
+    assert rule is not None, f"{path.relative_to(REPO)} has no row in ARCHITECTURE.md"
+    ours, frameworks = module_imports(path)
+    assert ours <= rule[0], f"imports of ours the page does not allow: {sorted(ours - rule[0])}"
+    assert frameworks <= rule[1], f"frameworks the page does not allow: {sorted(frameworks - rule[1])}"
+
+
+def test_the_page_itself_keeps_the_one_way_arrows():
+    """The page may grow, but not against the layering: schemas/ imports nothing of ours but itself,
+    model/ never Beam nor the pipelines, the ingest side never TensorFlow."""
+    for module, (ours, frameworks) in page_rules().items():
+        if module.startswith("schemas/"):
+            assert ours <= {"schemas"} and frameworks <= {"pyarrow"}, module
+        if module.startswith("model/"):
+            assert not {o for o in ours if o.startswith("beam_pipelines")} and "apache_beam" not in frameworks, module
+        if module.startswith("beam_pipelines/ingest") or module.startswith("beam_pipelines/report"):
+            assert not frameworks & ML, module
+
+
+def test_the_rule_checker_catches_a_forbidden_import(tmp_path):
+    """The checker is not vacuous: listing.py with a lazy TensorFlow import and one of predict is caught."""
+    rule = page_rules()["beam_pipelines/listing.py"]
+    fake = tmp_path / "listing.py"
+    fake.write_text((REPO / "beam_pipelines" / "listing.py").read_text()
+                    + "\n\ndef later():\n    import tensorflow\n    from beam_pipelines import predict\n")
+    ours, frameworks = module_imports(fake, own="beam_pipelines.listing")
+    assert "tensorflow" in frameworks - rule[1] and "beam_pipelines.predict" in ours - rule[0]

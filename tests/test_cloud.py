@@ -532,7 +532,7 @@ SAMPLE_VALUES = {
     "val_fraction": "0.2", "test_fraction": ".15", "seed": "3", "num_shards": "8", "max_pixels": "1000000",
     "files_per_batch": "128", "batch_size": "64", "face_detector": "mtcnn", "tta": "flip", "engine": "litert",
     "overwrite": "true",
-    "table": "gs://b/table", "run_id": "run-1", "quiet": "true",
+    "table": "gs://b/table", "run_id": "run-1", "quiet": "true", "shuffle": "records", "incremental": "true",
 }
 
 
@@ -558,8 +558,9 @@ def test_flex_metadata_parameters_map_onto_pipeline_flags(pipeline):
     assert args.files_per_batch == 128 and args.max_pixels == 1000000
     if pipeline == "ingest":
         assert (args.image_size, args.val_fraction, args.test_fraction, args.seed, args.num_shards) == (64, 0.2, 0.15, 3, 8)
+        assert args.shuffle == "records"
     else:
-        assert (args.model, args.batch_size) == ("gs://b/model", 64)
+        assert (args.model, args.batch_size, args.incremental) == ("gs://b/model", 64, True)
 
 
 def test_flex_translation_of_switches_and_empty_values():

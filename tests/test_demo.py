@@ -170,7 +170,7 @@ def test_report_errors_are_one_line(tmp_path):
     line = _one_line_error(run_cli("report", "--output", "/nonexistent/emotion", check=False), "report")
     assert "/nonexistent/emotion" in line
     line = _one_line_error(run_cli("report", "--output", tmp_path, check=False), "report")
-    assert "no ingest, train or predict output" in line
+    assert "no ingest, train, predict or compare output" in line
 
 
 def test_demo_user_errors_are_one_line(tmp_path):
@@ -179,7 +179,7 @@ def test_demo_user_errors_are_one_line(tmp_path):
     empty.mkdir()
     for args, expected in (
         (["--input", tmp_path / "missing"], "does not exist"),
-        (["--input", empty], "is empty"),
+        (["--input", empty], "no files under --input"),
         (["--shipped-model", tmp_path, "--output", tmp_path / "o"], "not an exported model directory"),
     ):
         assert expected in _one_line_error(run_cli("demo", *args, check=False), "demo")

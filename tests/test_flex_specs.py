@@ -153,3 +153,23 @@ def test_write_specs_writes_the_checked_in_files(tmp_path):
     assert [p.name for p in written] == ["ingest.metadata.json", "predict.metadata.json"]
     for path in written:
         assert path.read_text() == (DATAFLOW / path.name).read_text(), f"{path.name}: {FIX}"
+
+
+def test_the_templates_are_the_flex_template_commands_of_the_cli():
+    """One registry: the launcher's stages are cli.COMMANDS marked flex_template, run from the same module."""
+    from beam_pipelines import cli
+
+    assert cli.FLEX_TEMPLATES == list(flex_main.PARAMETERS) == list(STAGES)
+    assert all(cli.COMMANDS[stage].module == module.__name__ for stage, module in STAGES.items())
+
+
+def test_a_users_mistake_in_a_launch_is_one_line_from_the_cli_error_path(tmp_path, capsys):
+    """flex_main runs the stage through cli.run_command: a UsageError is `emotion STAGE: error: ...`, exit 2;
+    a template value the pipeline cannot take is flex_main's own line, exit 2."""
+    missing = tmp_path / "missing"
+    code = flex_main.main(["--pipeline=ingest", f"--input={missing}", f"--output={tmp_path / 'out'}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines == [f"emotion ingest: error: no files under --input {missing}: it does not exist"]
+    assert not (tmp_path / "out").exists()
+    code = flex_main.main(["--pipeline=ingest", "--input=/x", "--output=/y", "--face_crop=maybe"])
+    assert code == 2 and "flex_main: error: face_crop must be true or false" in capsys.readouterr().err

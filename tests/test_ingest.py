@@ -230,3 +230,29 @@ def test_missing_or_empty_input_is_a_usage_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no files"):
         ingest.run(["--input", str(tmp_path / "empty"), "--output", str(tmp_path / "o")])
+
+
+def test_an_ingest_whose_val_is_too_small_for_training_says_so_and_training_refuses_it(tmp_path, capsys):
+    """The rule is one (schemas.eval_split_too_small): ingest warns where the fix is (--val-fraction),
+    and emotion train refuses the same val with one line -- never a silent surprise at training."""
+    import json
+
+    from conftest import make_split_tree, synthetic_face, write_image
+
+    from beam_pipelines import cli
+    from beam_pipelines.ingest_stats import small_split_warnings
+
+    assert small_split_warnings({"train": 40, "val": 1}) and not small_split_warnings({"train": 40, "val": 4})
+    assert not small_split_warnings({"train": 40})  # no val at all: training runs without choosing epochs
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    make_split_tree(raw, per_class=6, splits=("train",), seed=3)
+    write_image(raw / "val" / "happy" / "only.png", synthetic_face(999, label=3))  # one val image: too few,
+    # and a fresh carve of 2% of train (none) would be too few as well, so it stays
+    assert cli.main(["ingest", "--input", str(raw), "--output", str(out), "--quiet", "--val-fraction", "0.02"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["written_per_split"]["val"] == 1
+    assert any(w.startswith("val holds 1 image(s)") and "--val-fraction" in w for w in stats["warnings"])
+    capsys.readouterr()
+    assert cli.main(["train", "--data", str(out), "--model-dir", str(tmp_path / "m"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "val holds 1 image" in err[0], err

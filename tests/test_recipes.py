@@ -33,6 +33,25 @@ def test_flags_override_the_recipe():
     assert (args.epochs, args.augment, args.arch) == (3, "strong", shipped["arch"])
 
 
+def test_the_portable_trainer_refuses_a_bad_recipe_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    typo = tmp_path / "typo.toml"
+    typo.write_text('arch = "vgg_s"\nbach_size = 32\n')
+    proc = subprocess.run([sys.executable, "-m", "model.train_portable", "train", "--arrays", tmp_path / "a.npz",
+                           "--config", typo, "--out", tmp_path / "run"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert proc.returncode == 2
+    # (TensorFlow's C++ start-up notices may come first: this module is not run through `emotion`.)
+    assert proc.stderr.splitlines()[-1] == \
+        f"python -m model.train_portable: error: recipe {typo} sets unknown option(s) bach_size", proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_recipes_are_one_line_errors(tmp_path):
     typo = tmp_path / "typo.toml"
     typo.write_text('arch = "vgg_s"\nepochz = 3\n')
@@ -104,12 +123,15 @@ def test_portable_trainer_round_trip(tiny_ingest, tmp_path):
     portable("train", "--arrays", arrays, "--config", recipe_file, "--out", run_dir)
     run = json.loads((run_dir / "run.json").read_text())
     assert run["epochs_run"] == 2 and run["data_fingerprint"] == info["fingerprint"]
+    assert run["command"].startswith("python -m model.train_portable train --arrays ")
+    assert str(REPO) not in run["command"]  # portable: no absolute path of the checkout it ran from
     assert (run_dir / "history.csv").read_text().count("\n") == 3
 
     model_dir = tmp_path / "imported"
     run_cli("train", "--config", recipe_file, "--data", tiny_ingest, "--model-dir", model_dir, "--import-run", run_dir)
     meta = json.loads((model_dir / "metadata.json").read_text())
     assert meta["arch"] == "vgg_xs" and meta["training"]["imported_run"]["epochs_run"] == 2
+    assert str(REPO) not in json.dumps(meta)
     assert {"val", "test", "val_flip_tta"} <= set(meta["metrics"])
     from model import archs
     from model.export import load

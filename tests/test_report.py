@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from beam_pipelines import report
+from beam_pipelines import report, report_format
 from conftest import SAMPLE, SHIPPED_MODEL
 
 needs_shipped = pytest.mark.skipif(
@@ -153,10 +153,10 @@ def demo_like(tiny_ingest, predictions, train_only, tmp_path):
 
 
 def test_metric_keys_are_read_as_split_and_tta_mode():
-    assert report.split_and_tta("val") == ("val", "none")
-    assert report.split_and_tta("test_flip_tta") == ("test", "flip")
-    assert report.split_and_tta("test_crops_tta") == ("test", "crops")
-    assert [report.tta_label(m) for m in ("none", "flip", "crops", None)] == [
+    assert report_format.split_and_tta("val") == ("val", "none")
+    assert report_format.split_and_tta("test_flip_tta") == ("test", "flip")
+    assert report_format.split_and_tta("test_crops_tta") == ("test", "crops")
+    assert [report_format.tta_label(m) for m in ("none", "flip", "crops", None)] == [
         "plain",
         "flip TTA",
         "crops TTA",

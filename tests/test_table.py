@@ -84,6 +84,17 @@ def test_the_runs_table_accounts_for_every_row(three_runs):
     assert pq.read_schema(next((root / "_runs").glob("*.parquet"))).remove_metadata() == RUNS_SCHEMA
 
 
+def test_rows_record_what_an_incremental_run_decides_on(three_runs):
+    """Runs without --incremental record it too: each row's file bytes' hash, TTA and preprocessing."""
+    import hashlib
+    import pathlib
+
+    rows = pq.read_table(next(three_runs["root"].glob("*/*/run_id=tiny-1"))).to_pylist()
+    assert len(rows) == 21
+    assert all(r["file_sha256"] == hashlib.sha256(pathlib.Path(r["uri"]).read_bytes()).hexdigest() for r in rows)
+    assert {(r["tta"], r["preprocessing"]) for r in rows} == {(three_runs["other"]["tta"], "face_crop=none")}
+
+
 def test_table_files_are_sorted_zstd_and_carry_the_schema_version(three_runs):
     for path in three_runs["root"].glob("*/*/*/*.parquet"):
         f = pq.ParquetFile(path)

@@ -38,6 +38,15 @@ def test_one_device_trains_logs_and_exports(tiny_model):
     assert (tiny_model / "plots" / "training_curves.png").stat().st_size > 5000
 
 
+def test_metadata_describes_the_preprocessing_and_a_portable_command(tiny_model):
+    from model import preprocess
+
+    meta = _metadata(tiny_model)
+    assert meta["preprocessing"]["steps"] == preprocess.STEPS  # the code's own description (test_train_config)
+    assert meta["command"].startswith("python -m beam_pipelines.cli train --data ")
+    assert str(REPO) not in json.dumps(meta)  # no absolute path of the checkout it ran from
+
+
 def test_mirrored_on_two_cpu_replicas(tiny_ingest, tmp_path):
     run_cli("train", "--data", tiny_ingest, "--model-dir", tmp_path, "--arch", "vgg_xs", "--epochs", "1",
             "--batch-size", "16", "--steps-per-epoch", "3", "--strategy", "mirrored", "--cpu-replicas", "2")
@@ -171,3 +180,25 @@ def test_label_or_schema_mismatch_is_refused(tiny_model, tmp_path):
         assert proc.returncode == 2
         assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("folder, what", [("logs/train", "the TensorBoard logs"), ("checkpoints", "a checkpoint"),
+                                          ("export", "the export")])
+def test_a_refused_write_is_one_line_and_exit_2(tiny_ingest, tiny_model, tmp_path, capsys, folder, what):
+    """TensorFlow refuses a write in its own errors (PermissionDeniedError...), not OSError: still one line."""
+    from beam_pipelines import cli
+    from test_gate import read_only
+
+    model_dir = tmp_path / "owned"
+    shutil.copytree(tiny_model, model_dir)  # a model dir an earlier training owns (its _train.json)
+    with read_only(model_dir / folder):
+        # --mixed-precision off: a run that stops in this process must not leave a bfloat16 policy behind.
+        code = cli.main(["train", "--data", str(tiny_ingest), "--model-dir", str(model_dir), "--fresh",
+                         "--arch", "vgg_xs", "--epochs", "1", "--batch-size", "32", "--steps-per-epoch", "1",
+                         "--mixed-precision", "off"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"emotion train: error: cannot write {what} to {model_dir}"), lines[0]
+    assert _metadata(model_dir) == _metadata(tiny_model)  # the exported model is the earlier one, whole

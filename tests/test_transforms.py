@@ -14,9 +14,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipelines import ingest
+from beam_pipelines.ingest_shards import CountKept, carved_split, plan_splits, resolve_copies
+from beam_pipelines.ingest_shuffle import DecodeBatch, Metrics, Record, Spilled, SpillRef, hash_unit, load_records, shard_of
 from beam_pipelines.evaluation import MAX_CORRECT, MAX_MISTAKES, EvaluationFn, metrics_from
-from beam_pipelines.ingest import CountKept, DecodeBatch, Record, carved_split, plan_splits, resolve_copies
 from beam_pipelines.listing import BROKEN_LINK, PROBLEMS, SYMLINK_LOOP, Entry, escape_glob, list_entries
 from conftest import synthetic_face, write_image
 from model.metrics import calibration_bins, confusion, expected_calibration_error, summarize
@@ -29,7 +29,7 @@ def direct_pipeline():
 
 
 def rec(digest, split, label, uri):
-    return Record(digest, split, label, uri, (100.0, 20.0, 5.0), "/spill/x.pixels", 0)
+    return Record(digest, split, label, uri, Metrics(100.0, 20.0, 5.0), SpillRef("/spill/x.pixels", 0))
 
 
 # --------------------------------------------------------------------------- resolve_copies
@@ -151,9 +151,9 @@ def test_carved_split_moves_only_train_records_by_salted_hash():
 
 
 def spilled(staging, shard, batch_id, records) -> str:
-    """A (batch, shard) group spilled as DecodeBatch spills it; returns its base name."""
-    items = [(r.digest, r.split, r.label, r.uri, (1.0, 2.0, 3.0), bytes(48 * 48)) for r in records]
-    return ingest.write_spill(str(staging), shard, batch_id, items)
+    """A (batch, shard) group spilled as DecodeBatch spills it (--shuffle spill)."""
+    records = [r._replace(metrics=Metrics(1.0, 2.0, 3.0), pixels=bytes(48 * 48)) for r in records]
+    return Spilled.write(str(staging), shard, batch_id, records, 48)
 
 
 def test_count_kept_counts_each_shard_after_deduplication(tmp_path):
@@ -164,7 +164,7 @@ def test_count_kept_counts_each_shard_after_deduplication(tmp_path):
     shard2 = (2, [spilled(tmp_path, 2, "b1", [])])
     # shard 0: leakage (val kept); shard 1: a duplicate and a conflict (both copies gone); shard 2: empty.
     with direct_pipeline() as p:
-        counts = p | beam.Create([shard0, shard1, shard2]) | beam.ParDo(CountKept(48))
+        counts = p | beam.Create([shard0, shard1, shard2]) | beam.ParDo(CountKept())
         assert_that(counts, equal_to([{"val": 1, "train": 1, "test": 1}, {"train": 1}, {}]))
 
 
@@ -186,25 +186,27 @@ def test_decode_batch_routes_images_rejects_and_stats(tmp_path):
                                       root / "train" / "sad" / "fake.png")]
     batch.append((str(gone), BROKEN_LINK))
     args = argparse.Namespace(input=str(root), image_size=48, face_crop=False, max_pixels=10_000_000, seed=0,
-                              val_fraction=0.1, test_fraction=0.1, staging=str(tmp_path / "staging"))
+                              val_fraction=0.1, test_fraction=0.1, staging=str(tmp_path / "staging"), shuffle="spill")
     summary = {"carve_val": False, "num_shards": 3}
 
     expected_records = {}
     for path, split, label in ((good, "train", "happy"), (second, "test", "sad")):
         pixels, digest = preprocess(path.read_bytes(), 48)
-        expected_records[str(path)] = (digest, split, label, str(path), image_metrics(pixels), pixels.tobytes())
+        expected_records[str(path)] = Record(digest, split, label, str(path), Metrics(*image_metrics(pixels)),
+                                             pixels.tobytes())
 
     with direct_pipeline() as p:
         side = beam.pvalue.AsSingleton(p | "Summary" >> beam.Create([summary]))
         out = (p | "Batch" >> beam.Create([batch])
                | beam.ParDo(DecodeBatch(args), side).with_outputs("rejected", "stats", main="shards"))
         # The shuffle carries (shard, spill base) only; the records and pixels are read back from the spill.
-        records = out.shards | beam.FlatMap(lambda kv: [(kv[0], r) for r in ingest.read_spill([kv[1]], 48)[0]])
-        assert_that(records | "Meta" >> beam.Map(lambda kr: (kr[0], tuple(kr[1][:5]))),
-                    equal_to([(ingest.shard_of(e[0], 3), e[:5]) for e in expected_records.values()]), label="Shards")
-        assert_that(records | "Pixels" >> beam.Map(
-                    lambda kr: (kr[1].uri, FileSystems.open(kr[1].spill).read()[kr[1].offset:kr[1].offset + 48 * 48])),
-                    equal_to([(uri, e[5]) for uri, e in expected_records.items()]), label="SpilledPixels")
+        records = out.shards | beam.FlatMap(lambda kv: [(kv[0], r) for r in load_records([kv[1]])[0]])
+        assert_that(records | "Meta" >> beam.Map(lambda kr: (kr[0], kr[1]._replace(pixels=None))),
+                    equal_to([(shard_of(e.digest, 3), e._replace(pixels=None)) for e in expected_records.values()]),
+                    label="Shards")
+        assert_that(records | "Pixels" >> beam.Map(lambda kr: (kr[1].uri, FileSystems.open(kr[1].pixels.path).read()[
+                    kr[1].pixels.offset:kr[1].pixels.offset + 48 * 48])),
+                    equal_to([(uri, e.pixels) for uri, e in expected_records.items()]), label="SpilledPixels")
         assert_that(out.rejected | beam.Map(lambda r: (r["uri"], r["reason"], r["stage"])), equal_to([
             (str(unknown), "unknown_class", "ingest"),
             (str(loose), "no_class_folder", "ingest"),
@@ -222,7 +224,7 @@ def test_decode_batch_routes_images_rejects_and_stats(tmp_path):
     # One spill (pixels + metadata) per shard that got an image.
     spills = sorted(p.name for p in (tmp_path / "staging" / ".spill").glob("*.pixels"))
     assert len(list((tmp_path / "staging" / ".spill").glob("*.json"))) == len(spills)
-    shards = {f"{ingest.shard_of(e[0], 3):05d}" for e in expected_records.values()}
+    shards = {f"{shard_of(e.digest, 3):05d}" for e in expected_records.values()}
     assert [name[:5] for name in spills] == sorted(shards)
 
 
@@ -230,15 +232,15 @@ def test_decode_batch_assigns_splits_from_the_content_hash_without_split_folders
     root = tmp_path / "raw"
     paths = [write_image(root / "happy" / f"{i}.png", synthetic_face(100 + i)) for i in range(40)]
     args = argparse.Namespace(input=str(root), image_size=48, face_crop=False, max_pixels=10_000_000, seed=3,
-                              val_fraction=0.3, test_fraction=0.3, staging=str(tmp_path / "staging"))
+                              val_fraction=0.3, test_fraction=0.3, staging=str(tmp_path / "staging"), shuffle="spill")
     dofn = DecodeBatch(args)
     outputs = list(dofn.process([(str(p), None) for p in paths], {"carve_val": False, "num_shards": 1}))
-    (shard, base), stats = outputs[0], outputs[-1]
+    (shard, part), stats = outputs[0], outputs[-1]
     assert shard == 0 and len(outputs) == 2 and stats.value == {"rejected": {}}
-    (records,) = ingest.read_spill([base], 48)
+    (records,) = load_records([part])
 
     def expected(digest):
-        u = ingest.hash_unit(3, digest)
+        u = hash_unit(3, digest)
         return "test" if u < 0.3 else "val" if u < 0.6 else "train"
 
     assert [r.split for r in records] == [expected(r.digest) for r in records]

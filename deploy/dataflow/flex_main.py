@@ -21,7 +21,9 @@ parsers and checked in; after changing a stage's options, regenerate them with
 
 (tests/test_flex_specs.py fails until the checked-in specs match the parsers).
 
-The pipeline comes from EMOTION_PIPELINE (set by Dockerfile.launcher), or --pipeline=ingest|predict.
+The pipeline comes from EMOTION_PIPELINE (set by Dockerfile.launcher), or --pipeline=ingest|predict:
+the commands of beam_pipelines.cli.COMMANDS marked flex_template, run through the same
+cli.run_command as `emotion` (one line and exit 2 for a user's mistake).
 """
 
 # (No `from __future__ import annotations`: tests load this script without registering it in
@@ -36,9 +38,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from beam_pipelines.cli import COMMANDS, FLEX_TEMPLATES, run_command
+
 TRUE = {"true", "1", "yes", "on"}
 FALSE = {"false", "0", "no", "off"}
-MODULES = {"ingest": "beam_pipelines.ingest", "predict": "beam_pipelines.predict"}
 HERE = Path(__file__).resolve().parent
 REGENERATE = "make -f deploy/dataflow/Makefile specs"
 
@@ -200,7 +203,7 @@ def spec_text(spec: dict) -> str:
 
 def write_specs(folder: Path = HERE) -> list[Path]:
     paths = []
-    for stage in MODULES:
+    for stage in FLEX_TEMPLATES:
         path = spec_path(stage, folder)
         path.write_text(spec_text(template_spec(stage)))
         paths.append(path)
@@ -208,10 +211,10 @@ def write_specs(folder: Path = HERE) -> list[Path]:
 
 
 def stage_parser(stage: str) -> argparse.ArgumentParser:
-    return importlib.import_module(MODULES[stage]).build_parser()
+    return importlib.import_module(COMMANDS[stage].module).build_parser()
 
 
-PARAMETERS = {stage: parameters(stage_parser(stage)) for stage in MODULES}
+PARAMETERS = {stage: parameters(stage_parser(stage)) for stage in FLEX_TEMPLATES}
 
 
 # --------------------------------------------------------------------------- the launcher
@@ -281,15 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     except TemplateError as exc:
         print(f"flex_main: error: {exc}", file=sys.stderr)
         return 2
-    from beam_pipelines.common import UsageError
-
     logging.getLogger("emotion").info("flex template: emotion %s %s", pipeline, " ".join(args))
-    try:
-        importlib.import_module(MODULES[pipeline]).run(args)
-    except UsageError as exc:
-        print(f"emotion {pipeline}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(pipeline, args, quiet_logs=False)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ The API (every path is local or gs://):
         tx.move(src, dst); tx.retire(path); tx.write_bytes(path, data)
                                        all or nothing: an exception undoes every step, in reverse;
                                        on success the retired files (in the trash folders) are removed
+    gate.transaction(trash, journal=folder, header={...})
+                                       the same, each step written to `folder` before it is taken, so
+                                       that a process killed inside it is rolled back by the next run:
+    read_journal(gate, folder) -> (header, steps); roll_back(gate, steps)
 
     RootLock(root, run_id, flag, name)  one writer per root (see its docstring)
 
@@ -49,8 +53,8 @@ the next run removes what their manifest names).
 from model.gate.locks import RootLock, new_id, release_remote_lock, writable_folder
 from model.gate.names import (NAME_MAX, PathRefused, check_name, check_relative, is_local, name_problem,
                               relative_problem, resolve, within)
-from model.gate.ops import Gate, NoRemoteStore, TensorFlowStore, Transaction
+from model.gate.ops import Gate, NoRemoteStore, TensorFlowStore, Transaction, read_journal, roll_back
 
 __all__ = ["NAME_MAX", "Gate", "NoRemoteStore", "TensorFlowStore", "PathRefused", "RootLock", "Transaction", "check_name", "check_relative",
-           "is_local", "name_problem", "new_id", "relative_problem", "release_remote_lock", "resolve",
+           "is_local", "name_problem", "new_id", "read_journal", "relative_problem", "release_remote_lock", "resolve", "roll_back",
            "within", "writable_folder"]

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from model.gate.names import PathRefused, is_local, resolve, within, _root, check_relative  # noqa: F401
+from model.gate.names import PathRefused, _root, is_local, resolve, within
 
 log = logging.getLogger("emotion")
 
@@ -49,6 +49,10 @@ class TensorFlowStore:
         with self._gfile().GFile(path, "wb") as f:
             f.write(data)
 
+    def read(self, path):
+        with self._gfile().GFile(path, "rb") as f:
+            return f.read()
+
 
 class NoRemoteStore:
     """The store of a gate whose owner named none: gs:// paths are checked, never acted on."""
@@ -56,7 +60,7 @@ class NoRemoteStore:
     def _refuse(self, *args):
         raise PathRefused("this run has no store for gs:// paths (a gate made without one)")
 
-    exists = files = delete = rename = write = _refuse
+    exists = files = delete = rename = write = read = _refuse
 
 
 # =========================================================================== the gate
@@ -101,6 +105,15 @@ class Gate:
         if is_local(path):
             return os.path.lexists(path)
         return self._store.exists(path) or bool(self._store.files(path))
+
+    def read_bytes(self, path: str) -> bytes:
+        """A file's bytes (local: not through a link at `path`)."""
+        path = self.inside(path)
+        if not is_local(path):
+            return self._store.read(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
 
     def isdir(self, path: str) -> bool:
         path = self.inside(path, allow_root=True)
@@ -238,30 +251,51 @@ class Gate:
         os.symlink(os.path.abspath(target), path, target_is_directory=True)
         return path
 
-    def transaction(self, trash: dict[str, str]) -> Transaction:
-        return Transaction(self, trash)
+    def transaction(self, trash: dict[str, str], journal: str | None = None,
+                    header: dict | None = None) -> Transaction:
+        return Transaction(self, trash, journal, header)
 
 
 class Transaction:
     """Several moves and writes as one: undone in reverse on an exception, or, on success, finished by
     removing what they replaced. Replaced files are moved ("retired") into the trash folder of their
-    root (trash: {root: folder inside it}), so an undo is a rename back."""
+    root (trash: {root: folder inside it}), so an undo is a rename back.
 
-    def __init__(self, gate: Gate, trash: dict[str, str]):
+    With a `journal` folder, every step is written there (one small file per step, before the step is
+    taken), after a `header` the caller chooses: a process killed inside the transaction (kill -9, a
+    lost worker) cannot undo itself, and the next run into the same root rolls it back from the journal
+    (roll_back). Each undo checks what is there first, so a step that was journaled but never taken is
+    skipped and a roll-back that is itself cut short can simply be run again."""
+
+    def __init__(self, gate: Gate, trash: dict[str, str], journal: str | None = None, header: dict | None = None):
         self.gate = gate
         self.trash = {_root(root): folder for root, folder in trash.items()}
         self.steps: list[tuple] = []
         self._n = 0
+        self.journal = journal.rstrip("/") if journal else None
+        self.header = header or {}
 
     def __enter__(self) -> Transaction:
+        if self.journal:
+            self.gate.write_bytes(f"{self.journal}/{JOURNAL_HEADER}", json.dumps(self.header).encode())
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            if self.journal:  # committed: nothing to roll back any more
+                self.gate.remove_tree(self.journal)
             for folder in self.trash.values():
                 self.gate.remove_tree(folder)
             return
         self.undo()
+        if self.journal:
+            self.gate.remove_tree(self.journal)
+
+    def _journal(self, kind: str, a: str, b: str | None, created: list[str]) -> None:
+        """Writes the step about to be taken (write-ahead: the entry exists before the change does)."""
+        if self.journal:
+            entry = {"kind": kind, "a": a, "b": b, "created": created}
+            self.gate.write_bytes(f"{self.journal}/{len(self.steps):06d}.json", json.dumps(entry).encode())
 
     def _trash_path(self, path: str) -> str:
         resolved = resolve(path)
@@ -276,15 +310,22 @@ class Transaction:
         if not self.gate.exists(path):
             return
         trash = self._trash_path(path)
-        self.steps.append(("move", path, trash, self.gate.move(path, trash)))
+        self._step_move(path, trash)
 
     def move(self, src: str, dst: str) -> None:
         self.retire(dst)
-        self.steps.append(("move", src, dst, self.gate.move(src, dst)))
+        self._step_move(src, dst)
+
+    def _step_move(self, src: str, dst: str) -> None:
+        created = self.gate._missing_parents(resolve(dst)) if is_local(dst) else []
+        self._journal("move", src, dst, created)
+        self.gate.move(src, dst)
+        self.steps.append(("move", src, dst, created))
 
     def write_bytes(self, path: str, data: bytes) -> None:
         self.retire(path)
         created = self.gate._missing_parents(resolve(path)) if is_local(path) else []
+        self._journal("new", path, None, created)
         self.gate.write_bytes(path, data)
         self.steps.append(("new", path, None, created))
 
@@ -307,3 +348,56 @@ class Transaction:
         self.steps = []
 
 
+
+
+# =========================================================================== roll-back after a kill
+
+JOURNAL_HEADER = "header.json"
+_ENTRY_KEYS = {"kind", "a", "b", "created"}
+
+
+def read_journal(gate: Gate, journal: str) -> tuple[dict, list[dict]]:
+    """The header and the steps of a killed transaction's journal, validated: untrusted input (any
+    path in it is checked against the gate's roots before it is acted on). A UsageError when damaged."""
+    journal = journal.rstrip("/")
+    header, steps = {}, []
+    for path in sorted(gate.files(journal)):
+        name = path.rsplit("/", 1)[-1]
+        try:
+            value = json.loads(gate.read_bytes(path))
+        except ValueError:
+            raise PathRefused(f"{journal}: {name} is not a journal entry; move the folder away") from None
+        if name == JOURNAL_HEADER:
+            header = value if isinstance(value, dict) else {}
+            continue
+        ok = isinstance(value, dict) and set(value) == _ENTRY_KEYS and value["kind"] in ("move", "new") \
+            and isinstance(value["a"], str) and (value["b"] is None or isinstance(value["b"], str)) \
+            and isinstance(value["created"], list) and all(isinstance(c, str) for c in value["created"])
+        if not ok or not name[:-len(".json")].isdigit():
+            raise PathRefused(f"{journal}: {name} is not a journal entry; move the folder away")
+        steps.append(value)
+    return header, steps
+
+
+def roll_back(gate: Gate, steps: list[dict]) -> int:
+    """Undoes a killed transaction's journaled steps, last first, each only where the files say it was
+    taken: a move whose target exists and whose source does not is moved back; a new file is removed.
+    Every path is checked against the gate's roots first (PathRefused, nothing changed). Returns the
+    number of steps undone."""
+    for step in steps:
+        for path in (step["a"], step["b"], *step["created"]):
+            if path is not None:
+                gate.inside(path)
+    undone = 0
+    for step in reversed(steps):
+        src, dst = step["a"], step["b"]
+        if step["kind"] == "move":
+            if gate.exists(dst) and not gate.exists(src):
+                gate.move(dst, src)
+                undone += 1
+        elif gate.exists(src):
+            gate.remove(src)
+            undone += 1
+        for folder in step["created"]:
+            gate.remove_empty_dirs(folder, os.path.dirname(folder))
+    return undone

@@ -1,0 +1,28 @@
+"""The start-up check of an exported model, shared by the stages that run one (predict, demo).
+
+Its own module rather than common.py: it imports model.export and model.engines, which load
+TensorFlow or LiteRT, and common.py runs on ingest workers, which never do
+(tests/test_architecture.py's TENSORFLOW_FREE).
+"""
+
+from __future__ import annotations
+
+from model.errors import UsageError
+
+
+def check_model(model: str, engine: str = "auto", *, load_weights: bool = True, what: str = "") -> dict:
+    """The model's metadata.json, after loading its engine the way workers will (load_weights=False:
+    after reading its metadata and resolving the engine only, as a dry run does). A model that cannot
+    be used stops the run here, with one line, before any output is touched; `what` names it in that
+    line (e.g. "--shipped-model")."""
+    from model import engines, resolve_model_dir
+    from model.export import ModelError, read_metadata
+
+    try:
+        if load_weights:
+            return engines.load(model, engine)[1]
+        metadata = read_metadata(resolve_model_dir(model))
+        engines.resolve(engine, metadata)
+        return metadata
+    except (FileNotFoundError, ModelError, engines.EngineError) as exc:
+        raise UsageError(f"{what}: {exc}" if what else str(exc)) from None

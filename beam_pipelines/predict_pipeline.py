@@ -1,0 +1,381 @@
+"""The predict pipeline itself: `Predict`, the transform the launcher (predict.py) runs, and its steps.
+
+    Predict = ReadImages (folder: ListImages [→ SkipSeen] → DecodeImages; TFRecords: ParseExamples)
+              → Classify (a ClassifiedBatch: rows as one Arrow table, thumbnails)
+              → predictions/*.parquet, rejected/, Evaluate, WriteSummary → Commit [→ the table]
+
+Everything it needs comes in frozen: the run's PredictOptions and ModelInfo, the output's CommitPlan,
+the TablePlan with --table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils import shared
+
+from beam_pipelines import evaluation, progress
+from beam_pipelines.common import join, split_and_class_dir, write_bytes
+from beam_pipelines.outputs import CommitOutputs, CommitPlan
+from beam_pipelines.predict_incremental import ListedFile, SkipSeen, file_digest
+from beam_pipelines.predict_options import ModelInfo, PredictOptions
+from beam_pipelines.reading import ListInput, read_image, reject
+from beam_pipelines.table import DataFingerprint, TableCommit, TablePlan, WriteTable
+from model.preprocess import PreprocessError, resize
+from schemas import LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label
+
+# --------------------------------------------------------------------------- reading inputs
+
+
+def label_from_path(rel: str) -> tuple[str | None, str | None]:
+    """(true label, split) from <class>/file or <split>/<class>/file; (None, None) for others."""
+    split, class_dir = split_and_class_dir(rel)
+    return (canonical_label(class_dir) if class_dir else None), split
+
+
+class Image(NamedTuple):
+    """What travels with an image's pixels to its prediction row."""
+
+    uri: str
+    content_sha256: str  # of the decoded pixels (model.preprocess.pixel_hash)
+    true_label: str | None
+    split: str | None
+    file_sha256: str | None = None  # of the file's bytes, for the table (None for TFRecord input)
+
+
+class ImageBatch(NamedTuple):
+    """A work item's decoded images as one element: at a thousand images a second, Beam's cost per
+    element (not the model) would set the pace if every image travelled alone."""
+
+    images: list[Image]
+    pixels: np.ndarray  # (N, S, S) float32 in [0, 255]
+
+
+def image_batch(items: Sequence[tuple[Image, np.ndarray]]) -> ImageBatch:
+    return ImageBatch([image for image, _ in items], np.stack([pixels for _, pixels in items]).astype(np.float32))
+
+
+class DecodeImages(beam.DoFn):
+    """A batch of listed files ((path, problem) or ListedFile) -> one ImageBatch of what decodes;
+    rejects on the side. With `hash_files` (a run into --table) each image carries its file's hash:
+    the one the incremental join took, else one taken here."""
+
+    def __init__(self, options: PredictOptions, image_size: int, hash_files: bool):
+        self.options, self.image_size, self.hash_files = options, image_size, hash_files
+        self.decoded = progress.Counter("images_decoded")
+        self.rejected = progress.Counter("images_rejected")
+
+    def process(self, files):
+        o, decoded = self.options, []
+        for listed in (ListedFile(*f) for f in files):  # the listing's (path, problem) pairs, or the join's
+            try:
+                pixels, digest = read_image(listed.path, listed.problem, self.image_size, o.face_crop, o.max_pixels,
+                                            as_float=True, face_detector=o.face_detector)
+            except PreprocessError as exc:
+                self.rejected.inc()
+                progress.count_reject(exc.reason)
+                yield reject(listed.path, exc.reason, exc.detail, "predict")
+                continue
+            file_sha256 = listed.file_sha256 or (file_digest(listed.path) if self.hash_files else None)
+            label, split = label_from_path(listed.path[len(o.input) + 1 :])
+            decoded.append((Image(listed.path, digest, label, split, file_sha256), pixels))
+        if decoded:
+            self.decoded.inc(len(decoded))
+            yield image_batch(decoded)
+
+
+class ParseExamples(beam.DoFn):
+    """Serialized ingest examples -> the same (Image, pixels) elements."""
+
+    def __init__(self, image_size):
+        self.image_size = image_size
+        self.decoded = progress.Counter("images_decoded")
+
+    def setup(self):
+        import tensorflow as tf
+
+        self._example = tf.train.Example
+
+    def process(self, record: bytes):
+        f = self._example.FromString(record).features.feature
+        h, w = f["image/height"].int64_list.value[0], f["image/width"].int64_list.value[0]
+        pixels = np.frombuffer(f["image/raw"].bytes_list.value[0], np.uint8).reshape(h, w)
+        if (h, w) != (self.image_size, self.image_size):
+            pixels = resize(pixels, self.image_size)
+        self.decoded.inc()
+        text = lambda key: f[key].bytes_list.value[0].decode()  # noqa: E731
+        yield Image(text("source/uri"), text("image/sha256"), text("label/name"), text("split")), pixels
+
+
+class Inputs(NamedTuple):
+    """What reading the input gives the rest of the pipeline."""
+
+    batches: beam.PCollection  # ImageBatch
+    rejected: beam.PCollection  # REJECTED_SCHEMA dicts
+    counts: beam.PCollection  # one dict: matched, skipped_non_data (the listing's summary)
+    skipped_seen: beam.PCollection | None  # one int with --incremental
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def rows_table(images: Sequence[Image], probs: np.ndarray, model: ModelInfo, run_timestamp, run_id: str) -> pa.Table:
+    """Prediction rows (schemas.PREDICTIONS_SCHEMA) of a batch, built column by column."""
+    n = len(images)
+    index = probs.argmax(axis=1)
+    predicted = [LABELS[i] for i in index]
+    true = [image.true_label for image in images]
+    columns = {
+        "uri": [image.uri for image in images],
+        "content_sha256": [image.content_sha256 for image in images],
+        "true_label": true,
+        "predicted_label": predicted,
+        "predicted_index": index.astype(np.int64),
+        "confidence": probs[np.arange(n), index].astype(np.float64),
+        "correct": [None if t is None else t == p for t, p in zip(true, predicted)],
+        **{f"prob_{name}": probs[:, i].astype(np.float64) for i, name in enumerate(LABELS)},
+        "split": [image.split for image in images],
+        "model_version": [model.model_version] * n,
+        "model_fingerprint": [model.model_fingerprint] * n,
+        "run_id": [run_id] * n,
+        "run_timestamp": [run_timestamp] * n,
+    }
+    return pa.Table.from_pydict(columns, schema=PREDICTIONS_SCHEMA)
+
+
+class ClassifiedBatch(NamedTuple):
+    """A batch after the model: its prediction rows, (N, S*S) uint8 thumbnails for the samples plot,
+    and its file hashes (the table's rows carry them)."""
+
+    rows: pa.Table
+    thumbnails: np.ndarray
+    file_sha256: list[str | None]
+
+
+def table_rows(batch: ClassifiedBatch, options: PredictOptions) -> list[dict]:
+    """The rows of a batch as the table stores them (schemas.TABLE_SCHEMA's extra columns added)."""
+    extra = {"tta": options.tta, "preprocessing": options.preprocessing}
+    return [{**row, **extra, "file_sha256": digest}
+            for row, digest in zip(batch.rows.to_pylist(), batch.file_sha256)]
+
+
+class _SharedEngine:
+    """A holder Beam's Shared can keep a weak reference to (one engine per worker process)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+
+class Classify(beam.DoFn):
+    """ImageBatch -> ClassifiedBatch. The model's engine (model/engines.py) is loaded once per worker
+    process and shared by its threads, as RunInference shares its model; it runs in chunks of
+    --batch-size images."""
+
+    def __init__(self, options: PredictOptions, model: ModelInfo, run_timestamp: dt.datetime, run_id: str):
+        self.options, self.model, self.run_timestamp, self.run_id = options, model, run_timestamp, run_id
+        self._shared = shared.Shared()
+        self.predicted = progress.Counter("images_predicted")
+
+    def setup(self):
+        from model import engines
+
+        o = self.options
+        self._engine = self._shared.acquire(lambda: _SharedEngine(engines.load(o.model, o.engine, o.tta)[0])).engine
+
+    def process(self, batch: ImageBatch):
+        pixels, size = batch.pixels[..., None], self.options.batch_size
+        probs = np.concatenate([self._engine.probabilities(pixels[i : i + size]) for i in range(0, len(pixels), size)])
+        self.predicted.inc(len(batch.images))
+        thumbnails = np.clip(np.round(batch.pixels), 0, 255).astype(np.uint8).reshape(len(batch.images), -1)
+        rows = rows_table(batch.images, probs, self.model, self.run_timestamp, self.run_id)
+        yield ClassifiedBatch(rows, thumbnails, [image.file_sha256 for image in batch.images])
+
+
+class CoalesceTables(beam.DoFn):
+    """Row tables -> tables of about `rows` rows (each becomes one Parquet row group): a batch's few
+    hundred rows would make row groups too small for readers to skip through."""
+
+    def __init__(self, rows: int = 64 * 1024):
+        self.rows = rows
+
+    def start_bundle(self):
+        self._tables, self._count = [], 0
+
+    def process(self, table: pa.Table):
+        self._tables.append(table)
+        self._count += table.num_rows
+        if self._count >= self.rows:
+            yield self._take()
+
+    def finish_bundle(self):
+        if self._tables:
+            yield GlobalWindows.windowed_value(self._take())
+
+    def _take(self) -> pa.Table:
+        table = pa.concat_tables(self._tables)
+        self._tables, self._count = [], 0
+        return table
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def run_description(options: PredictOptions, model: ModelInfo) -> dict:
+    """What summary.json says about the run besides its counts."""
+    return {
+        "input": options.input,
+        "output": options.output,
+        "model": options.model,
+        **model.names(),
+        "face_crop": options.face_crop,
+        "face_detector": options.face_detector if options.face_crop else None,
+        "tta": options.tta,
+        "engine": options.engine,
+        **({"incremental": True} if options.incremental else {}),
+    }
+
+
+def totals(counts: dict, rejected: int, predicted: int, skipped_seen: int | None) -> dict:
+    """summary.json's totals: every matched file is predicted, rejected or skipped (a non-data file;
+    with --incremental, an image the table already holds)."""
+    skipped = counts.get("skipped_non_data", 0) + (skipped_seen or 0)
+    matched = counts.get("matched", 0)
+    return {
+        "matched": matched,
+        "predicted": predicted,
+        "rejected": rejected,
+        "skipped_non_data": counts.get("skipped_non_data", 0),
+        **({} if skipped_seen is None else {"skipped_seen": skipped_seen}),
+        "balanced": matched == predicted + rejected + skipped,
+    }
+
+
+class WriteSummary(beam.DoFn):
+    """summary.json: the run's description (what it read, with which model and options) and counts."""
+
+    def __init__(self, description: dict, staging: str):
+        self.description, self.staging = description, staging
+
+    def process(self, _, counts, rejected, evaluated, skipped_seen=None):
+        rejected = dict(sorted(rejected))
+        summary = {
+            **self.description,
+            "totals": totals(counts, sum(rejected.values()), evaluated["predicted"], skipped_seen),
+            "rejected": rejected,
+            "labelled": evaluated.get("labelled", 0),
+            "accuracy": evaluated.get("accuracy"),
+            "macro_f1": evaluated.get("macro_f1"),
+        }
+        write_bytes(join(self.staging, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
+        yield summary
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+class Predict(beam.PTransform):
+    """Input root/glob -> predictions, rejected rows, evaluation and summary, committed (with --table,
+    the table too)."""
+
+    def __init__(self, options: PredictOptions, model: ModelInfo, run_timestamp: dt.datetime, plan: CommitPlan,
+                 pattern: str | None, table: TablePlan | None = None):
+        super().__init__()
+        self.options, self.model, self.run_timestamp = options, model, run_timestamp
+        self.plan, self.pattern, self.table = plan, pattern, table
+
+    def expand(self, pbegin):
+        o, staging = self.options, self.plan.write_root
+        inputs = self._read_tfrecords(pbegin) if self.pattern else self._read_folder(pbegin)
+        classified = inputs.batches | "Classify" >> beam.ParDo(
+            Classify(o, self.model, self.run_timestamp, self.plan.run_id))
+        prediction_files = (
+            classified
+            | "RowTables" >> beam.Map(lambda batch: batch.rows)
+            | "CoalesceTables" >> beam.ParDo(CoalesceTables())
+            | "WritePredictions" >> beam.io.WriteToParquetBatched(
+                join(staging, "predictions", "predictions"), PREDICTIONS_SCHEMA, file_name_suffix=".parquet")
+        )
+        rejected_files = inputs.rejected | "WriteRejected" >> beam.io.WriteToParquet(
+            join(staging, "rejected", "rejected"), REJECTED_SCHEMA, file_name_suffix=".parquet")
+        summary = self._summarize(pbegin, classified, inputs)
+        run_totals = summary | "Totals" >> beam.Map(lambda s: s["totals"])
+        after = [prediction_files, rejected_files, summary]
+        if self.table is None:
+            return pbegin | "Commit" >> CommitOutputs(self.plan, run_totals, after=after)
+        # With --table, the table is committed in the output's transaction: both, or neither.
+        rows = classified | "TableRows" >> beam.FlatMap(table_rows, o)
+        table_files = rows | "WriteTable" >> WriteTable(self.table)
+        fingerprint = rows | "DataFingerprint" >> DataFingerprint()
+        also = TableCommit(self.table, o.output, self.run_timestamp, remote_lock="://" in self.table.root)
+        return pbegin | "Commit" >> CommitOutputs(self.plan, run_totals, after=[*after, table_files], also=also,
+                                                  also_inputs=(summary, fingerprint))
+
+    def _read_tfrecords(self, pbegin) -> Inputs:
+        # Matched by the launcher already (a --dry_run does not look at storage at all).
+        records = pbegin | "ReadTFRecords" >> beam.io.ReadFromTFRecord(self.pattern, validate=False)
+        size = self.options.files_per_batch
+        batches = (
+            records
+            | "ParseExamples" >> beam.ParDo(ParseExamples(self.model.image_size))
+            | "BatchRecords" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+            | "AsImageBatches" >> beam.Map(image_batch)
+        )
+        counts = (
+            records
+            | "CountRecords" >> beam.combiners.Count.Globally()
+            | "AsCounts" >> beam.Map(lambda n: {"matched": n, "skipped_non_data": 0})
+        )
+        rejected = pbegin | "NoRejects" >> beam.Create([]).with_output_types(dict)
+        return Inputs(batches, rejected, counts, None)
+
+    def _read_folder(self, pbegin) -> Inputs:
+        o, skipped_seen = self.options, None
+        listing = pbegin | "Start" >> beam.Create([o.input]) | "ListImages" >> ListInput(o.files_per_batch)
+        files = listing["batches"]
+        if o.incremental:
+            unseen = files | "SkipSeen" >> SkipSeen(o.table, self.model.model_version, self.plan.run_id, o.tta,
+                                                    o.preprocessing)
+            files = unseen["files"] | "BatchUnseen" >> beam.BatchElements(min_batch_size=o.files_per_batch,
+                                                                          max_batch_size=o.files_per_batch)
+            skipped_seen = unseen["skipped_seen"]
+        decoded = (
+            files
+            | "SpreadBatches" >> beam.Reshuffle()
+            | "DecodeImages" >> beam.ParDo(DecodeImages(o, self.model.image_size, hash_files=self.table is not None))
+            .with_outputs("rejected", main="images")
+        )
+        return Inputs(decoded.images, decoded.rejected, listing[ListInput.SUMMARY], skipped_seen)
+
+    def _summarize(self, pbegin, classified, inputs: Inputs):
+        """The evaluation (written), then summary.json from every count; its one element is the summary."""
+        staging = self.plan.write_root
+        evaluated = (
+            classified
+            | "ForEvaluation" >> beam.Map(lambda batch: evaluation.Scored(batch.rows, batch.thumbnails))
+            | "Evaluate" >> beam.CombineGlobally(evaluation.EvaluationFn())
+            | "WriteEvaluation" >> beam.ParDo(evaluation.WriteEvaluation(staging, self.model))
+        )
+        rejected_counts = (
+            inputs.rejected
+            | "Reasons" >> beam.Map(lambda r: r["reason"])
+            | "CountReasons" >> beam.combiners.Count.PerElement()
+        )
+        seen = [] if inputs.skipped_seen is None else [beam.pvalue.AsSingleton(inputs.skipped_seen)]
+        return (
+            pbegin
+            | "SummaryTrigger" >> beam.Create([None])
+            | "WriteSummary" >> beam.ParDo(
+                WriteSummary(run_description(self.options, self.model), staging),
+                beam.pvalue.AsSingleton(inputs.counts),
+                beam.pvalue.AsList(rejected_counts),
+                beam.pvalue.AsSingleton(evaluated),
+                *seen,
+            )
+        )

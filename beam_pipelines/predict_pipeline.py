@@ -11,6 +11,7 @@ the TablePlan with --table.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -24,9 +25,9 @@ from apache_beam.utils import shared
 from beam_pipelines import evaluation, progress
 from beam_pipelines.common import join, split_and_class_dir, write_bytes
 from beam_pipelines.outputs import CommitOutputs, CommitPlan
-from beam_pipelines.predict_incremental import ListedFile, SkipSeen, file_digest
+from beam_pipelines.predict_incremental import ListedFile, SkipSeen
 from beam_pipelines.predict_options import ModelInfo, PredictOptions
-from beam_pipelines.reading import ListInput, read_image, reject
+from beam_pipelines.reading import ListInput, decode_image, read_file, reject
 from beam_pipelines.table import DataFingerprint, TableCommit, TablePlan, WriteTable
 from model.preprocess import PreprocessError, resize
 from schemas import LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label
@@ -76,14 +77,16 @@ class DecodeImages(beam.DoFn):
         o, decoded = self.options, []
         for listed in (ListedFile(*f) for f in files):  # the listing's (path, problem) pairs, or the join's
             try:
-                pixels, digest = read_image(listed.path, listed.problem, self.image_size, o.face_crop, o.max_pixels,
-                                            as_float=True, face_detector=o.face_detector)
+                data = read_file(listed.path, listed.problem)
+                pixels, digest = decode_image(data, self.image_size, o.face_crop, o.max_pixels, as_float=True,
+                                              face_detector=o.face_detector)
             except PreprocessError as exc:
                 self.rejected.inc()
                 progress.count_reject(exc.reason)
                 yield reject(listed.path, exc.reason, exc.detail, "predict")
                 continue
-            file_sha256 = listed.file_sha256 or (file_digest(listed.path) if self.hash_files else None)
+            # the join's hash, else one of the bytes just decoded (never a second read of the file)
+            file_sha256 = listed.file_sha256 or (hashlib.sha256(data).hexdigest() if self.hash_files else None)
             label, split = label_from_path(listed.path[len(o.input) + 1 :])
             decoded.append((Image(listed.path, digest, label, split, file_sha256), pixels))
         if decoded:

@@ -141,6 +141,13 @@ def read_image(path: str, problem: str | None, image_size: int, face_crop: bool,
     """(pixels, pixel sha256) of one listed file through model.preprocess.preprocess; every way
     it can fail (a listing problem, an extension that is no image type, an I/O error, a decoding
     problem) is a PreprocessError with its reject reason, never an exception of another kind."""
+    return decode_image(read_file(path, problem), image_size, face_crop, max_pixels, as_float, face_detector)
+
+
+def read_file(path: str, problem: str | None) -> bytes:
+    """The bytes of one listed image file, or a PreprocessError with its reject reason (a listing
+    problem, an extension that is no image type, an I/O error). Apart from decoding so that a caller
+    that also needs the file's hash reads it once."""
     if problem is not None:
         raise PreprocessError(problem, LISTING_PROBLEMS[problem])
     ext = extension(path)
@@ -148,9 +155,17 @@ def read_image(path: str, problem: str | None, image_size: int, face_crop: bool,
         raise PreprocessError("unsupported_extension", f"extension {ext or '(none)'!r} is not an image type")
     try:
         with FileSystems.open(path) as f:
-            data = f.read()
+            return f.read()
+    except Exception as exc:  # unreadable file, I/O error: dead-letter, never crash
+        raise PreprocessError("unreadable", f"{type(exc).__name__}: {exc}"[:300]) from None
+
+
+def decode_image(data: bytes, image_size: int, face_crop: bool, max_pixels: int, as_float: bool = False,
+                 face_detector: str = "haar"):
+    """(pixels, pixel sha256) of a file's bytes; any failure is a PreprocessError with its reason."""
+    try:
         return preprocess(data, image_size, face_crop, max_pixels, as_float=as_float, face_detector=face_detector)
     except PreprocessError:
         raise
-    except Exception as exc:  # unreadable file, I/O error: dead-letter, never crash
+    except Exception as exc:  # a decoder's own error: dead-letter, never crash
         raise PreprocessError("unreadable", f"{type(exc).__name__}: {exc}"[:300]) from None

@@ -3,8 +3,20 @@ Keras model mapping float pixels in [0, 255], shape (S, S, 1), to logits."""
 
 from __future__ import annotations
 
+import hashlib
+
 import keras
+import numpy as np
 from keras import layers
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+    """SHA-256 over the model's weights in order: metadata.json's model_fingerprint, which every load
+    checks (here, not in model/export.py, so the portable trainer checks it without TensorFlow)."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
 
 
 def _stem(image_size: int):

@@ -18,7 +18,6 @@ schema are this code's; every problem is a ModelError with one line that says wh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import uuid
@@ -29,6 +28,7 @@ import tensorflow as tf
 
 from model.gate import name_problem
 from model import ownership, preprocess, serving, tta
+from model.archs import weights_fingerprint
 from model.config import command_line
 from model.files import local_copy, local_target, read_json_object
 from schemas import LABELS, LABELS_VERSION, SCHEMA_VERSION
@@ -51,13 +51,6 @@ class ModelMismatchError(ModelError):
 
 class ModelNotFoundError(ModelError, FileNotFoundError):
     """metadata.json or export/model.keras is missing: not an exported model, or an interrupted export."""
-
-
-def weights_fingerprint(model: keras.Model) -> str:
-    digest = hashlib.sha256()
-    for w in model.get_weights():
-        digest.update(np.ascontiguousarray(w).tobytes())
-    return digest.hexdigest()
 
 
 def versions() -> dict:

@@ -228,7 +228,9 @@ def _train(cfg: config.TrainConfig, stats: dict, claim) -> dict:
     ckpt_dir = worker_dir(model_dir, strategy, "checkpoints")
     state = train_loop.build_state(cfg, plan, strategy, ckpt_dir)
     train_loop.restore_or_init(state, cfg, model_dir)
-    teacher, lookup = train_loop.teacher_targets(cfg, model_dir, plan.image_size, stats)
+    # An imported run was distilled where it trained (its run.json says from what): nothing to compute here.
+    teacher, lookup = (None, None) if cfg.import_run else \
+        train_loop.teacher_targets(cfg, model_dir, plan.image_size, stats)
     loop = train_loop.Loop(cfg, plan, strategy, state, stats, model_dir, chief, ckpt_dir, lookup)
 
     history = []  # an earlier run's epochs, kept when this one resumes
@@ -239,6 +241,7 @@ def _train(cfg: config.TrainConfig, stats: dict, claim) -> dict:
         imported, history = train_io.import_run(cfg.import_run, loop.best_weights, loop.history_path)
         log.info("train: imported %s (%s, %d epochs); evaluating and exporting it",
                  cfg.import_run, imported.get("device", "?"), len(history))
+        teacher = train_io.imported_distillation(cfg, imported)
     result = loop.run(history)
     if not chief:
         return {}

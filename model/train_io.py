@@ -117,6 +117,19 @@ def training_curves(history: list[dict], path: str) -> None:
 # --------------------------------------------------------------------------- a portable run
 
 
+def imported_distillation(config, imported: dict) -> dict | None:
+    """The teacher an imported portable run was distilled from (its run.json, read as untrusted input);
+    None when the recipe names none. A recipe that distils and a run that did not is the user's mistake."""
+    if not config.teacher:
+        return None
+    record = imported.get("distillation")
+    if not (isinstance(record, dict) and isinstance(record.get("teacher"), str)
+            and isinstance(record.get("teacher_tta"), str)):
+        raise UsageError(f"--import-run {config.import_run}: the recipe distils from {config.teacher}, and the run's "
+                         f"run.json records no distillation (train it with a recipe that names the teacher)")
+    return {"teacher": record["teacher"], "teacher_tta": record["teacher_tta"]}
+
+
 def import_run(run_dir: str, best_weights: str, history_path: str) -> tuple[dict, list[dict]]:
     """Copies a portable run's weights and history into this model dir; returns (run.json, history rows)."""
     run_dir = run_dir.rstrip("/")

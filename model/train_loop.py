@@ -122,6 +122,24 @@ def restore_or_init(state: State, config: TrainConfig, model_dir: str) -> None:
         log.info("train: initialised weights from %s", config.init_weights)
 
 
+def init_source(config: TrainConfig) -> dict | None:
+    """metadata.json's record of --init-weights: the source as given and, for an exported model, its
+    model_version (so a packaged name like "fast" stays traceable after that model is replaced)."""
+    if not config.init_weights:
+        return None
+    from model import resolve_model_dir
+    from model.export import ModelError, read_metadata
+
+    source = resolve_model_dir(config.init_weights)
+    version = None
+    if not source.endswith(".weights.h5"):
+        try:
+            version = str(read_metadata(source, verify=False)["model_version"])
+        except (ModelError, KeyError):
+            pass  # gone or changed since the run started: the path alone is recorded
+    return {"from": config.init_weights, "model_version": version}
+
+
 def init_from(model, source: str) -> None:
     """Loads weights from an exported model directory (its model.keras) or a .weights.h5 file."""
     from model import resolve_model_dir

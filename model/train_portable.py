@@ -3,8 +3,9 @@
 have JAX but no TensorFlow; its output is imported back here by `emotion train --import-run`, which
 evaluates on val and test, chooses the TTA on val and exports through the usual path.
 
-    # 1. here (TensorFlow): the ingest output's train and val splits as one array file
-    python -m model.train_portable export-arrays --data /tmp/fer-out --output /tmp/fer-arrays.npz
+    # 1. here (TensorFlow): the ingest output's train and val splits as one array file (with --teacher,
+    #    the teacher's soft targets for the train split too, for a recipe that distils: fast)
+    python -m model.train_portable export-arrays --data /tmp/fer-out --output /tmp/fer-arrays.npz [--teacher shipped]
     # 2. on the accelerator (no TensorFlow needed)
     KERAS_BACKEND=jax python -m model.train_portable train --arrays fer-arrays.npz --config shipped \\
         --out run/ [--max-seconds 420]
@@ -14,10 +15,12 @@ evaluates on val and test, chooses the TTA on val and exports through the usual 
 `train` writes run/best.weights.h5 (the epoch with the best val macro-F1), run/history.csv (the
 columns of `emotion train`'s history) and run/run.json (device, epochs, timings, data fingerprint).
 
-Its options are a TrainConfig (model/config.py) built from the recipe and its --seed/--epochs, as
-`emotion train` builds its own: the same defaults and the same checks (an unknown recipe key is an error).
-It uses the options of the model, the loss, the schedule and the augmentation; the run-level ones
-(strategy, checkpoints, --init-weights, --teacher, --patience) are `emotion train`'s alone.
+Its options are a TrainConfig (model/config.py) built from the recipe and its --seed/--epochs/--init-weights,
+as `emotion train` builds its own: the same defaults and the same checks (an unknown recipe key is an
+error). It uses the options of the model, the loss (distillation included: the teacher's targets travel in
+the arrays file, computed here by the same code as `emotion train`'s, model/distill.py), the schedule, the
+augmentation, --patience and --init-weights (an exported model or a .weights.h5 file). Strategy and checkpoints are
+`emotion train`'s alone.
 
 --max-seconds caps the wall time: a short probe measures the step time, and the number of epochs
 is cut to what fits (the schedule is then built for that many epochs, so the cosine still ends);
@@ -48,23 +51,32 @@ SPLITS = ("train", "val")
 # =========================================================================== export-arrays (TensorFlow side)
 
 
-def export_arrays(data_dir: str, output: str) -> dict:
-    """Writes OUTPUT (.npz): uint8 pixels and int labels of the train and val splits, plus stats."""
-    from model import data
+def export_arrays(data_dir: str, output: str, teacher: str | None = None) -> dict:
+    """Writes OUTPUT (.npz): uint8 pixels and int labels of the train and val splits, plus stats; with a
+    teacher, its log-probabilities for each train row (train_teacher_log_probs), as `emotion train`
+    computes them (model/distill.py), matched to the rows by image hash."""
+    from model import data, distill
 
     stats = data.read_stats(data_dir)
     size = int(stats["image_size"])
-    arrays = {}
+    arrays, hashes = {}, []
     for split in SPLITS:
         xs, ys = [], []
         for batch in data.eval_dataset(data.split_files(data_dir, split), size):
             xs.append(batch["pixels"].numpy().astype(np.uint8))
             ys.append(batch["label"].numpy().astype(np.int8))
+            if split == "train":
+                hashes.extend(batch["sha256"].numpy().astype(str))
         arrays[f"{split}_pixels"] = np.concatenate(xs)
         arrays[f"{split}_labels"] = np.concatenate(ys)
     info = {"data": data_dir, "fingerprint": stats.get("fingerprint"), "image_size": size,
             "labels": list(LABELS), "train_counts": stats["written"].get("train", {}),
             "examples": {s: int(len(arrays[f"{s}_labels"])) for s in SPLITS}}
+    if teacher:
+        targets = distill.compute_targets(teacher, data_dir, size)
+        row = {h: i for i, h in enumerate(targets["sha256"])}
+        arrays["train_teacher_log_probs"] = targets["log_probs"][[row[h] for h in hashes]]
+        info["teacher"] = {"teacher": targets["teacher"], "teacher_tta": targets["teacher_tta"]}
     np.savez(output, info=np.array(json.dumps(info)), **arrays)
     return info
 
@@ -101,7 +113,65 @@ def portable_config(args) -> TrainConfig:
     overrides = {"seed": args.seed} if args.seed is not None else {}
     if args.epochs:
         overrides["epochs"] = args.epochs
+    if args.init_weights:
+        overrides["init_weights"] = args.init_weights
     return config.build(args.config, **overrides)
+
+
+def teacher_targets(cfg: TrainConfig, arrays: dict, info: dict, arrays_path: str) -> np.ndarray | None:
+    """The teacher's log-probabilities per train row when the recipe distils (None otherwise), after
+    checking the arrays file holds them, for the teacher the recipe names when its metadata is at hand."""
+    if not cfg.teacher:
+        return None
+    held = info.get("teacher")
+    if "train_teacher_log_probs" not in arrays or not held:
+        raise UsageError(f"the recipe distils from {cfg.teacher}, and {arrays_path} holds no teacher targets: "
+                         f"write it with export-arrays --teacher {cfg.teacher}")
+    wanted = _model_version(cfg.teacher)
+    if wanted is not None and wanted != held["teacher"]:
+        raise UsageError(f"the recipe distils from {cfg.teacher} ({wanted}); {arrays_path} holds the targets of "
+                         f"{held['teacher']}: write it again with export-arrays --teacher {cfg.teacher}")
+    targets = arrays["train_teacher_log_probs"].astype(np.float32)
+    if targets.shape != (len(arrays["train_labels"]), len(LABELS)) or not np.isfinite(targets).all():
+        raise UsageError(f"{arrays_path}: train_teacher_log_probs is not one finite row per train image")
+    return targets
+
+
+def _model_version(model_dir: str) -> str | None:
+    """An exported model's version from its metadata.json (no TensorFlow needed); None when not at hand."""
+    from model import resolve_model_dir
+
+    try:
+        with open(os.path.join(resolve_model_dir(model_dir), "metadata.json")) as f:
+            return str(json.load(f)["model_version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def loss_and_accuracy(cfg: TrainConfig, num_classes: int):
+    """The loss of `emotion train`'s step (model/train_loop.py) as a Keras loss, with the accuracy metric.
+    y_true packs, per example: the one-hot label, its class weight, then (distilling) the teacher's
+    log-probabilities. The class weight applies to the label's term only, as there."""
+    import keras
+    from keras import ops
+
+    smoothing, alpha, temperature = cfg.label_smoothing, cfg.distill_alpha, cfg.distill_temperature
+
+    def loss(y_true, logits):
+        logits = ops.cast(logits, "float32")
+        onehot, weight = y_true[:, :num_classes], y_true[:, num_classes]
+        smoothed = onehot * (1.0 - smoothing) + smoothing / num_classes
+        per_example = keras.losses.categorical_crossentropy(smoothed, logits, from_logits=True) * weight
+        if cfg.teacher:
+            soft = ops.softmax(y_true[:, num_classes + 1:] / temperature, axis=-1)
+            distilled = keras.losses.categorical_crossentropy(soft, logits / temperature, from_logits=True)
+            per_example = (1.0 - alpha) * per_example + alpha * distilled * temperature**2
+        return per_example
+
+    def accuracy(y_true, logits):
+        return ops.cast(ops.equal(ops.argmax(y_true[:, :num_classes], -1), ops.argmax(logits, -1)), "float32")
+
+    return loss, keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
 
 
 def train(args) -> dict:
@@ -125,29 +195,32 @@ def train(args) -> dict:
 
     steps_per_epoch = len(x_train) // batch
     peak = optimization.peak_lr(cfg.optimizer, cfg.lr, batch)
-    sample_w = optimization.class_weights(info["train_counts"], cfg.class_weight_power)[y_train]
-    onehot = np.eye(len(LABELS), dtype=np.float32)[y_train]
+    class_w = optimization.class_weights(info["train_counts"], cfg.class_weight_power)[y_train]
+    targets = teacher_targets(cfg, arrays, info, args.arrays)
+    y_packed = np.concatenate([np.eye(len(LABELS), dtype=np.float32)[y_train], class_w[:, None].astype(np.float32),
+                               *([targets] if targets is not None else [])], axis=1)
 
     net = archs.build(cfg.arch, size, len(LABELS))
+    if cfg.init_weights:
+        _init_from(net, cfg.init_weights)
     trainer = keras.Sequential([keras.Input((size, size, 1)), augment.RandomAugment(cfg.augment, seed=cfg.seed), net])
+    loss, accuracy = loss_and_accuracy(cfg, len(LABELS))
 
     def compile_for(n_epochs: int):
         schedule = optimization.WarmupCosine(peak, int(cfg.warmup_epochs * steps_per_epoch), steps_per_epoch * n_epochs)
         trainer.compile(
             optimizer=optimization.build_optimizer(cfg.optimizer, schedule, cfg.weight_decay),
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-            steps_per_execution=args.steps_per_execution,
+            loss=loss, metrics=[accuracy], steps_per_execution=args.steps_per_execution,
         )
 
     started = time.time()
     if args.max_seconds:
-        epochs = _epochs_that_fit(trainer, compile_for, x_train, onehot, sample_w, batch, epochs, args.max_seconds)
+        epochs = _epochs_that_fit(trainer, compile_for, x_train, y_packed, batch, epochs, args.max_seconds)
     compile_for(epochs)
 
     # ---------------------------------------------------------------- train, select on val
     os.makedirs(args.out, exist_ok=True)
-    best = {"f1": -1.0, "epoch": None}
+    best = {"f1": -1.0, "epoch": None, "stopped_early": False}
     history: list[dict] = []
 
     class Track(keras.callbacks.Callback):
@@ -171,25 +244,57 @@ def train(args) -> dict:
             if args.max_seconds and time.time() - started > args.max_seconds:
                 print("max-seconds reached: stopping", flush=True)
                 self.model.stop_training = True
+            if cfg.patience and epoch + 1 - best["epoch"] >= cfg.patience:
+                print(f"no val macro-F1 gain in {cfg.patience} epochs: stopping", flush=True)
+                best["stopped_early"] = self.model.stop_training = True
 
-    trainer.fit(x_train, onehot, sample_weight=sample_w, batch_size=batch, epochs=epochs, shuffle=True,
-                verbose=0, callbacks=[Track()])
+    trainer.fit(x_train, y_packed, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[Track()])
     run = {
         "trainer": "model/train_portable.py", "backend": device, "device": _device_name(),
         "precision_policy": policy, "config": args.config,
         "recipe": {**cfg.recipe, **({"seed": args.seed} if args.seed is not None else {})},
         "epochs_planned": epochs, "epochs_run": len(history), "best_epoch": best["epoch"],
-        "best_val_macro_f1": best["f1"], "global_batch": batch, "peak_lr": peak,
+        "best_val_macro_f1": best["f1"], "stopped_early": best["stopped_early"], "global_batch": batch, "peak_lr": peak,
         "train_seconds": round(time.time() - started, 1), "data_fingerprint": info.get("fingerprint"),
         "examples": info["examples"], "keras": keras.__version__, "command": config.command_line(),
+        **({"distillation": {**info["teacher"], "alpha": cfg.distill_alpha, "temperature": cfg.distill_temperature}}
+           if cfg.teacher else {}),
+        **({"init_weights": {"from": cfg.init_weights, "model_version": _model_version(cfg.init_weights)}}
+           if cfg.init_weights else {}),
     }
     with open(os.path.join(args.out, "run.json"), "w") as f:
         f.write(json.dumps(run, indent=2) + "\n")
     return run
 
 
-def _epochs_that_fit(trainer, compile_for, x_train, onehot, sample_w, batch: int, epochs: int,
-                     max_seconds: float) -> int:
+def _init_from(net, source: str) -> None:
+    """--init-weights: a .weights.h5 file, or an exported model (a directory or a packaged name) whose
+    export/model.keras is checked against its metadata.json's fingerprint, as `emotion train` checks it."""
+    from model import resolve_model_dir
+    from model.archs import weights_fingerprint
+
+    path, stored = resolve_model_dir(source), None
+    if not path.endswith(".weights.h5"):
+        try:
+            with open(os.path.join(path, "metadata.json")) as f:
+                stored = str(json.load(f)["model_fingerprint"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UsageError(f"--init-weights {source}: neither a .weights.h5 file nor an exported model "
+                             f"directory with a readable metadata.json") from None
+        path = os.path.join(path, "export", "model.keras")  # model/export.py's EXPORT/KERAS_FILE
+    if not os.path.isfile(path):
+        raise UsageError(f"--init-weights {source}: {path} does not exist")
+    try:
+        net.load_weights(path)
+    except Exception as exc:  # not a weights file, or another architecture's weights
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(f"--init-weights {source} cannot be loaded into {net.name} ({reason})") from None
+    if stored is not None and weights_fingerprint(net) != stored:
+        raise UsageError(f"--init-weights {source}: {path} does not match its metadata.json (fingerprint): "
+                         f"an interrupted or hand-edited export; re-export it")
+
+
+def _epochs_that_fit(trainer, compile_for, x_train, y_packed, batch: int, epochs: int, max_seconds: float) -> int:
     """--max-seconds: a short probe measures the step time; the epochs are cut to what fits. The trainer's
     weights are put back as they were."""
     started = time.time()
@@ -197,9 +302,9 @@ def _epochs_that_fit(trainer, compile_for, x_train, onehot, sample_w, batch: int
     compile_for(epochs)
     probe = min(len(x_train), 40 * batch)
     fit_kw = dict(batch_size=batch, epochs=1, verbose=0, shuffle=False)
-    trainer.fit(x_train[:probe], onehot[:probe], sample_weight=sample_w[:probe], **fit_kw)  # compiles
+    trainer.fit(x_train[:probe], y_packed[:probe], **fit_kw)  # compiles
     t0 = time.time()
-    trainer.fit(x_train[:probe], onehot[:probe], sample_weight=sample_w[:probe], **fit_kw)
+    trainer.fit(x_train[:probe], y_packed[:probe], **fit_kw)
     steps_per_epoch = len(x_train) // batch
     epoch_seconds = (time.time() - t0) / (probe // batch) * steps_per_epoch * 1.25 + 1.0  # +val, +slack
     left = max_seconds - (time.time() - started) - 30  # 30 s: recompile and saving
@@ -239,19 +344,22 @@ def main(argv=None) -> None:
     e = sub.add_parser("export-arrays", help="ingest output -> train/val arrays (.npz); needs TensorFlow")
     e.add_argument("--data", required=True)
     e.add_argument("--output", required=True)
+    e.add_argument("--teacher", default=None,
+                   help="an exported model (or 'shipped'): its soft targets for the train split go in the file too")
     t = sub.add_parser("train", help="train from an arrays file on any Keras backend")
     t.add_argument("--arrays", required=True, help=".npz from export-arrays (or .npz.xz)")
     t.add_argument("--config", default="shipped", help="recipe name or TOML path")
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=None, help="override the recipe's seed (another ensemble member)")
     t.add_argument("--epochs", type=int, default=0, help="override the recipe's epochs (0: keep)")
+    t.add_argument("--init-weights", default=None, help="start from an exported model (a directory or 'shipped', 'fast') or a .weights.h5 file")
     t.add_argument("--steps-per-execution", type=int, default=1,
                    help="training steps per compiled call: fewer host round-trips for small models on accelerators")
     t.add_argument("--max-seconds", type=float, default=0, help="wall-time cap; epochs are cut to fit (0: none)")
     args = p.parse_args(argv)
     try:
         if args.command == "export-arrays":
-            print(json.dumps(export_arrays(args.data, args.output)))
+            print(json.dumps(export_arrays(args.data, args.output, args.teacher)))
         else:
             print(json.dumps(train(args), indent=2))
     except UsageError as exc:  # a bad recipe or option: one line, exit 2, as `emotion train` reports it

@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from beam_pipelines import cli
@@ -317,6 +318,24 @@ def test_training_data_checks_accept_a_small_but_sufficient_ingest(ingest_ok, tm
         train.check_data(str(data))
     _edit_stats(data, lambda s: s["written_per_split"].update(val=0))  # no val: the last epoch is the model
     train.check_data(str(data))
+
+
+def test_init_weights_are_recorded_with_the_version_they_came_from(exported, ingest_ok, tmp_path):
+    """A run started from an exported model says which one in metadata.json, by its model_version, so a
+    packaged name ("fast") stays traceable after that model is replaced; the weights really start there."""
+    source = _copy(exported["a"], tmp_path, "source")
+    model_dir = tmp_path / "run"
+    assert _train(ingest_ok, model_dir, 8, "--init-weights", str(source), "--lr", "1e-12") == 0
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    version = json.loads((source / "metadata.json").read_text())["model_version"]
+    assert meta["training"]["init_weights"] == {"from": str(source), "model_version": version}
+    # lr ~0: the exported weights are the source's (weight decay and BN statistics aside, the kernels match)
+    trained, _ = export.load(str(model_dir))
+    source_model, _ = export.load(str(source))
+    kernels = [i for i, w in enumerate(source_model.weights) if "kernel" in w.path]
+    assert kernels
+    for i in kernels:
+        np.testing.assert_allclose(trained.get_weights()[i], source_model.get_weights()[i], atol=1e-6)
 
 
 def test_init_weights_from_a_torn_export_is_a_usage_error(exported, ingest_ok, tmp_path, capsys):

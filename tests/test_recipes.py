@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -161,3 +162,111 @@ def test_stages_import_only_what_they_use():
     assert "tensorflow" in training and "apache_beam" not in training
     ingest = modules_after("import beam_pipelines.ingest, model.preprocess")
     assert "apache_beam" in ingest and "tensorflow" not in ingest and "keras" not in ingest
+
+
+def _always_teacher(root, label: str):
+    """An exported vgg_xs whose logits ignore the image: `label` for every face (a teacher whose targets
+    are told apart from the labels at a glance)."""
+    from model import archs, export
+    from schemas import LABELS
+
+    model = archs.build("vgg_xs", 48, len(LABELS))
+    head = model.layers[-1]
+    kernel, bias = head.get_weights()
+    head.set_weights([np.zeros_like(kernel), np.where(np.arange(len(LABELS)) == LABELS.index(label), 8.0, 0.0)])
+    export.export(model, str(root), {"arch": "vgg_xs", "recommended_tta": "none", "metrics": {},
+                                     "training": {"epochs_run": 1, "best_epoch": 1, "global_batch": 8,
+                                                  "optimizer": "sgd", "peak_lr": 0.1}})
+    return json.loads((root / "metadata.json").read_text())["model_version"]
+
+
+def test_portable_loss_is_emotion_trains_loss():
+    """The portable trainer's Keras loss (packed targets) equals the TensorFlow step's per-example loss:
+    label-smoothed cross-entropy times the class weight, mixed with the T^2-scaled soft-target term."""
+    import tensorflow as tf
+
+    from model import config, distill
+    from model.train_portable import loss_and_accuracy
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(16, 7)).astype(np.float32) * 3
+    labels = rng.integers(0, 7, 16)
+    weights = rng.uniform(0.5, 2.0, 16).astype(np.float32)
+    teacher = np.log(rng.dirichlet(np.ones(7), 16)).astype(np.float32)
+    for alpha, with_teacher in ((0.7, True), (0.0, False)):
+        cfg = config.build(None, label_smoothing=0.1, distill_alpha=alpha, distill_temperature=4.0,
+                           **({"teacher": "shipped"} if with_teacher else {}))
+        loss, accuracy = loss_and_accuracy(cfg, 7)
+        packed = np.concatenate([np.eye(7)[labels], weights[:, None], *([teacher] if with_teacher else [])], 1)
+        portable = np.asarray(loss(tf.constant(packed, tf.float32), tf.constant(logits)))
+        smoothed = np.eye(7)[labels] * 0.9 + 0.1 / 7
+        expected = tf.nn.softmax_cross_entropy_with_logits(smoothed, logits).numpy() * weights
+        if with_teacher:
+            expected = 0.3 * expected + 0.7 * distill.loss(tf.constant(logits), tf.constant(teacher), 4.0).numpy()
+        np.testing.assert_allclose(portable, expected, rtol=1e-5, atol=1e-5)
+        accuracy.update_state(tf.constant(packed, tf.float32), tf.constant(logits))
+        assert float(accuracy.result()) == pytest.approx(np.mean(logits.argmax(1) == labels))
+
+
+def test_portable_trainer_distils_from_a_teacher(tiny_ingest, tmp_path):
+    """export-arrays --teacher carries the teacher's targets (emotion train's, row by row); a recipe that
+    distils trains from them, says so in run.json, and the import records the teacher in metadata.json.
+    Without the targets, or with an --init-weights it cannot load, it is one line and exit 2."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from model import distill
+    from schemas import LABELS
+
+    teacher_dir = tmp_path / "teacher"
+    version = _always_teacher(teacher_dir, "happy")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def portable(*args, check=True):
+        return subprocess.run([sys.executable, "-m", "model.train_portable", *map(str, args)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600, check=check)
+
+    arrays, plain = tmp_path / "arrays.npz", tmp_path / "plain.npz"
+    info = json.loads(portable("export-arrays", "--data", tiny_ingest, "--output", arrays,
+                               "--teacher", teacher_dir).stdout)
+    assert info["teacher"] == {"teacher": version, "teacher_tta": "none"}
+    expected = distill.compute_targets(str(teacher_dir), str(tiny_ingest), 48)
+    with np.load(arrays) as f:
+        targets, n_train = f["train_teacher_log_probs"], len(f["train_labels"])
+    assert targets.shape == (n_train, 7) and (targets.argmax(1) == LABELS.index("happy")).all()
+    assert sorted(map(tuple, np.round(targets, 4))) == sorted(map(tuple, np.round(expected["log_probs"], 4)))
+
+    recipe_file = tmp_path / "student.toml"
+    recipe_file.write_text(f'arch = "vgg_xs"\nepochs = 2\nbatch_size = 32\naugment = "light"\n'
+                           f'teacher = "{teacher_dir}"\ndistill_alpha = 0.9\n')
+    run_dir = tmp_path / "run"
+    portable("train", "--arrays", arrays, "--config", recipe_file, "--out", run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["distillation"] == {"teacher": version, "teacher_tta": "none", "alpha": 0.9, "temperature": 4.0}
+    model_dir = tmp_path / "imported"
+    run_cli("train", "--config", recipe_file, "--data", tiny_ingest, "--model-dir", model_dir, "--import-run", run_dir)
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["training"]["distillation"]["teacher"] == version
+    assert not (model_dir / distill.TARGETS_FILE).exists()  # an import computes no targets of its own
+
+    # --init-weights: an exported model, checked against its fingerprint as emotion train checks it
+    recipe_file.write_text(recipe_file.read_text().replace("epochs = 2", "epochs = 1"))
+    portable("train", "--arrays", arrays, "--config", recipe_file, "--out", tmp_path / "warm", "--init-weights", teacher_dir)
+    warm = json.loads((tmp_path / "warm" / "run.json").read_text())
+    assert warm["init_weights"] == {"from": str(teacher_dir), "model_version": version}
+    torn = tmp_path / "torn"
+    shutil.copytree(teacher_dir, torn)
+    _always_teacher(tmp_path / "other", "sad")
+    shutil.copy(tmp_path / "other" / "export" / "model.keras", torn / "export" / "model.keras")
+
+    portable("export-arrays", "--data", tiny_ingest, "--output", plain)
+    refused = [portable("train", "--arrays", plain, "--config", recipe_file, "--out", tmp_path / "r1", check=False),
+               portable("train", "--arrays", arrays, "--config", recipe_file, "--out", tmp_path / "r2",
+                        "--init-weights", torn, check=False),
+               portable("train", "--arrays", arrays, "--config", recipe_file, "--out", tmp_path / "r3",
+                        "--init-weights", tmp_path / "missing.weights.h5", check=False)]
+    for proc, reason in zip(refused, ("holds no teacher targets: write it with export-arrays --teacher",
+                                      "does not match its metadata.json (fingerprint)", "does not exist")):
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert reason in proc.stderr.strip().splitlines()[-1]

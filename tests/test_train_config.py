@@ -105,20 +105,20 @@ def test_an_integer_where_a_number_is_wanted_becomes_a_float(tmp_path):
 def test_the_portable_trainer_builds_the_same_config(tmp_path):
     from model.train_portable import portable_config
 
-    args = argparse.Namespace(config="shipped", seed=None, epochs=0)
+    args = argparse.Namespace(config="shipped", seed=None, epochs=0, init_weights=None)
     assert portable_config(args) == config.build("shipped")
-    args = argparse.Namespace(config="demo", seed=7, epochs=2)
+    args = argparse.Namespace(config="demo", seed=7, epochs=2, init_weights=None)
     cfg = portable_config(args)
     assert (cfg.seed, cfg.epochs, cfg.arch) == (7, 2, recipe.load("demo")["arch"])
     # A recipe without batch_size or augment trains with the defaults emotion train uses.
     bare = tmp_path / "bare.toml"
     bare.write_text('arch = "vgg_xs"\n')
-    cfg = portable_config(argparse.Namespace(config=str(bare), seed=None, epochs=0))
+    cfg = portable_config(argparse.Namespace(config=str(bare), seed=None, epochs=0, init_weights=None))
     assert (cfg.batch_size, cfg.augment) == (TrainConfig.batch_size, TrainConfig.augment) == (64, "strong")
     typo = tmp_path / "typo.toml"
     typo.write_text("bach_size = 32\n")
     with pytest.raises(UsageError, match="unknown option"):
-        portable_config(argparse.Namespace(config=str(typo), seed=None, epochs=0))
+        portable_config(argparse.Namespace(config=str(typo), seed=None, epochs=0, init_weights=None))
 
 
 # --------------------------------------------------------------------------- provenance

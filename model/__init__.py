@@ -4,7 +4,7 @@ import importlib.resources
 
 # The models that ship inside the package (a Dataflow worker's image included), by the name that stands
 # for them wherever a model directory is asked for: "shipped", the accurate one (the default), and
-# "fast", distilled from it at a quarter of its compute (model/recipes/fast.toml).
+# "fast", distilled from it at a quarter of its compute (model/recipes/fast_base.toml, then fast.toml).
 SHIPPED_MODEL = str(importlib.resources.files("model") / "shipped")
 FAST_MODEL = str(importlib.resources.files("model") / "fast")
 PACKAGED_MODELS = {"shipped": SHIPPED_MODEL, "fast": FAST_MODEL}

@@ -1,6 +1,6 @@
 """Knowledge distillation: a small student learns from a teacher's soft targets, computed once.
 
-    emotion train --config fast --data /tmp/fer-out --model-dir /tmp/fast     # the recipe names the teacher
+    emotion train --config fast_base --data /tmp/fer-out --model-dir /tmp/fast_base   # the recipe names the teacher
 
 The teacher (an exported model directory; "shipped" for the shipped model) runs once over the train
 split with its recommended test-time augmentation, and its class log-probabilities are kept in

@@ -37,6 +37,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 
 import numpy as np
 
@@ -82,17 +83,40 @@ def export_arrays(data_dir: str, output: str, teacher: str | None = None) -> dic
 
 
 def load_arrays(path: str) -> tuple[dict, dict]:
-    """(arrays, info) from an export-arrays file; .xz-compressed copies are read too."""
-    if path.endswith(".xz"):
-        with tempfile.NamedTemporaryFile(suffix=".npz", delete=False) as tmp, lzma.open(path) as src:
-            shutil.copyfileobj(src, tmp, length=1 << 24)
-        path = tmp.name
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files if k != "info"}
-        info = json.loads(str(f["info"]))
-    if tuple(info["labels"]) != LABELS:
-        raise ValueError(f"{path} has labels {info['labels']}, this code expects {list(LABELS)}")
+    """(arrays, info) from an export-arrays file; .xz-compressed copies are read too. The file is read
+    back, so it is untrusted input: an unreadable or inconsistent one is one line (UsageError)."""
+    unpacked = None
+    try:
+        if path.endswith(".xz"):
+            with tempfile.NamedTemporaryFile(suffix=".npz", delete=False) as tmp, lzma.open(path) as src:
+                unpacked = tmp.name
+                shutil.copyfileobj(src, tmp, length=1 << 24)
+        with np.load(unpacked or path) as f:  # allow_pickle stays off: no code runs from the file
+            arrays = {k: f[k] for k in f.files if k != "info"}
+            info = json.loads(str(f["info"]))
+        problem = _arrays_problem(arrays, info)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, lzma.LZMAError, zipfile.BadZipFile) as exc:
+        problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    finally:
+        if unpacked:
+            os.unlink(unpacked)
+    if problem:
+        raise UsageError(f"--arrays {path}: {problem}; write it again with export-arrays")
     return arrays, info
+
+
+def _arrays_problem(arrays: dict, info: dict) -> str | None:
+    if not isinstance(info, dict) or not {"image_size", "labels", "train_counts", "examples"} <= set(info):
+        return "its info record lacks image_size, labels, train_counts or examples"
+    if tuple(info["labels"]) != LABELS:
+        return f"it has labels {info['labels']}, this code expects {list(LABELS)}"
+    size = int(info["image_size"])
+    for split in SPLITS:
+        pixels, labels = arrays.get(f"{split}_pixels"), arrays.get(f"{split}_labels")
+        if pixels is None or labels is None or pixels.shape[1:] != (size, size, 1) or len(pixels) != len(labels) \
+                or not len(labels) or labels.min() < 0 or labels.max() >= len(LABELS):
+            return f"its {split} split is not one {size}x{size} image per label in 0..{len(LABELS) - 1}"
+    return None
 
 
 # =========================================================================== train (any Keras backend)

@@ -55,9 +55,10 @@ def test_shipped_model_on_resized_colour_copies_stays_above_the_floor(tmp_path):
     assert summary["macro_f1"] > MACRO_F1_FLOOR, summary
 
 
-# The fast model (model/fast/, recipes/fast.toml), measured when it shipped: accuracy 0.614, macro-F1 0.621
-# on the same 210 labelled images, one view, LiteRT int8; the floor keeps the same few points of slack.
-FAST_FLOOR = 0.58
+# The fast model (model/fast/, recipes/fast.toml), measured when it shipped (vgg_s-122ac7306652): accuracy
+# 0.633, macro-F1 0.636 on the same 210 labelled images, one view, LiteRT int8 (stage 1 scored 0.614 /
+# 0.621); the floor keeps a few points of slack.
+FAST_FLOOR = 0.60
 
 
 def test_fast_model_by_its_packaged_name_on_the_sample_stays_above_the_floor(tmp_path):

@@ -211,7 +211,7 @@ def test_portable_loss_is_emotion_trains_loss():
 def test_portable_trainer_distils_from_a_teacher(tiny_ingest, tmp_path):
     """export-arrays --teacher carries the teacher's targets (emotion train's, row by row); a recipe that
     distils trains from them, says so in run.json, and the import records the teacher in metadata.json.
-    Without the targets, or with an --init-weights it cannot load, it is one line and exit 2."""
+    Without the targets, with a damaged array file or an --init-weights it cannot load, it is one line, exit 2."""
     import subprocess
     import sys
 
@@ -261,12 +261,23 @@ def test_portable_trainer_distils_from_a_teacher(tiny_ingest, tmp_path):
     shutil.copy(tmp_path / "other" / "export" / "model.keras", torn / "export" / "model.keras")
 
     portable("export-arrays", "--data", tiny_ingest, "--output", plain)
+    poisoned = tmp_path / "poisoned.npz"  # the array file is read back: untrusted input
+    with np.load(arrays) as f:
+        content = {k: f[k] for k in f.files}
+    content["train_teacher_log_probs"][3, 2] = np.nan
+    np.savez(poisoned, **content)
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(arrays.read_bytes()[:5000])
     refused = [portable("train", "--arrays", plain, "--config", recipe_file, "--out", tmp_path / "r1", check=False),
+               portable("train", "--arrays", poisoned, "--config", recipe_file, "--out", tmp_path / "r0", check=False),
+               portable("train", "--arrays", truncated, "--config", recipe_file, "--out", tmp_path / "r4", check=False),
                portable("train", "--arrays", arrays, "--config", recipe_file, "--out", tmp_path / "r2",
                         "--init-weights", torn, check=False),
                portable("train", "--arrays", arrays, "--config", recipe_file, "--out", tmp_path / "r3",
                         "--init-weights", tmp_path / "missing.weights.h5", check=False)]
     for proc, reason in zip(refused, ("holds no teacher targets: write it with export-arrays --teacher",
+                                      "train_teacher_log_probs is not one finite row per train image",
+                                      "; write it again with export-arrays",
                                       "does not match its metadata.json (fingerprint)", "does not exist")):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert reason in proc.stderr.strip().splitlines()[-1]

@@ -30,6 +30,7 @@ run.json records the epochs actually run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import lzma
@@ -85,21 +86,21 @@ def export_arrays(data_dir: str, output: str, teacher: str | None = None) -> dic
 def load_arrays(path: str) -> tuple[dict, dict]:
     """(arrays, info) from an export-arrays file; .xz-compressed copies are read too. The file is read
     back, so it is untrusted input: an unreadable or inconsistent one is one line (UsageError)."""
-    unpacked = None
     try:
-        if path.endswith(".xz"):
-            with tempfile.NamedTemporaryFile(suffix=".npz", delete=False) as tmp, lzma.open(path) as src:
-                unpacked = tmp.name
-                shutil.copyfileobj(src, tmp, length=1 << 24)
-        with np.load(unpacked or path) as f:  # allow_pickle stays off: no code runs from the file
-            arrays = {k: f[k] for k in f.files if k != "info"}
-            info = json.loads(str(f["info"]))
+        with contextlib.ExitStack() as stack:
+            source = path
+            if path.endswith(".xz"):  # unpacked into a temporary file that goes when the stack closes
+                tmp = stack.enter_context(tempfile.NamedTemporaryFile(suffix=".npz"))
+                with lzma.open(path) as src:
+                    shutil.copyfileobj(src, tmp, length=1 << 24)
+                tmp.flush()
+                source = tmp.name
+            with np.load(source) as f:  # allow_pickle stays off: no code runs from the file
+                arrays = {k: f[k] for k in f.files if k != "info"}
+                info = json.loads(str(f["info"]))
         problem = _arrays_problem(arrays, info)
     except (OSError, EOFError, ValueError, KeyError, TypeError, lzma.LZMAError, zipfile.BadZipFile) as exc:
         problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-    finally:
-        if unpacked:
-            os.unlink(unpacked)
     if problem:
         raise UsageError(f"--arrays {path}: {problem}; write it again with export-arrays")
     return arrays, info

@@ -1,14 +1,17 @@
-"""Batch inference: images or ingest TFRecords -> Parquet predictions + evaluation, with Beam RunInference.
+"""Batch inference: images or ingest TFRecords -> Parquet predictions + evaluation, with Beam.
 
     emotion predict --input /tmp/fer2013/test --output /tmp/preds
     emotion predict --input '/tmp/fer-ingest/tfrecords/test-*.tfrecord' --output /tmp/preds-tfr
     emotion predict --input gs://bucket/faces --output gs://bucket/preds --runner DataflowRunner ...
 
 Outputs under --output:
-  predictions/*.parquet   one row per image (schemas.PREDICTIONS_SCHEMA)
+  predictions/*.parquet   one row per image, or per face with --faces all (schemas.PREDICTIONS_SCHEMA)
   rejected/*.parquet      inputs that could not be predicted, with a reason
-  evaluation/             metrics.json, per_class.parquet, confusion.parquet (when labels are known)
-  plots/                  confusion_matrix.png, per_class.png, reliability.png, samples.png
+  evaluation/             overview.json (predicted-class mix, confidence histogram); when labels are known
+                          metrics.json, per_class.parquet, confusion.parquet, coverage.parquet; with
+                          --slices, slices.parquet
+  plots/                  low_confidence.png, predicted_classes.png; with labels confusion_matrix.png,
+                          per_class.png, reliability.png, accuracy_coverage.png, samples.png
   summary.json            matched = predicted + rejected + skipped (non-data files; with --incremental,
                           images the table already holds: skipped_seen), model, timings
   bigquery/predictions.schema.json
@@ -51,9 +54,10 @@ from beam_pipelines.common import (
 from beam_pipelines.listing import escape_glob
 from beam_pipelines.model_check import check_model
 from beam_pipelines.outputs import CommitPlan, OutputClaim
-from beam_pipelines.predict_options import ModelInfo, PredictOptions
+from beam_pipelines.predict_options import FACES_MODES, ModelInfo, PredictOptions
 from beam_pipelines.predict_pipeline import Classify, Predict, WriteSummary  # noqa: F401 (tests patch them here)
 from beam_pipelines.reading import listing_total
+from beam_pipelines.slices import read_slices
 from beam_pipelines.table import TableClaim, TablePlan
 from model import PACKAGED_MODELS
 from model.engines import ENGINES
@@ -83,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-detector", choices=FACE_DETECTORS, default="haar",
                    help="with --face-crop: haar (fast) or mtcnn (finds far more faces, ~4x slower per image; "
                         "bench/face_crop_bench.py)")
+    p.add_argument("--faces", choices=FACES_MODES, default="largest",
+                   help="largest (the default): a row per image, its largest face with --face-crop, else the whole "
+                        "image; all: a row per face the detector finds, with its index, box and score (implies "
+                        "--face-crop; an image without a face is still rejected as no_face)")
+    p.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                   help="mark a row abstained when its top probability is below P (0-1); its probabilities are "
+                        "kept, and summary.json reports coverage and the accuracy of the rows answered")
+    p.add_argument("--min-margin", type=float, default=None, metavar="M",
+                   help="mark a row abstained when its top probability leads the second by less than M (0-1)")
+    p.add_argument("--slices", default=None, metavar="FILE",
+                   help="CSV or Parquet with a uri column and any others (site, camera, session...): the evaluation "
+                        "reports accuracy, macro-F1 and 95%% intervals per value of each (evaluation/slices.parquet)")
     p.add_argument("--tta", choices=["none", "flip", "crops"], default=None,
                    help="test-time augmentation: flip (2 views), crops (10 shifted/mirrored views); "
                         "default: as the model's metadata recommends")
@@ -124,6 +140,9 @@ def parse_args(argv):
         check_name(args.run_id, "--run-id")
     if args.incremental and not args.table:
         raise UsageError("--incremental skips the images a table already holds: it needs --table ROOT")
+    for flag, value in (("--min-confidence", args.min_confidence), ("--min-margin", args.min_margin)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise UsageError(f"{flag} {value:g} is not a probability: give a number from 0 to 1")
     return args, beam_args
 
 
@@ -153,6 +172,7 @@ def run(argv=None, save_main_session=True) -> dict | None:
     options, model = PredictOptions.resolve(args, metadata), ModelInfo.from_metadata(metadata)
     check_name(model.model_version, f"the model_version in {options.model}'s metadata.json")
     pattern = _check_input(options, dry_run)
+    slice_columns = tuple(read_slices(options.slices, options.input)[0]) if options.slices and not dry_run else ()
     claim = OutputClaim(options.output, "predict", OUTPUT_NAMES, overwrite=options.overwrite, description={
         "command": " ".join(["emotion", "predict", *(sys.argv[2:] if argv is None else argv)]),
         "input": options.input, "model": options.model, **model.names(), "options": options.recorded(),
@@ -167,7 +187,8 @@ def run(argv=None, save_main_session=True) -> dict | None:
     started = time.time()
     if dry_run:
         log.info(*start_line)
-        return _run_pipeline(options, beam_options, model, claim.dry_run_plan(), pattern, run_timestamp, table)
+        return _run_pipeline(options, beam_options, model, claim.dry_run_plan(), pattern, run_timestamp, table,
+                             slice_columns)
     # The table's lock and checks first, then the output's; a failure undoes both (a failed run leaves
     # no partial partition and the previous output as it was).
     with contextlib.ExitStack() as claims:
@@ -176,7 +197,7 @@ def run(argv=None, save_main_session=True) -> dict | None:
         plan = claims.enter_context(claim)
         log.info(*start_line)  # after the claims' checks: a refused run prints its one error line only
         try:
-            counters = _run_pipeline(options, beam_options, model, plan, pattern, run_timestamp, table)
+            counters = _run_pipeline(options, beam_options, model, plan, pattern, run_timestamp, table, slice_columns)
             if counters is None:
                 return None
         except Exception as exc:
@@ -194,12 +215,31 @@ def run(argv=None, save_main_session=True) -> dict | None:
 def _log_summary(summary: dict, seconds: float, counters: dict) -> None:
     t = summary["totals"]
     log.info(
-        "predict: %d matched -> %d predicted, %d rejected%s in %.1fs%s%s",
-        t["matched"], t["predicted"], t["rejected"],
+        "predict: %d matched -> %d predicted%s, %d rejected%s in %.1fs%s%s%s",
+        t["matched"], t["predicted"], f" ({t['faces']} faces)" if "faces" in t else "", t["rejected"],
         f", {t['skipped_seen']} already in the table" if "skipped_seen" in t else "", seconds,
-        f"; accuracy {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f} on {summary['labelled']} labelled"
-        if summary.get("accuracy") is not None else "", progress.format_counters(counters),
+        _scores_line(summary), _abstention_line(summary.get("abstention")), progress.format_counters(counters),
     )
+
+
+def _scores_line(summary: dict) -> str:
+    """The accuracy part of the final line, or why there is none."""
+    if summary.get("accuracy") is not None:
+        return (f"; accuracy {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f} on "
+                f"{summary['labelled']} labelled")
+    if summary["totals"]["predicted"] and not summary.get("labelled"):
+        return ("; no accuracy: no image is in a class folder (<class>/ or <split>/<class>/ under --input), "
+                "so no label is known; the report shows what was predicted instead")
+    return ""
+
+
+def _abstention_line(a: dict | None) -> str:
+    if not a:
+        return ""
+    line = f"; answered {a['answered']} of {a['rows']} rows (coverage {a['coverage'] or 0:.3f})"
+    if a.get("accuracy_answered") is not None:
+        line += f", accuracy {a['accuracy_answered']:.4f} on the {a['labelled_answered']} labelled answered"
+    return line
 
 
 def _check_input(options: PredictOptions, dry_run: bool) -> str | None:
@@ -216,18 +256,21 @@ def _check_input(options: PredictOptions, dry_run: bool) -> str | None:
     if pattern and options.incremental:
         raise UsageError("--incremental skips image files by the hash of their bytes; --input is TFRecords "
                          "(an ingest's snapshot): predict them without --incremental")
+    if pattern and options.faces == "all":
+        raise UsageError("--faces all finds the faces in image files; --input is TFRecords (faces already cropped "
+                         "by ingest): predict them without --faces all")
     return pattern
 
 
 def _run_pipeline(options: PredictOptions, beam_options, model: ModelInfo, plan: CommitPlan, pattern: str | None,
-                  run_timestamp: dt.datetime, table: TablePlan | None):
+                  run_timestamp: dt.datetime, table: TablePlan | None, slice_columns: tuple[str, ...] = ()):
     """Runs (or submits) the pipeline writing under the plan's staging folder, with progress lines when it
     runs here; its Beam counters ({name: value}) when it ran here, None when it was submitted."""
     if not is_dry_run(beam_options):
         write_bytes(join(plan.write_root, "bigquery", "predictions.schema.json"),
                     bigquery_schema_json(PREDICTIONS_SCHEMA).encode())
     pipeline = beam.Pipeline(options=beam_options)
-    _ = pipeline | "Predict" >> Predict(options, model, run_timestamp, plan, pattern, table)
+    _ = pipeline | "Predict" >> Predict(options, model, run_timestamp, plan, pattern, table, slice_columns)
     if is_remote_runner(beam_options):
         pipeline.run()
         return None

@@ -13,6 +13,7 @@ import dataclasses
 from model.errors import UsageError
 
 TTA_MODES = ("none", "flip", "crops")
+FACES_MODES = ("largest", "all")  # one row per image (its largest face, or the whole image), or per face
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,10 @@ class PredictOptions:
     run_id: str | None
     incremental: bool
     quiet: bool
+    faces: str = "largest"
+    min_confidence: float | None = None
+    min_margin: float | None = None
+    slices: str | None = None
 
     @classmethod
     def resolve(cls, args: argparse.Namespace, metadata: dict) -> PredictOptions:
@@ -60,6 +65,10 @@ class PredictOptions:
         (empty for a dry run of a gs:// model): the face crop it was trained with, the TTA it
         recommends, the engine `auto` picks for it."""
         values = vars(args).copy()
+        if values.get("faces") == "all":  # every face is found, cropped and predicted
+            if values["face_crop"] is False:
+                raise UsageError("--faces all predicts each face the detector finds: it cannot run with --no-face-crop")
+            values["face_crop"] = True
         if values["face_crop"] is None:
             values["face_crop"] = bool(metadata.get("training_data", {}).get("face_crop", False))
         if values["tta"] is None:
@@ -77,7 +86,13 @@ class PredictOptions:
     def preprocessing(self) -> str:
         """What the model saw besides the pixels of the file, as the table records it (with the TTA,
         it decides whether an --incremental run may skip an image predicted before)."""
-        return f"face_crop={self.face_detector if self.face_crop else 'none'}"
+        crop = f"face_crop={self.face_detector if self.face_crop else 'none'}"
+        return f"faces=all,{crop}" if self.faces == "all" else crop
+
+    @property
+    def abstains(self) -> bool:
+        """Whether rows may be marked abstained (--min-confidence or --min-margin given)."""
+        return self.min_confidence is not None or self.min_margin is not None
 
     def recorded(self) -> dict:
         """The options a run's manifest records (all but its input, output and model)."""

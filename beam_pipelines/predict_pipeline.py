@@ -2,7 +2,9 @@
 
     Predict = ReadImages (folder: ListImages [→ SkipSeen] → DecodeImages; TFRecords: ParseExamples)
               → Classify (a ClassifiedBatch: rows as one Arrow table, thumbnails)
-              → predictions/*.parquet, rejected/, Evaluate, WriteSummary → Commit [→ the table]
+              → predictions/*.parquet, rejected/, [JoinSlices →] Evaluate, WriteSummary → Commit [→ the table]
+
+A row is an image, or with --faces all a face (DecodeImages yields one (Image, pixels) per face).
 
 Everything it needs comes in frozen: the run's PredictOptions and ModelInfo, the output's CommitPlan,
 the TablePlan with --table.
@@ -27,10 +29,11 @@ from beam_pipelines.common import join, split_and_class_dir, write_bytes
 from beam_pipelines.outputs import CommitOutputs, CommitPlan
 from beam_pipelines.predict_incremental import ListedFile, SkipSeen
 from beam_pipelines.predict_options import ModelInfo, PredictOptions
-from beam_pipelines.reading import ListInput, decode_image, read_file, reject
+from beam_pipelines.reading import ListInput, decode_faces, decode_image, read_file, reject
+from beam_pipelines.slices import slice_pairs
 from beam_pipelines.table import DataFingerprint, TableCommit, TablePlan, WriteTable
-from model.preprocess import PreprocessError, resize
-from schemas import LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label
+from model.preprocess import Face, PreprocessError, resize
+from schemas import FACE_FIELDS, LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label
 
 # --------------------------------------------------------------------------- reading inputs
 
@@ -49,6 +52,8 @@ class Image(NamedTuple):
     true_label: str | None
     split: str | None
     file_sha256: str | None = None  # of the file's bytes, for the table (None for TFRecord input)
+    face_index: int | None = None  # --faces all: which face of the image (0: the largest), and where
+    face: Face | None = None
 
 
 class ImageBatch(NamedTuple):
@@ -74,12 +79,11 @@ class DecodeImages(beam.DoFn):
         self.rejected = progress.Counter("images_rejected")
 
     def process(self, files):
-        o, decoded = self.options, []
+        o, decoded, images = self.options, [], 0
         for listed in (ListedFile(*f) for f in files):  # the listing's (path, problem) pairs, or the join's
             try:
                 data = read_file(listed.path, listed.problem)
-                pixels, digest = decode_image(data, self.image_size, o.face_crop, o.max_pixels, as_float=True,
-                                              face_detector=o.face_detector)
+                faces, digest = self._decode(data)
             except PreprocessError as exc:
                 self.rejected.inc()
                 progress.count_reject(exc.reason)
@@ -88,10 +92,23 @@ class DecodeImages(beam.DoFn):
             # the join's hash, else one of the bytes just decoded (never a second read of the file)
             file_sha256 = listed.file_sha256 or (hashlib.sha256(data).hexdigest() if self.hash_files else None)
             label, split = label_from_path(listed.path[len(o.input) + 1 :])
-            decoded.append((Image(listed.path, digest, label, split, file_sha256), pixels))
+            image = Image(listed.path, digest, label, split, file_sha256)
+            decoded.extend((image._replace(**face), pixels) for face, pixels in faces)
+            images += 1
         if decoded:
-            self.decoded.inc(len(decoded))
+            self.decoded.inc(images)
             yield image_batch(decoded)
+
+    def _decode(self, data: bytes) -> tuple[list[tuple[dict, np.ndarray]], str]:
+        """([(the Image's face fields, pixels)], pixel hash): one entry without face fields for a
+        row per image (the default), one per face with --faces all."""
+        o = self.options
+        if o.faces != "all":
+            pixels, digest = decode_image(data, self.image_size, o.face_crop, o.max_pixels, as_float=True,
+                                          face_detector=o.face_detector)
+            return [({}, pixels)], digest
+        faces, digest = decode_faces(data, self.image_size, o.max_pixels, as_float=True, face_detector=o.face_detector)
+        return [({"face_index": i, "face": face}, pixels) for i, (pixels, face) in enumerate(faces)], digest
 
 
 class ParseExamples(beam.DoFn):
@@ -129,19 +146,21 @@ class Inputs(NamedTuple):
 # --------------------------------------------------------------------------- rows
 
 
-def rows_table(images: Sequence[Image], probs: np.ndarray, model: ModelInfo, run_timestamp, run_id: str) -> pa.Table:
+def rows_table(images: Sequence[Image], probs: np.ndarray, model: ModelInfo, run_timestamp, run_id: str,
+               options: PredictOptions | None = None) -> pa.Table:
     """Prediction rows (schemas.PREDICTIONS_SCHEMA) of a batch, built column by column."""
     n = len(images)
     index = probs.argmax(axis=1)
     predicted = [LABELS[i] for i in index]
     true = [image.true_label for image in images]
+    confidence = probs[np.arange(n), index].astype(np.float64)
     columns = {
         "uri": [image.uri for image in images],
         "content_sha256": [image.content_sha256 for image in images],
         "true_label": true,
         "predicted_label": predicted,
         "predicted_index": index.astype(np.int64),
-        "confidence": probs[np.arange(n), index].astype(np.float64),
+        "confidence": confidence,
         "correct": [None if t is None else t == p for t, p in zip(true, predicted)],
         **{f"prob_{name}": probs[:, i].astype(np.float64) for i, name in enumerate(LABELS)},
         "split": [image.split for image in images],
@@ -149,8 +168,36 @@ def rows_table(images: Sequence[Image], probs: np.ndarray, model: ModelInfo, run
         "model_fingerprint": [model.model_fingerprint] * n,
         "run_id": [run_id] * n,
         "run_timestamp": [run_timestamp] * n,
+        **(face_columns(images, options.face_detector) if options and options.faces == "all" else {}),
+        "abstained": abstained(probs, options) if options and options.abstains else [None] * n,
     }
+    for field in FACE_FIELDS:  # a row per image: no face columns
+        columns.setdefault(field.name, [None] * n)
     return pa.Table.from_pydict(columns, schema=PREDICTIONS_SCHEMA)
+
+
+def face_columns(images: Sequence[Image], detector: str) -> dict:
+    """The face columns (schemas.FACE_FIELDS) of a batch of faces: index, box rounded to pixels, score."""
+    boxes = np.array([image.face.box for image in images], np.float64).reshape(-1, 4).round().astype(np.int64)
+    return {
+        "face_index": [image.face_index for image in images],
+        "face_x": boxes[:, 0], "face_y": boxes[:, 1], "face_width": boxes[:, 2], "face_height": boxes[:, 3],
+        "face_detector": [detector] * len(images),
+        "face_score": [image.face.score for image in images],
+    }
+
+
+def abstained(probs: np.ndarray, options: PredictOptions) -> np.ndarray:
+    """True where the top probability is under --min-confidence, or its lead over the second is under
+    --min-margin: the model is not sure enough to answer (the row keeps its probabilities). Compared in
+    float64, as the rows' confidence column: `confidence < P` over the rows counts the same rows."""
+    top2 = np.sort(probs.astype(np.float64), axis=1)[:, -2:]  # as the rows hold them: float64
+    unsure = np.zeros(len(probs), bool)
+    if options.min_confidence is not None:
+        unsure |= top2[:, 1] < options.min_confidence
+    if options.min_margin is not None:
+        unsure |= (top2[:, 1] - top2[:, 0]) < options.min_margin
+    return unsure
 
 
 class ClassifiedBatch(NamedTuple):
@@ -197,7 +244,7 @@ class Classify(beam.DoFn):
         probs = np.concatenate([self._engine.probabilities(pixels[i : i + size]) for i in range(0, len(pixels), size)])
         self.predicted.inc(len(batch.images))
         thumbnails = np.clip(np.round(batch.pixels), 0, 255).astype(np.uint8).reshape(len(batch.images), -1)
-        rows = rows_table(batch.images, probs, self.model, self.run_timestamp, self.run_id)
+        rows = rows_table(batch.images, probs, self.model, self.run_timestamp, self.run_id, self.options)
         yield ClassifiedBatch(rows, thumbnails, [image.file_sha256 for image in batch.images])
 
 
@@ -227,6 +274,11 @@ class CoalesceTables(beam.DoFn):
         return table
 
 
+def with_slices(scored: evaluation.Scored, lookup: dict) -> evaluation.Scored:
+    """A batch with each row's slice values (None for an image the slices file does not list)."""
+    return scored._replace(slices=[lookup.get(uri) for uri in scored.rows["uri"].to_pylist()])
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -239,20 +291,24 @@ def run_description(options: PredictOptions, model: ModelInfo) -> dict:
         **model.names(),
         "face_crop": options.face_crop,
         "face_detector": options.face_detector if options.face_crop else None,
+        "faces": options.faces,
         "tta": options.tta,
         "engine": options.engine,
         **({"incremental": True} if options.incremental else {}),
+        **({"slices": options.slices} if options.slices else {}),
     }
 
 
-def totals(counts: dict, rejected: int, predicted: int, skipped_seen: int | None) -> dict:
+def totals(counts: dict, rejected: int, predicted: int, skipped_seen: int | None, faces: int | None = None) -> dict:
     """summary.json's totals: every matched file is predicted, rejected or skipped (a non-data file;
-    with --incremental, an image the table already holds)."""
+    with --incremental, an image the table already holds). With --faces all, `faces` counts the rows
+    (every face of the predicted images)."""
     skipped = counts.get("skipped_non_data", 0) + (skipped_seen or 0)
     matched = counts.get("matched", 0)
     return {
         "matched": matched,
         "predicted": predicted,
+        **({} if faces is None else {"faces": faces}),
         "rejected": rejected,
         "skipped_non_data": counts.get("skipped_non_data", 0),
         **({} if skipped_seen is None else {"skipped_seen": skipped_seen}),
@@ -263,18 +319,21 @@ def totals(counts: dict, rejected: int, predicted: int, skipped_seen: int | None
 class WriteSummary(beam.DoFn):
     """summary.json: the run's description (what it read, with which model and options) and counts."""
 
-    def __init__(self, description: dict, staging: str):
-        self.description, self.staging = description, staging
+    def __init__(self, description: dict, staging: str, faces: bool = False, abstains: bool = False):
+        self.description, self.staging, self.faces, self.abstains = description, staging, faces, abstains
 
     def process(self, _, counts, rejected, evaluated, skipped_seen=None):
         rejected = dict(sorted(rejected))
+        images = evaluated.get("images", evaluated["predicted"])
         summary = {
             **self.description,
-            "totals": totals(counts, sum(rejected.values()), evaluated["predicted"], skipped_seen),
+            "totals": totals(counts, sum(rejected.values()), images, skipped_seen,
+                             evaluated["predicted"] if self.faces else None),
             "rejected": rejected,
             "labelled": evaluated.get("labelled", 0),
             "accuracy": evaluated.get("accuracy"),
             "macro_f1": evaluated.get("macro_f1"),
+            **({"abstention": evaluated["abstention"]} if self.abstains else {}),
         }
         write_bytes(join(self.staging, "summary.json"), (json.dumps(summary, indent=2) + "\n").encode())
         yield summary
@@ -288,10 +347,11 @@ class Predict(beam.PTransform):
     the table too)."""
 
     def __init__(self, options: PredictOptions, model: ModelInfo, run_timestamp: dt.datetime, plan: CommitPlan,
-                 pattern: str | None, table: TablePlan | None = None):
+                 pattern: str | None, table: TablePlan | None = None, slice_columns: tuple[str, ...] = ()):
         super().__init__()
         self.options, self.model, self.run_timestamp = options, model, run_timestamp
         self.plan, self.pattern, self.table = plan, pattern, table
+        self.slice_columns = tuple(slice_columns)  # --slices: the file's columns (slices.read_slices)
 
     def expand(self, pbegin):
         o, staging = self.options, self.plan.write_root
@@ -358,12 +418,16 @@ class Predict(beam.PTransform):
 
     def _summarize(self, pbegin, classified, inputs: Inputs):
         """The evaluation (written), then summary.json from every count; its one element is the summary."""
-        staging = self.plan.write_root
+        o, staging = self.options, self.plan.write_root
+        scored = classified | "ForEvaluation" >> beam.Map(lambda batch: evaluation.Scored(batch.rows, batch.thumbnails))
+        if self.slice_columns:
+            lookup = (pbegin | "SlicesFile" >> beam.Create([o.slices])
+                      | "ReadSlices" >> beam.FlatMap(slice_pairs, o.input))
+            scored = scored | "JoinSlices" >> beam.Map(with_slices, beam.pvalue.AsDict(lookup))
         evaluated = (
-            classified
-            | "ForEvaluation" >> beam.Map(lambda batch: evaluation.Scored(batch.rows, batch.thumbnails))
-            | "Evaluate" >> beam.CombineGlobally(evaluation.EvaluationFn())
-            | "WriteEvaluation" >> beam.ParDo(evaluation.WriteEvaluation(staging, self.model))
+            scored
+            | "Evaluate" >> beam.CombineGlobally(evaluation.EvaluationFn(self.slice_columns))
+            | "WriteEvaluation" >> beam.ParDo(evaluation.WriteEvaluation(staging, self.model, o, self.slice_columns))
         )
         rejected_counts = (
             inputs.rejected
@@ -375,7 +439,7 @@ class Predict(beam.PTransform):
             pbegin
             | "SummaryTrigger" >> beam.Create([None])
             | "WriteSummary" >> beam.ParDo(
-                WriteSummary(run_description(self.options, self.model), staging),
+                WriteSummary(run_description(o, self.model), staging, faces=o.faces == "all", abstains=o.abstains),
                 beam.pvalue.AsSingleton(inputs.counts),
                 beam.pvalue.AsList(rejected_counts),
                 beam.pvalue.AsSingleton(evaluated),

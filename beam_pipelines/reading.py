@@ -16,7 +16,7 @@ from beam_pipelines.common import MergeCounts, extension, split_and_class_dir
 from beam_pipelines.listing import PROBLEMS as LISTING_PROBLEMS
 from beam_pipelines.listing import Unit, list_unit, plan_units, planned_identities
 from beam_pipelines.progress import Counter
-from model.preprocess import IMAGE_EXTENSIONS, PreprocessError, is_non_data, preprocess
+from model.preprocess import IMAGE_EXTENSIONS, PreprocessError, is_non_data, preprocess, preprocess_faces
 
 # The listing's counters (progress.py): work items planned and listed, files found. The total is known
 # once every planned item is listed (listing_total).
@@ -165,6 +165,17 @@ def decode_image(data: bytes, image_size: int, face_crop: bool, max_pixels: int,
     """(pixels, pixel sha256) of a file's bytes; any failure is a PreprocessError with its reason."""
     try:
         return preprocess(data, image_size, face_crop, max_pixels, as_float=as_float, face_detector=face_detector)
+    except PreprocessError:
+        raise
+    except Exception as exc:  # a decoder's own error: dead-letter, never crash
+        raise PreprocessError("unreadable", f"{type(exc).__name__}: {exc}"[:300]) from None
+
+
+def decode_faces(data: bytes, image_size: int, max_pixels: int, as_float: bool = False, face_detector: str = "haar"):
+    """([(pixels, Face)] of every face, largest first, pixel sha256) of a file's bytes (`--faces all`);
+    any failure, no face included, is a PreprocessError with its reason."""
+    try:
+        return preprocess_faces(data, image_size, max_pixels, as_float=as_float, face_detector=face_detector)
     except PreprocessError:
         raise
     except Exception as exc:  # a decoder's own error: dead-letter, never crash

@@ -17,6 +17,7 @@ import os
 import re
 import struct
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -287,14 +288,45 @@ FACE_MARGINS = {"haar": 0.05, "mtcnn": 0.0}
 FACE_DETECTORS = tuple(FACE_MARGINS)
 
 
-def face_box(gray: np.ndarray, detector: str = "haar") -> tuple[float, float, float, float]:
-    """(x, y, w, h) of the largest face, in the image's pixels; no face: PreprocessError("no_face").
+class Face(NamedTuple):
+    """A face a detector found: its box in the decoded (EXIF-oriented) image's pixels, and the detector's
+    score for it. haar: the number of raw detections merged into the box (OpenCV's neighbours, at least
+    HAAR_MIN_NEIGHBORS); mtcnn: its confidence in [0, 1]."""
+
+    x: float
+    y: float
+    width: float
+    height: float
+    score: float
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return self.x, self.y, self.width, self.height
+
+
+HAAR_MIN_NEIGHBORS = 5
+
+
+def detect_faces(gray: np.ndarray, detector: str = "haar") -> list[Face]:
+    """Every face the detector finds, largest first (ties: leftmost, then topmost for haar; the
+    detector's order for mtcnn); no face: PreprocessError("no_face").
 
     haar: OpenCV's Haar cascade (fast, no TensorFlow: what ingest uses). mtcnn: the `mtcnn` package's
     three-stage CNN (finds far more faces, ~4x slower, needs TensorFlow: predict only).
     """
-    if detector == "mtcnn":
-        return _mtcnn_box(gray)
+    faces = _mtcnn_faces(gray) if detector == "mtcnn" else _haar_faces(gray)
+    if not faces:
+        raise PreprocessError("no_face", "no face found by MTCNN" if detector == "mtcnn"
+                              else "no frontal face found by the Haar cascade")
+    return faces
+
+
+def face_box(gray: np.ndarray, detector: str = "haar") -> tuple[float, float, float, float]:
+    """(x, y, w, h) of the largest face, in the image's pixels; no face: PreprocessError("no_face")."""
+    return detect_faces(gray, detector)[0].box
+
+
+def _haar_faces(gray: np.ndarray) -> list[Face]:
     h, w = gray.shape
     scale = 1.0
     probe = gray
@@ -302,26 +334,24 @@ def face_box(gray: np.ndarray, detector: str = "haar") -> tuple[float, float, fl
         scale = 640.0 / max(h, w)
         probe = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
     min_side = max(20, int(min(probe.shape) * 0.1))
-    faces = _cascade().detectMultiScale(
-        cv2.equalizeHist(probe), scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side)
+    # detectMultiScale2: the same boxes as detectMultiScale, with the neighbours merged into each
+    boxes, neighbours = _cascade().detectMultiScale2(
+        cv2.equalizeHist(probe), scaleFactor=1.1, minNeighbors=HAAR_MIN_NEIGHBORS, minSize=(min_side, min_side)
     )
-    if len(faces) == 0:
-        raise PreprocessError("no_face", "no frontal face found by the Haar cascade")
-    x, y, fw, fh = max(faces, key=lambda f: (f[2] * f[3], -f[0], -f[1]))
-    return tuple(float(v) / scale for v in (x, y, fw, fh))
+    ranked = sorted(zip((tuple(b) for b in boxes), neighbours), key=lambda f: (f[0][2] * f[0][3], -f[0][0], -f[0][1]),
+                    reverse=True)
+    return [Face(*(float(v) / scale for v in box), float(n)) for box, n in ranked]
 
 
-def _mtcnn_box(gray: np.ndarray) -> tuple[float, float, float, float]:
+def _mtcnn_faces(gray: np.ndarray) -> list[Face]:
     detector = getattr(_local, "mtcnn", None)
     if detector is None:
         from mtcnn import MTCNN  # imports TensorFlow: only when asked for
 
         detector = _local.mtcnn = MTCNN()
-    faces = detector.detect_faces(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB))
-    if not faces:
-        raise PreprocessError("no_face", "no face found by MTCNN")
-    x, y, w, h = max(faces, key=lambda f: f["box"][2] * f["box"][3])["box"]
-    return float(x), float(y), float(w), float(h)
+    found = detector.detect_faces(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB))
+    ranked = sorted(found, key=lambda f: f["box"][2] * f["box"][3], reverse=True)  # stable: the first of equals
+    return [Face(*(float(v) for v in f["box"]), float(f["confidence"])) for f in ranked]
 
 
 def crop_box(gray: np.ndarray, box: tuple[float, float, float, float], margin: float) -> np.ndarray:
@@ -378,6 +408,33 @@ def preprocess(
     if face_crop:
         gray = crop_face(gray, detector=face_detector)
     return resize(gray, image_size, as_float), digest
+
+
+def preprocess_faces(
+    data: bytes, image_size: int = 48, max_pixels: int = DEFAULT_MAX_PIXELS, as_float: bool = False,
+    face_detector: str = "haar",
+) -> tuple[list[tuple[np.ndarray, Face]], str]:
+    """Encoded bytes -> ([(pixels, face) for every face, largest first], pixel hash of the decoded source).
+
+    Each face is cropped and resized exactly as `preprocess` crops the largest one (so face 0 gets the
+    pixels `preprocess(..., face_crop=True)` gives); its box is clipped to the image (clip_face). No
+    face: PreprocessError("no_face").
+    """
+    gray = decode_gray(data, max_pixels)
+    digest = pixel_hash(gray)
+    margin = FACE_MARGINS[face_detector]
+    faces = detect_faces(gray, face_detector)
+    return [(resize(crop_box(gray, face.box, margin), image_size, as_float), clip_face(face, gray.shape))
+            for face in faces], digest
+
+
+def clip_face(face: Face, shape: tuple[int, int]) -> Face:
+    """The face with its box clipped to an image of this (height, width), as rows record it (MTCNN's
+    boxes may reach past the border; the crop itself uses the box as found)."""
+    h, w = shape
+    x0, y0 = min(max(face.x, 0.0), w), min(max(face.y, 0.0), h)
+    x1, y1 = min(max(face.x + face.width, 0.0), w), min(max(face.y + face.height, 0.0), h)
+    return Face(x0, y0, x1 - x0, y1 - y0, face.score)
 
 
 # The steps of `preprocess`, as an exported model's metadata.json describes them (model/export.py).

@@ -27,6 +27,9 @@ from schemas.tables import (  # noqa: F401
     REJECTED_SCHEMA,
     PER_CLASS_SCHEMA,
     CONFUSION_SCHEMA,
+    COVERAGE_SCHEMA,
+    FACE_FIELDS,
+    SLICES_SCHEMA,
     bigquery_schema,
 )
 from schemas.compare import (  # noqa: F401

@@ -12,8 +12,9 @@ import pyarrow as pa
 
 from schemas.labels import LABELS
 
-TABLES_VERSION = 3  # 2: predictions carry run_id; the partitioned table and the runs table
+TABLES_VERSION = 4  # 2: predictions carry run_id; the partitioned table and the runs table
 #                    3: table rows carry file_sha256, tta, preprocessing; runs carry incremental, skipped_seen
+#                    4: predictions carry the face (index, box, detector, score) and abstained
 
 REJECTED_SCHEMA = pa.schema(
     [
@@ -22,6 +23,16 @@ REJECTED_SCHEMA = pa.schema(
         pa.field("detail", pa.string()),
         pa.field("stage", pa.string(), nullable=False),  # ingest or predict
     ]
+)
+
+FACE_FIELDS = (
+    pa.field("face_index", pa.int64()),
+    pa.field("face_x", pa.int64()),
+    pa.field("face_y", pa.int64()),
+    pa.field("face_width", pa.int64()),
+    pa.field("face_height", pa.int64()),
+    pa.field("face_detector", pa.string()),
+    pa.field("face_score", pa.float64()),
 )
 
 PREDICTIONS_SCHEMA = pa.schema(
@@ -39,6 +50,15 @@ PREDICTIONS_SCHEMA = pa.schema(
         pa.field("model_fingerprint", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),  # joins the runs table
         pa.field("run_timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+        # `--faces all`: one row per face. The face's index in its image (0: the largest, the face the
+        # default run crops), its box in the decoded, EXIF-oriented image's pixels (rounded, clipped to
+        # the image), the detector and its score (haar: merged detections; mtcnn: confidence in [0, 1]).
+        # All null in a run of one row per image (the default).
+        *FACE_FIELDS,
+        # `--min-confidence` / `--min-margin`: true when the row's confidence (or the gap between its
+        # two highest probabilities) is below the run's threshold; its probabilities are kept. Null in
+        # a run without either option.
+        pa.field("abstained", pa.bool_()),
     ]
 )
 
@@ -114,6 +134,39 @@ CONFUSION_SCHEMA = pa.schema(
         pa.field("true_label", pa.string(), nullable=False),
         pa.field("predicted_label", pa.string(), nullable=False),
         pa.field("count", pa.int64(), nullable=False),
+    ]
+)
+
+# evaluation/coverage.parquet: the accuracy-coverage curve of the labelled rows: answering only the rows
+# whose confidence is at least min_confidence (a row per threshold, 0.00 to 0.99 by 0.01).
+COVERAGE_SCHEMA = pa.schema(
+    [
+        pa.field("min_confidence", pa.float64(), nullable=False),
+        pa.field("answered", pa.int64(), nullable=False),  # labelled rows at or above the threshold
+        pa.field("correct", pa.int64(), nullable=False),
+        pa.field("coverage", pa.float64(), nullable=False),  # answered / labelled rows
+        pa.field("accuracy", pa.float64()),  # correct / answered; null when none is answered
+    ]
+)
+
+# evaluation/slices.parquet (`--slices FILE`): one row per value of each column of the user's file.
+# Rows whose image the file does not list, or lists without a value, are the value "(none)", so that
+# each column's rows and labelled counts add up to the run's. Intervals are 95%: Wilson's for the
+# accuracy, a seeded bootstrap of the confusion matrix for the macro-F1.
+SLICES_SCHEMA = pa.schema(
+    [
+        pa.field("column", pa.string(), nullable=False),
+        pa.field("value", pa.string(), nullable=False),
+        pa.field("rows", pa.int64(), nullable=False),  # prediction rows (faces with --faces all)
+        pa.field("answered", pa.int64(), nullable=False),  # rows not abstained
+        pa.field("labelled", pa.int64(), nullable=False),
+        pa.field("correct", pa.int64(), nullable=False),
+        pa.field("accuracy", pa.float64()),  # null without a labelled row
+        pa.field("accuracy_low", pa.float64()),
+        pa.field("accuracy_high", pa.float64()),
+        pa.field("macro_f1", pa.float64()),
+        pa.field("macro_f1_low", pa.float64()),
+        pa.field("macro_f1_high", pa.float64()),
     ]
 )
 

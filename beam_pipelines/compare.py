@@ -34,6 +34,7 @@ from model.metrics import confusion, summarize
 from schemas import (
     AGREEMENT_SCHEMA,
     COMPARE_INPUT_SCHEMA,
+    COMPARE_OPTIONAL_COLUMNS,
     COMPARE_PER_CLASS_SCHEMA,
     DISAGREEMENTS_SCHEMA,
     LABEL_TO_INDEX,
@@ -64,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- reading runs
 
 
-def _read_predictions(paths: list[str]) -> pa.Table:
-    """The compared columns of every prediction file, each checked to be one `emotion predict` wrote."""
+def _read_predictions(paths: list[str], run_ids: set | None = None) -> pa.Table:
+    """The compared columns of every prediction file, each checked to be one `emotion predict` wrote;
+    the run ids its rows name are added to `run_ids`."""
     tables = []
     for path in paths:
         try:
@@ -76,6 +78,11 @@ def _read_predictions(paths: list[str]) -> pa.Table:
         if "model_version" not in table.column_names and "model_version=" in path:  # a table partition
             version = path.split("model_version=", 1)[1].split("/", 1)[0]
             table = table.append_column("model_version", pa.array([version] * table.num_rows, pa.string()))
+        if run_ids is not None and "run_id" in table.column_names:
+            run_ids.update(str(v) for v in pc.unique(table["run_id"]).to_pylist())
+        for name in COMPARE_OPTIONAL_COLUMNS:  # files written before the column existed
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, COMPARE_INPUT_SCHEMA.field(name).type))
         missing = [c for c in COLUMNS if c not in table.column_names]
         if missing:
             raise UsageError(f"{path} is not a predictions file of emotion predict (no column "
@@ -119,11 +126,20 @@ def run_files(source: str, table_root: str | None) -> list[str]:
 # --------------------------------------------------------------------------- comparing
 
 
+KEYS = ("uri", "face")
+
+
+def _keyed(table: pa.Table, suffix: str) -> pa.Table:
+    """The rows with their join key (uri, face: the face index, 0 for a row of a whole image) and
+    every other column suffixed."""
+    table = table.append_column("face", pc.fill_null(table["face_index"], 0))
+    return table.rename_columns([c if c in KEYS else f"{c}_{suffix}" for c in table.column_names])
+
+
 def compare(a: pa.Table, b: pa.Table) -> dict:
-    """Everything the outputs hold, from two runs' rows (matched by URI)."""
-    a = a.rename_columns([f"{c}_a" if c != "uri" else c for c in a.column_names])
-    b = b.rename_columns([f"{c}_b" if c != "uri" else c for c in b.column_names])
-    both = a.join(b, "uri", join_type="inner").sort_by("uri")
+    """Everything the outputs hold, from two runs' rows (matched by URI and face)."""
+    a, b = _keyed(a, "a"), _keyed(b, "b")
+    both = a.join(b, list(KEYS), join_type="inner").sort_by([("uri", "ascending"), ("face", "ascending")])
     n = both.num_rows
     label_a = both["predicted_label_a"].to_pylist()
     label_b = both["predicted_label_b"].to_pylist()
@@ -159,8 +175,9 @@ def compare(a: pa.Table, b: pa.Table) -> dict:
     differ = np.flatnonzero(ia != ib)
     order = differ[np.lexsort((np.array(both["uri"].to_pylist(), dtype=object)[differ],
                                -np.minimum(conf_a, conf_b)[differ]))] if len(differ) else differ
+    faces = pc.coalesce(both["face_index_a"], both["face_index_b"]).to_pylist()
     disagreements = [{
-        "uri": both["uri"][i].as_py(), "content_sha256": both["content_sha256_a"][i].as_py(), "true_label": truth[i],
+        "uri": both["uri"][i].as_py(), "face_index": faces[i], "content_sha256": both["content_sha256_a"][i].as_py(), "true_label": truth[i],
         "label_a": label_a[i], "confidence_a": float(conf_a[i]), "label_b": label_b[i], "confidence_b": float(conf_b[i]),
         "correct": None if truth[i] is None else "a" if label_a[i] == truth[i] else "b" if label_b[i] == truth[i]
         else "neither",
@@ -198,9 +215,14 @@ def run(argv=None) -> dict:
     with progress.report("compare", progress_figures, quiet=args.quiet):
         files_a, files_b = run_files(args.a, args.table), run_files(args.b, args.table)
         FILES_LISTED.inc(len(files_a) + len(files_b))
-        result = compare(_read_predictions(files_a), _read_predictions(files_b))
+        runs_a, runs_b = set(), set()
+        result = compare(_read_predictions(files_a, runs_a), _read_predictions(files_b, runs_b))
     counters = progress.snapshot()
-    summary = result["summary"] | {"a": name_a, "b": name_b}
+    same = _same_run(files_a, files_b, runs_a, runs_b)
+    summary = result["summary"] | {"a": name_a, "b": name_b, "same_run": same}
+    if same:
+        log.info("compare: --a and --b are the same run (%s): every image agrees by construction; compare it "
+                 "with another run", name_a if files_a == files_b else ", ".join(sorted(runs_a)))
     result["summary"] = summary
     if summary["images_in_both"] == 0:
         raise UsageError(f"{name_a} and {name_b} share no image (matched by URI): nothing to compare")
@@ -214,6 +236,17 @@ def run(argv=None) -> dict:
              f"; accuracy a {summary['accuracy_a']:.4f} vs b {summary['accuracy_b']:.4f} on {summary['labelled']} labelled"
              if "accuracy_a" in summary else "", progress.format_counters(dict(sorted(counters.items()))))
     return summary
+
+
+def _same_run(files_a: list[str], files_b: list[str], runs_a: set, runs_b: set) -> bool:
+    """Whether both sides are one run: the same prediction files (a folder given twice, by any path),
+    or rows that name the same single run id (a copy of a run's folder)."""
+    import os
+
+    def canonical(paths):
+        return sorted(os.path.realpath(p) if "://" not in p else p for p in paths)
+
+    return canonical(files_a) == canonical(files_b) or (len(runs_a) == 1 and runs_a == runs_b)
 
 
 def progress_figures(counts: dict) -> progress.Figures:

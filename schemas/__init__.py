@@ -35,6 +35,7 @@ from schemas.tables import (  # noqa: F401
 from schemas.compare import (  # noqa: F401
     AGREEMENT_SCHEMA,
     COMPARE_INPUT_SCHEMA,
+    COMPARE_OPTIONAL_COLUMNS,
     COMPARE_PER_CLASS_SCHEMA,
     DISAGREEMENTS_SCHEMA,
 )

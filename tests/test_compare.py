@@ -93,3 +93,35 @@ def test_the_parquet_reader_reads_columns_and_counts_rows_from_the_footer(tmp_pa
     assert parquet_num_rows(str(path)) == 3
     with pytest.raises(OSError):
         read_parquet(str(tmp_path / "missing.parquet"))
+
+
+def test_a_run_compared_with_itself_says_so(two_runs, caplog):
+    a, _, out = two_runs
+    with caplog.at_level("INFO"):
+        summary = compare.run(["--a", str(a), "--b", str(a) + "/", "--output", str(out)])
+    assert summary["same_run"] is True and summary["agreement"] == 1.0
+    assert any("same run" in r.getMessage() for r in caplog.records)
+    b = write_run(out.parent / "other", "b", "model-b")
+    assert compare.run(["--a", str(a), "--b", str(b), "--output", str(out.parent / "out2")])["same_run"] is False
+
+
+def test_face_rows_are_matched_by_uri_and_face(tmp_path):
+    """A run of a row per face against one of a row per image: the image's row meets face 0 (the
+    largest face, the one a row per image crops); face 1 is only in the faces run."""
+    def run(folder, faces, labels):
+        table = pa.table({
+            "uri": ["g.jpg"] * len(faces), "content_sha256": ["s"] * len(faces),
+            "true_label": pa.array([None] * len(faces), pa.string()), "predicted_label": labels,
+            "confidence": [0.9] * len(faces), "model_version": ["m"] * len(faces),
+            "face_index": pa.array(faces, pa.int64()),
+        })
+        (folder / "predictions").mkdir(parents=True)
+        pq.write_table(table, folder / "predictions" / "p.parquet")
+        return folder
+
+    faces = run(tmp_path / "faces", [0, 1], ["happy", "sad"])
+    single = run(tmp_path / "single", [None], ["angry"])
+    summary = compare.run(["--a", str(faces), "--b", str(single), "--output", str(tmp_path / "out")])
+    assert (summary["images_in_both"], summary["only_in_a"], summary["only_in_b"]) == (1, 1, 0)
+    differ = pq.read_table(tmp_path / "out" / "compare" / "disagreements.parquet").to_pylist()
+    assert [(d["face_index"], d["label_a"], d["label_b"]) for d in differ] == [(0, "happy", "angry")]

@@ -216,3 +216,26 @@ def test_old_and_new_table_files_read_as_one_table(tmp_path):
     by_duckdb = duckdb.sql(CURRENT_DUCKDB.replace("ROOT", str(tmp_path))).to_arrow_table()
     for table in (by_duckdb, current_pyarrow(tmp_path)):
         assert {r["uri"]: (r["run_id"], r["file_sha256"]) for r in table.to_pylist()} == expected
+
+
+def test_faces_all_into_the_table_skips_a_seen_photo_with_all_its_faces(tmp_path):
+    """--faces all: a photo's faces are rows of the table (one file hash each); the next incremental run
+    skips the photo once, with all its faces; a run of a row per image does not count them as seen."""
+    photos, root = tmp_path / "photos", tmp_path / "table"
+    (photos / "group").mkdir(parents=True)
+    shutil.copy(pathlib.Path(__file__).parent / "data" / "two_faces.jpg", photos / "group" / "a.jpg")
+
+    def run(name, *extra):
+        return predict.run(["--input", str(photos), "--output", str(tmp_path / name), "--table", str(root),
+                            "--incremental", "--run-id", name, "--tta", "none", "--quiet", *extra])
+
+    first = run("first", "--faces", "all")
+    assert (first["totals"]["predicted"], first["totals"]["faces"]) == (1, 2)
+    rows = pq.read_table(next(root.glob("*/*/run_id=first"))).to_pylist()
+    assert sorted(r["face_index"] for r in rows) == [0, 1] and len({r["file_sha256"] for r in rows}) == 1
+    assert {r["preprocessing"] for r in rows} == {"faces=all,face_crop=haar"}
+    again = run("again", "--faces", "all")
+    t = again["totals"]
+    assert (t["predicted"], t["faces"], t["skipped_seen"], t["balanced"]) == (0, 0, 1, True)
+    single = run("single", "--face-crop")
+    assert (single["totals"]["predicted"], single["totals"]["skipped_seen"]) == (1, 0)

@@ -393,7 +393,7 @@ def plot_grid(samples: list[Sample], image_size: int, title: str, caption, cols:
     plt = pyplot()
 
     rows = max(1, -(-len(samples) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.35, rows * 1.6), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.35, rows * 1.85), dpi=100, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, s in zip(axes.flat, samples):

@@ -316,6 +316,9 @@ def predict_data(part: Part) -> dict:
         "model_version": summary.get("model_version") or metrics.get("model_version"),
         "model": summary.get("model"),
         "totals": pick(totals, PREDICT_TOTALS) if totals else None,
+        "faces": totals.get("faces"),  # --faces all: the rows are faces
+        "face_detector": summary.get("face_detector"),
+        "abstention": summary.get("abstention"),
         "labelled": summary.get("labelled"),
         "rejected_reasons": list((summary.get("rejected") or {}).items()),
         "accuracy": accuracy,
@@ -326,7 +329,10 @@ def predict_data(part: Part) -> dict:
         "tta": summary.get("tta") or "none",
         "balance": _predict_balance(totals),
         "parquet_rows": count_rows(join(part.path, "predictions", "*.parquet")) if totals else None,
+        "expected_rows": totals.get("faces", totals.get("predicted")) if totals else None,
         "evaluation": _evaluation(part.path, summary, metrics) if metrics else None,
+        "overview": _overview(part.path, summary.get("labelled")),
+        "slices": _slices(part.path),
         "glance": _predict_glance(accuracy, macro_f1, totals, metrics),
         "rejected": rejected_data(part.path, totals.get("rejected") if totals else None),
     }
@@ -369,17 +375,52 @@ def _evaluation(folder: str, summary: dict, metrics: dict) -> dict:
     labels = metrics.get("labels") or list(metrics.get("per_class", {}))
     per_class = _per_class_rows(folder, metrics)
     labelled = summary.get("labelled") is not None and metrics.get("examples") is not None and totals
+    rows = totals.get("faces", totals.get("predicted", 0))
     return {
         "examples": metrics.get("examples"),
-        "unlabelled": totals.get("predicted", 0) - metrics["examples"] if labelled else None,
+        "rows": rows,
+        "unlabelled": rows - metrics["examples"] if labelled else None,
         "confusion_plot": plot("confusion_matrix.png", "Confusion matrix (rows: true class)"),
         "reliability_plot": plot("reliability.png", "Reliability diagram"),
         "confusion": _confusion(labels, metrics["confusion"]) if metrics.get("confusion") and labels else None,
         "per_class": per_class,
         "macro": _macro(per_class),
         "per_class_plot": plot("per_class.png", "Per-class precision / recall / F1"),
+        "coverage_plot": plot("accuracy_coverage.png", "Accuracy of the rows answered against coverage, by "
+                              "--min-confidence (pick P on your own val data)"),
         "samples_plot": plot("samples.png", "Most confident mistakes (red), then correct predictions (green)", "full"),
     }
+
+
+def _overview(folder: str, labelled) -> dict | None:
+    """evaluation/overview.json and its plots, for every run (the main view of an unlabelled one): the
+    predicted-class mix, the confidence distribution, the least confident rows, thumbnails per class."""
+    o = read_json(join(folder, "evaluation", "overview.json"))
+    if not o or not o.get("rows"):
+        return None
+    rows = o["rows"]
+    mix = sorted(((label, int(n)) for label, n in (o.get("predicted_mix") or {}).items()), key=lambda kv: -kv[1])
+    hist = o.get("confidence_histogram") or []
+    peak = max([h.get("count", 0) for h in hist] or [0]) or 1
+    return {
+        "rows": rows,
+        "labelled": bool(labelled),
+        "mix": [{"label": label, "count": n, "share": n / rows} for label, n in mix],
+        "histogram": [{**pick(h, ("low", "high", "count")), "height": h.get("count", 0) / peak} for h in hist],
+        "low_plot": png(read(join(folder, "plots", "low_confidence.png")), "The least confident predictions", "full"),
+        "classes_plot": png(read(join(folder, "plots", "predicted_classes.png")),
+                            "Thumbnails per predicted class (a row per class, chosen by hash)"),
+    }
+
+
+SLICE_COLUMNS = ("column", "value", "rows", "answered", "labelled", "accuracy", "accuracy_low", "accuracy_high",
+                 "macro_f1", "macro_f1_low", "macro_f1_high")
+
+
+def _slices(folder: str) -> list[dict] | None:
+    """evaluation/slices.parquet (--slices): a row per value of each of the user's columns."""
+    table = read_tables(join(folder, "evaluation", "slices.parquet"))
+    return [pick(r, SLICE_COLUMNS) for r in table.to_pylist()] if table is not None else None
 
 
 def _per_class_rows(folder: str, metrics: dict) -> list[dict]:

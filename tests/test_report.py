@@ -16,8 +16,9 @@ from html.parser import HTMLParser
 import pytest
 
 from beam_pipelines import report, report_format
-from conftest import SAMPLE, SHIPPED_MODEL
+from conftest import REPO, SAMPLE, SHIPPED_MODEL
 
+REPO_DATA = REPO / "tests" / "data"
 needs_shipped = pytest.mark.skipif(
     not (SHIPPED_MODEL / "metadata.json").exists(), reason="model/shipped is not in this checkout"
 )
@@ -315,3 +316,89 @@ def test_an_unreadable_part_loses_only_its_own_section(ingest_only, tmp_path):
     page = render(root)
     assert "This part could not be read: AttributeError" in page
     assert "Class balance" in page and page.count("<section") == 3  # overview, ingest, train
+
+
+# --------------------------------------------------------------------------- unlabelled folders, faces, slices
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory):
+    """The shipped model's predictions on 12 sample images in one folder that names no class."""
+    from beam_pipelines import predict
+
+    images = tmp_path_factory.mktemp("unlabelled_faces")
+    for label in ("happy", "sad", "angry"):
+        for src in sorted((SAMPLE / label).glob("P*Test_*.jpg"))[:4]:
+            shutil.copy(src, images / f"{label}_{src.name}")
+    out = tmp_path_factory.mktemp("unlabelled_predictions") / "predict"
+    predict.run(["--input", str(images), "--output", str(out), "--tta", "none"])
+    return out
+
+
+def test_an_unlabelled_folder_shows_what_was_predicted(unlabelled, tmp_path, caplog):
+    folder = tmp_path / "predict"
+    shutil.copytree(unlabelled, folder)
+    page = render(folder)
+    assert_self_contained(page, folder)
+    assert "there is no accuracy" in page and "Evaluation" not in page
+    mix = table_after(page, "What the model predicted")
+    assert mix[0] == ["predicted class", "rows", "share"] and mix[-1][:2] == ["total", "12"]
+    counts = {r[0]: int(r[1]) for r in mix[1:-1]}
+    overview = json.loads((folder / "evaluation" / "overview.json").read_text())
+    assert counts == overview["predicted_mix"] and sum(counts.values()) == 12
+    assert sum(h["count"] for h in overview["confidence_histogram"]) == 12
+    assert page.count('class="hist"') == 1 and "The least confident predictions" in page
+    assert "Thumbnails per predicted class" in page
+
+
+def test_the_console_line_says_why_there_is_no_accuracy(unlabelled, tmp_path, caplog):
+    from beam_pipelines import predict
+
+    summary = json.loads((unlabelled / "summary.json").read_text())
+    assert summary["labelled"] == 0 and summary["accuracy"] is None
+    line = predict._scores_line(summary)
+    assert "no accuracy" in line and "class folder" in line
+
+
+def test_faces_abstention_and_slices_in_the_page(tmp_path):
+    from beam_pipelines import predict
+
+    images = tmp_path / "in"
+    (images / "happy").mkdir(parents=True)
+    shutil.copy(REPO_DATA / "two_faces.jpg", images / "happy" / "group.jpg")
+    for src in sorted((SAMPLE / "happy").glob("P*Test_*.jpg"))[:3]:
+        shutil.copy(src, images / "happy" / src.name)
+    (tmp_path / "slices.csv").write_text("uri,site\nhappy/group.jpg,north\n")
+    out = tmp_path / "out"
+    summary = predict.run(["--input", str(images), "--output", str(out), "--tta", "none", "--faces", "all",
+                           "--min-confidence", "0.5", "--slices", str(tmp_path / "slices.csv")])
+    page = render(out)
+    assert_self_contained(page, out)
+    faces = summary["totals"]["faces"]
+    assert f"{faces} rows in <code>predictions/*.parquet</code> (a row per face" in page
+    assert "&#10007;" not in page
+    slices = table_after(page, "By your slices")
+    assert [r[:3] for r in slices[1:]] == [["site", "north", "2"], ["site", "(none)", str(faces - 2)]]
+    assert "Accuracy against coverage" in page and "abstained" in page
+
+
+def test_the_compare_section_says_when_a_run_is_compared_with_itself(predictions, tmp_path):
+    from beam_pipelines import compare
+
+    out = tmp_path / "same"
+    compare.run(["--a", str(predictions), "--b", str(predictions), "--output", str(out)])
+    assert "are the same run" in render(out)
+
+
+def test_one_unlabelled_prediction_is_singular(predictions, tmp_path):
+    from beam_pipelines import predict
+
+    images = tmp_path / "in"
+    (images / "happy").mkdir(parents=True)
+    (images / "unsorted").mkdir()
+    for src in sorted((SAMPLE / "happy").glob("P*Test_*.jpg"))[:2]:
+        shutil.copy(src, images / "happy" / src.name)
+    shutil.copy(src, images / "unsorted" / src.name)
+    predict.run(["--input", str(images), "--output", str(tmp_path / "out"), "--tta", "none"])
+    page = render(tmp_path / "out")
+    assert "1 has none" in page and "1 have none" not in page

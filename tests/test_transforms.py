@@ -424,3 +424,53 @@ def test_fan_out_units_list_every_file_once(tmp_path):
     reasons = {e.path[len(str(root)) + 1:]: e.problem for e in fanned if e.problem}
     assert reasons == {"test/joy": "symlink_loop", "train/sad/up": "symlink_loop", "test/gone.png": "broken_link"}
     assert len(fanned) == 12 + 2 + 1 + 3  # files, loose files, the linked one, the three problems
+
+
+def test_evaluation_overview_coverage_and_slices_merge_as_one_accumulator():
+    """The parts added for archives (class mix, confidence histogram, abstention counts, least confident
+    and per-class samples, per-slice confusions) combine the same whichever way the rows are split."""
+    import pyarrow as pa
+
+    from beam_pipelines.evaluation import MAX_LOW_CONFIDENCE, Scored, abstention, coverage_curve
+
+    rows = prediction_rows(300, seed=2, unlabelled=20)
+    for i, (row, _) in enumerate(rows):
+        row["abstained"] = row["confidence"] < 0.5
+        row["face_index"] = i % 2 if i >= 100 else None
+    sites = ["north", "south", None]
+    fn = EvaluationFn(("site",))
+
+    def accumulate(part):
+        acc = fn.create_accumulator()
+        for table, thumbnails in prediction_batches(part):
+            values = [(sites[int(uri[4:8]) % 3],) for uri in table["uri"].to_pylist()]
+            acc = fn.add_input(acc, Scored(pa.Table.from_pylist(table.to_pylist()), thumbnails, values))
+        return acc
+
+    whole = accumulate(rows)
+    merged = fn.merge_accumulators([accumulate(rows[i::4]) for i in range(4)] + [fn.create_accumulator()])
+    for key in ("predicted", "images", "labelled", "answered", "answered_labelled", "answered_correct"):
+        assert merged[key] == whole[key], key
+    assert whole["images"] == 100 + 110  # rows without a face index, and every face 0
+    for key in ("predicted_mix", "confidence_hist", "confusion"):
+        np.testing.assert_array_equal(merged[key], whole[key])
+    assert sorted(merged["low_confidence"]) == sorted(whole["low_confidence"])
+    assert len(whole["low_confidence"]) == MAX_LOW_CONFIDENCE
+    lowest = sorted(r["confidence"] for r, _ in rows)[:MAX_LOW_CONFIDENCE]
+    assert sorted(e.sample.confidence for e in whole["low_confidence"]) == lowest
+    assert [sorted(h) for h in merged["per_class"]] == [sorted(h) for h in whole["per_class"]]
+    for value, g in whole["slices"]["site"].items():
+        np.testing.assert_array_equal(merged["slices"]["site"][value]["confusion"], g["confusion"])
+        assert merged["slices"]["site"][value]["rows"] == g["rows"]
+    assert sum(g["rows"] for g in whole["slices"]["site"].values()) == 320
+
+    labelled = [r for r, _ in rows if r["true_label"] is not None]
+    a = abstention(whole, 0.5, None)
+    answered = [r for r in labelled if not r["abstained"]]
+    assert a["labelled_answered"] == len(answered)
+    assert a["accuracy_answered"] == pytest.approx(sum(r["correct"] for r in answered) / len(answered))
+    assert a["answered"] == sum(not r["abstained"] for r, _ in rows)
+    curve = coverage_curve(whole)
+    point = curve[50]
+    assert point["answered"] == sum(r["confidence"] >= 0.5 for r in labelled)
+    assert point["correct"] == sum(r["confidence"] >= 0.5 and r["correct"] for r in labelled)

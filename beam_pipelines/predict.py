@@ -164,7 +164,8 @@ def run(argv=None, save_main_session=True) -> dict | None:
     args, beam_args = parse_args(argv)
     beam_options = pipeline_options(beam_args, save_main_session)
     check_remote_paths(beam_options, input=args.input, output=args.output,
-                       **({} if args.model in PACKAGED_MODELS else {"model": args.model}))
+                       **({} if args.model in PACKAGED_MODELS else {"model": args.model}),
+                       **({"slices": args.slices} if args.slices else {}))
     dry_run = is_dry_run(beam_options)
     # Everything that can be checked is checked before the output is touched.
     metadata = check_model(args.model, args.engine, load_weights=not dry_run) \

@@ -254,3 +254,14 @@ def test_a_slices_file_is_checked_before_anything_runs(tmp_path):
             read_slices(str(path), "/in")
     with pytest.raises(UsageError, match="cannot be read"):
         read_slices(str(tmp_path / "missing.csv"), "/in")
+
+
+def test_a_bad_slices_file_is_one_line_and_nothing_is_written(archive, tmp_path, capsys):
+    from beam_pipelines.cli import main
+
+    bad = tmp_path / "slices.csv"
+    bad.write_text("path,site\nx.jpg,a\n")
+    assert main(["predict", "--input", str(archive), "--output", str(tmp_path / "o"), "--slices", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "no 'uri' column" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -220,13 +220,13 @@ def bigquery_external_table(root: str, table: str = "emotion.predictions") -> di
 
 
 def bigquery_current_view(table: str = "emotion.predictions", view: str = "emotion.current_predictions") -> str:
-    """The DDL of a view holding the current prediction of every image: per uri, the row of the
-    latest run that predicted it (an incremental run adds rows only for new or changed files, so an
+    """The DDL of a view holding the current prediction of every image: per uri, the rows of the
+    latest run that predicted it (RANK, not ROW_NUMBER: with --faces all an image has a row per face) (an incremental run adds rows only for new or changed files, so an
     image's current row may come from an older run). One model's own current rows: the same query
     with `WHERE model_version = '...'` in place of `WHERE TRUE` (filtered before ranking, not after)."""
     return (
         f"CREATE OR REPLACE VIEW `{view}` AS\n"
         f"SELECT * FROM `{table}`\n"
         "WHERE TRUE\n"  # BigQuery accepts QUALIFY only beside a WHERE, GROUP BY or HAVING
-        "QUALIFY ROW_NUMBER() OVER (PARTITION BY uri ORDER BY run_timestamp DESC, run_id DESC) = 1;\n"
+        "QUALIFY RANK() OVER (PARTITION BY uri ORDER BY run_timestamp DESC, run_id DESC) = 1;\n"
     )

@@ -30,10 +30,11 @@ from schemas.tables import (
     with_schema_version,
 )
 
-# The docs' query for the current prediction of every image: per uri, the latest run's row.
+# The docs' query for the current prediction of every image: per uri, the latest run's rows (one, or
+# one per face with --faces all).
 CURRENT_DUCKDB = """
 SELECT * FROM read_parquet('ROOT/*/*/*/*.parquet', hive_partitioning = true, union_by_name = true)
-QUALIFY row_number() OVER (PARTITION BY uri ORDER BY run_timestamp DESC, run_id DESC) = 1
+QUALIFY rank() OVER (PARTITION BY uri ORDER BY run_timestamp DESC, run_id DESC) = 1
 """
 
 
@@ -237,5 +238,8 @@ def test_faces_all_into_the_table_skips_a_seen_photo_with_all_its_faces(tmp_path
     again = run("again", "--faces", "all")
     t = again["totals"]
     assert (t["predicted"], t["faces"], t["skipped_seen"], t["balanced"]) == (0, 0, 1, True)
+    current = duckdb.sql(CURRENT_DUCKDB.replace("ROOT", str(root))).fetchall()
+    assert len(current) == 2  # the photo's current prediction: both faces of the run that predicted it
     single = run("single", "--face-crop")
     assert (single["totals"]["predicted"], single["totals"]["skipped_seen"]) == (1, 0)
+    assert len(duckdb.sql(CURRENT_DUCKDB.replace("ROOT", str(root))).fetchall()) == 1

@@ -402,3 +402,11 @@ def test_one_unlabelled_prediction_is_singular(predictions, tmp_path):
     predict.run(["--input", str(images), "--output", str(tmp_path / "out"), "--tta", "none"])
     page = render(tmp_path / "out")
     assert "1 has none" in page and "1 have none" not in page
+
+
+def test_the_confusion_counts_are_shown_as_text_not_only_in_the_plot(predict_only):
+    page = render(predict_only)
+    assert "<details open><summary>Confusion counts" in page
+    counts = table_after(page, "Confusion counts")
+    metrics = json.loads((predict_only / "evaluation" / "metrics.json").read_text())
+    assert [[int(c) for c in row[1:-1]] for row in counts[1:-1]] == metrics["confusion"]

@@ -34,6 +34,7 @@ run's own folders whatever the manifest or a link says.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -82,10 +83,21 @@ def read_manifest(output: str) -> dict | None:
     return validate_manifest(manifest, path)
 
 
+MANIFEST_MAX_BYTES = 256 << 20  # a manifest lists every file of a run: far below this
+
+
 def read_manifest_bytes(output: str) -> bytes | None:
+    """_run.json's bytes (None when absent); locally only a regular file is opened (not a link, a FIFO or
+    a device: those are refused in one line, unopened)."""
     path = join(output, MANIFEST)
-    if is_local(path) and os.path.lexists(path) and not os.path.isfile(path):
-        raise UsageError(f"{path} is not a manifest this pipeline wrote; move it away or choose another --output")
+    if is_local(path):
+        if not os.path.lexists(path):
+            return None
+        try:
+            return pipeline_gate([output]).read_bytes(path, limit=MANIFEST_MAX_BYTES)
+        except gate.PathRefused:
+            raise UsageError(f"{path} is not a manifest this pipeline wrote (a link, a FIFO, a device or a "
+                             "folder); move it away or choose another --output") from None
     if not FileSystems.exists(path):
         return None
     with FileSystems.open(path) as f:
@@ -108,9 +120,9 @@ def validate_manifest(manifest, path: str) -> dict:
     staging = manifest.get("staging")
     if staging is not None:
         name = staging[len(STAGING) + 1:] if isinstance(staging, str) and staging.startswith(STAGING + "/") else None
-        if name is None or gate.name_problem(name):
-            raise UsageError(f"{path}: staging {str(staging)[:80]!r} is not {STAGING}/<run id>; it was not written "
-                             "by this pipeline (move it away)")
+        if name is None or gate.name_problem(name) or name != manifest.get("run_id"):
+            raise UsageError(f"{path}: staging {str(staging)[:80]!r} is not {STAGING}/<its run id>; it was not "
+                             "written by this pipeline (move it away)")
     return manifest
 
 
@@ -151,6 +163,29 @@ def release_remote_lock(output: str, run_id: str) -> None:
 
 
 # --------------------------------------------------------------------------- the claim
+
+# What a run writes below its root at most: _staging/<run id>/<name>/beam-temp-<...>-<uuid>/<uuid>.<suffix>
+DEEPEST_BELOW_ROOT = 320
+
+
+def check_path_room(root: str, flag: str) -> None:
+    """A root so deep that the paths a run writes under it would pass the system's PATH_MAX (or with a
+    folder name past NAME_MAX) is refused in one line before anything is written (else: ENAMETOOLONG
+    from a worker, halfway through)."""
+    if not is_local(root):
+        return
+    path = os.path.abspath(root)
+    limit = 4096
+    with contextlib.suppress(OSError, ValueError):
+        existing = path
+        while not os.path.isdir(existing):
+            existing = os.path.dirname(existing)
+        limit = os.pathconf(existing, "PC_PATH_MAX")
+    if any(len(part.encode()) > 255 for part in path.split("/")):
+        raise UsageError(f"{flag} {root[:120]}...: a folder name longer than 255 bytes; choose a shorter {flag}")
+    if len(gate.canonical(path).encode()) + DEEPEST_BELOW_ROOT > limit:
+        raise UsageError(f"{flag} {root[:120]}... is {len(path.encode())} bytes long: the paths a run writes under it "
+                         f"would pass the system's limit of {limit}; choose a shorter {flag}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +256,7 @@ class OutputClaim:
         if not is_local(self.output) and has_glob_characters(self.output):
             raise UsageError(f"--output {self.output}: a gs:// output may not contain *, ? or [ (Beam's file "
                              "sinks read them as patterns); choose another name")
+        check_path_room(self.output, "--output")
         self.lock.acquire()
         try:
             self.plan = self._check()
@@ -247,7 +283,7 @@ class OutputClaim:
         g = pipeline_gate([self.output])
         self.previous = read_manifest(self.output)
         if self.previous and self.previous.get("state") == "committing" and \
-                roll_back_killed_commit(self.output, self.previous, self.also_roots):
+                roll_back_killed_commit(self.output, self.previous, self.also_roots, self.overwrite):
             self.previous = read_manifest(self.output)
         self.previous_raw = read_manifest_bytes(self.output)
         owned = set(self.previous.get("files", [])) if self.previous else set()
@@ -340,41 +376,73 @@ class OutputClaim:
         log.info("output: run %s failed; %s left as it was", self.run_id, self.output)
 
 
-def roll_back_killed_commit(output: str, killed_manifest: dict, also_roots=()) -> bool:
+def roll_back_killed_commit(output: str, killed_manifest: dict, also_roots=(), overwrite: bool = False) -> bool:
     """An earlier run was killed inside its commit (kill -9, a lost worker): its journal says which
     steps it took; they are undone, last first, and _run.json is put back as it was before that run,
     so the output (and the table it committed into) is whole again before this run does anything.
-    Returns False when there is no journal (a run of a version without one: see OutputClaim._check).
+
+    The journal is untrusted input bound to the killed manifest (gate.read_journal: the same run id;
+    the header's previous manifest is the one whose digest the committing manifest recorded) and each
+    step is undone only where its digest proves the file is the one it moved or wrote; anything that
+    cannot be proven is refused in one line and nothing changes (with --overwrite: nothing is rolled
+    back, the run goes on and replaces the output's files). Returns False when there is no journal.
     The caller holds the output's lock (and the table's, for predict: TableClaim is entered first)."""
-    staging = join(output, killed_manifest["staging"])
-    journal = join(staging, JOURNAL)
+    killed = gate.check_name(killed_manifest.get("run_id"), f"{join(output, MANIFEST)} run_id")
+    staging = join(output, STAGING, killed)
+    journal_dir = join(staging, JOURNAL)
     g = pipeline_gate([output, *also_roots])
-    if not g.exists(journal):
+    if not g.exists(journal_dir):
         return False
-    header, steps = gate.read_journal(g, journal)
-    killed = killed_manifest.get("run_id")
     try:
-        undone = gate.roll_back(g, steps)
-    except gate.PathRefused:
-        others = [r for r in header.get("roots", []) if isinstance(r, str) and r.rstrip("/") != output]
+        journal = gate.read_journal(g, journal_dir, killed)
+        previous = _previous_manifest(journal.header, killed_manifest, output)
+        roots = {"output": output, **{role: root for root in also_roots for role, recorded in
+                                      journal.header["roots"].items() if role != "output"
+                                      and gate.canonical(root) == recorded}}
+        undone = gate.roll_back(g, journal, roots)
+    except gate.MissingRoot as exc:
         raise UsageError(
-            f"--output {output}: run {killed} was killed while committing into it and into "
-            f"{', '.join(others)[:200] or 'another root'}; re-run with the same --table so that both can be "
-            "rolled back") from None
-    previous = header.get("previous_manifest")
-    if isinstance(previous, str):
-        g.write_bytes(join(output, MANIFEST), previous.encode())
+            f"--output {output}: run {killed} was killed while committing into it and into {exc.recorded}; re-run "
+            f"with --{exc.role} {exc.recorded} so that both can be rolled back") from None
+    except gate.PathRefused as exc:
+        if overwrite:
+            log.warning("output: run %s was killed while committing and %s; --overwrite: its files are replaced",
+                        killed, str(exc)[:300])
+            return False
+        raise UsageError(f"--output {output}: run {killed} was killed while committing, and {exc}: move the "
+                         f"files in {join(staging, '.retired')} back by hand, or pass --overwrite to replace the "
+                         "output's files") from None
+    if previous is not None:
+        g.write_bytes(join(output, MANIFEST), previous)
     else:
-        g.remove(join(output, MANIFEST))
-    for trash in header.get("trash", []):  # that run's staging folders in its other roots (the table's)
-        folder = trash.rstrip("/").rsplit("/", 1)[0] if isinstance(trash, str) else ""
-        root = next((r for r in also_roots if folder and gate.within(gate.resolve(folder), gate.resolve(r))), None)
-        if root and folder.rsplit("/", 2)[-2:] == [STAGING, str(killed)]:
-            remove_tree(folder, root)
-    remove_tree(staging, output)
-    log.warning("output: run %s was killed while committing; %d step(s) rolled back, %s is as it was "
-                "before it", killed, undone, output)
+        g.remove(join(output, MANIFEST))  # there was none before that run (bound: see _previous_manifest)
+    for role, root in roots.items():  # that run's staging folders; every retired file is back in place
+        folder = join(root, journal.header["scratch"].get(role) or f"{STAGING}/{killed}")
+        if g.files(join(folder, ".retired")):
+            log.warning("output: %s still holds files after the roll-back; left for you to look at", folder)
+            continue
+        remove_tree(folder, root)
+    log.warning("output: run %s was killed while committing; %d of its %d journaled step(s) were taken and "
+                "are undone; %s is as it was before it", killed, undone, len(journal.steps), output)
     return True
+
+
+def _previous_manifest(header: dict, killed_manifest: dict, output: str) -> bytes | None:
+    """The manifest a roll-back writes back: the header's, when its digest is the one the committing
+    manifest recorded (so neither file alone decides) and it is a manifest; PathRefused otherwise."""
+    previous = header.get("previous_manifest")
+    data = previous.encode() if isinstance(previous, str) else None
+    digest = gate.content_digest(data) if data is not None else None
+    if killed_manifest.get("previous_digest", "absent") != digest:
+        raise gate.JournalRefused("its journal's previous manifest is not the one its _run.json recorded; nothing "
+                                  "was rolled back")
+    if data is not None:
+        try:
+            validate_manifest(json.loads(data), join(output, MANIFEST))
+        except (ValueError, UsageError):
+            raise gate.JournalRefused("its journal's previous manifest is not a manifest; nothing was rolled "
+                                      "back") from None
+    return data
 
 
 def finish_killed_cleanup(output: str, manifest: dict, also_roots=()) -> bool:
@@ -445,13 +513,17 @@ def commit(plan: CommitPlan, counts: dict, also=None, also_values=()) -> dict:
     if also is not None:
         g.add_root(also.root)
         trash[also.root] = also.trash
-    header = {"run_id": plan.run_id, "previous_manifest": plan.previous_manifest, "roots": list(trash),
-              "trash": list(trash.values())}
-    with g.transaction(trash, journal=join(plan.staging, JOURNAL), header=header) as tx:
-        # "committing" from here: a kill before the end is rolled back by the next run (the journal)
+    header = {"run_id": plan.run_id, "previous_manifest": plan.previous_manifest}
+    roles = {"output": plan.output, **({"table": also.root} if also is not None else {})}
+    previous = plan.previous_manifest.encode() if plan.previous_manifest is not None else None
+    with g.transaction(trash, journal=join(plan.staging, JOURNAL), header=header, roles=roles) as tx:
+        # "committing" from here: a kill before the end is rolled back by the next run (the journal,
+        # bound to this manifest by the run id and the previous manifest's digest)
         _write_json(manifest_path, {**plan.manifest, "state": "committing",
                                     "files": sorted(set(plan.keep) | set(plan.remove) | set(staged)),
-                                    "staging": f"{STAGING}/{plan.run_id}"}, plan.output)
+                                    "staging": f"{STAGING}/{plan.run_id}",
+                                    "previous_digest": gate.content_digest(previous) if previous is not None
+                                    else None}, plan.output)
         for rel in plan.remove:
             if rel not in set(staged):
                 tx.retire(join(plan.output, rel))

@@ -32,9 +32,11 @@ union_by_name = true) with nulls there, and an incremental run predicts their im
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
+import logging
 import math
 import os
 import re
@@ -42,13 +44,15 @@ import zlib
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from model import gate
 from beam_pipelines.common import join, parquet_bytes, read_parquet, write_bytes
 from model.errors import UsageError
 from beam_pipelines.listing import is_local, list_entries
-from beam_pipelines.outputs import remove_tree
+from beam_pipelines.outputs import check_path_room, remove_tree
+from beam_pipelines.storage import pipeline_gate
 from schemas.tables import (
     RUNS_SCHEMA,
     TABLE_ROW_GROUP_ROWS,
@@ -63,7 +67,13 @@ RUNS = "_runs"
 STAGING = "_staging"
 BIGQUERY = "_bigquery"
 LOCK = "_table.lock"
+MANIFEST = "_table.json"  # what the tool wrote in the table root (see TableClaim)
 OWN_FOLDERS = (RUNS, STAGING, BIGQUERY)
+log = logging.getLogger("emotion")
+PARTITION_PREFIX = "model_version="
+BIGQUERY_FILES = ("predictions.external.json", "predictions.sql", "current_predictions.sql")
+RUN_FILE_MAX_BYTES = 16 << 20  # one row of the runs table
+_PART = re.compile(r"part-\d{5}\.parquet")
 
 
 def code_version() -> str:
@@ -175,49 +185,217 @@ class DataFingerprint(beam.PTransform):
 # --------------------------------------------------------------------------- the claim
 
 
+def reserved(rel: str) -> bool:
+    """Whether a path relative to the table root lies under a name the table owns."""
+    top = rel.split("/", 1)[0]
+    return top in (RUNS, BIGQUERY, MANIFEST) or top.startswith(PARTITION_PREFIX)
+
+
+def check_apart(root: str, input_path: str) -> None:
+    """--table and --input must not hold one another: a table inside the input would be listed as
+    input (its own files rejected, more each run); an input inside the table is the table's to change.
+    One line (UsageError) otherwise."""
+    table, source = gate.canonical(root), gate.canonical(input_path.rstrip("/") or input_path)
+    if table == source or gate.within(table, source) or gate.within(source, table):
+        raise UsageError(f"--table {root} and --input {input_path} overlap (one holds the other): choose a --table "
+                         "outside the input")
+
+
+def read_table_manifest(root: str) -> dict | None:
+    """ROOT/_table.json, validated as untrusted input: the files the tool wrote there (plain relative
+    paths under the table's own names); None when absent."""
+    path = join(root, MANIFEST)
+    g = pipeline_gate([root])
+    if not g.exists(path):
+        return None
+    try:
+        manifest = json.loads(g.read_bytes(path, limit=256 << 20))
+    except gate.PathRefused:
+        raise UsageError(f"{path} is not a manifest this table wrote (a link, a FIFO or a device): move it away")
+    except (ValueError, UnicodeDecodeError):
+        manifest = None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list):
+        raise UsageError(f"{path} is not a manifest this table wrote: move it away or choose another --table")
+    for rel in files:
+        gate.check_relative(rel, path)
+        if not reserved(rel) or rel == MANIFEST:
+            raise UsageError(f"{path} lists {rel[:80]}, which the table does not write: move it away")
+    return manifest
+
+
+def table_files(root: str) -> set[str]:
+    """The files the tool wrote under the table's own names: its manifest's, or a legacy table's."""
+    manifest = read_table_manifest(root)
+    return set(manifest["files"]) if manifest is not None else _legacy_owned(root, _present(root))
+
+
+def write_table_manifest(root: str, files, tx: gate.Transaction) -> None:
+    """The manifest, as a step of the commit's transaction (rolled back with it)."""
+    data = (json.dumps({"manifest_version": 1, "files": sorted(set(files))}, indent=1) + "\n").encode()
+    tx.write_bytes(join(root, MANIFEST), data)
+
+
+def _present(root: str) -> list[str]:
+    """Relative paths of the files under the table's own names (not its staging, lock or manifest)."""
+    g = pipeline_gate([root])
+    prefix = gate.canonical(root).rstrip("/") + "/"
+    rels = [path[len(prefix):] if path.startswith(prefix) else path for path in g.files(root)]
+    return sorted(rel for rel in rels if reserved(rel) and rel != MANIFEST)
+
+
+def _legacy_owned(root: str, present: list[str]) -> set[str]:
+    """A table written before it had a manifest: the files it can be shown to have written -- runs rows
+    that name themselves, the part files of the partitions they name, the BigQuery definitions with the
+    bytes this root's would have. Anything else under its names is a user's."""
+    owned, partitions = set(), set()
+    for rel in present:
+        if rel.startswith(RUNS + "/") and rel.count("/") == 1 and rel.endswith(".parquet"):
+            with _no_usage_error():
+                row = read_run(root, rel[len(RUNS) + 1:-len(".parquet")])
+                partitions.add(run_partition(root, row).rstrip("/")[len(root.rstrip("/")) + 1:])
+                owned.add(rel)
+    expected = _bigquery_bytes(root)
+    g = pipeline_gate([root])
+    for rel in present:
+        folder, _, name = rel.rpartition("/")
+        if folder in partitions and _PART.fullmatch(name):
+            owned.add(rel)
+        elif folder == BIGQUERY and name in expected:
+            with _no_usage_error():
+                if g.read_bytes(join(root, rel), limit=1 << 20) == expected[name]:
+                    owned.add(rel)
+    return owned
+
+
+@contextlib.contextmanager
+def _no_usage_error():
+    try:
+        yield
+    except (UsageError, OSError):
+        pass
+
+
 class TableClaim:
     """The launcher's side of a run into --table: checks that the root can take a run (a folder, or
     absent under a writable folder; its own names _runs/, _staging/, _bigquery/ folders, writable),
     then holds ROOT/_table.lock until the run ends. A refusal is one line (exit 2), before anything
-    is written; a root this claim created is removed again if the run leaves it empty."""
+    is written; a root this claim created is removed again if the run leaves it empty.
+
+    The root is owned like an output: ROOT/_table.json (written by each commit, inside its
+    transaction) lists every file the tool wrote under the table's names (_runs/, _bigquery/, the
+    model_version= partitions). Under the lock, a file there that it does not list (a user's
+    _bigquery/*.sql, a file in a partition, a copied runs row) stops the run in one line; the staging
+    folder of a run that died before its commit is removed (one that holds the files a killed commit
+    retired is left for that commit's roll-back, which its --output's next run makes)."""
 
     def __init__(self, root: str, run_id: str, remote: bool = False):
         self.root, self.run_id, self.remote = root.rstrip("/"), run_id, remote
         self.lock = gate.RootLock(self.root, run_id, flag="--table", name=LOCK)
 
     def __enter__(self) -> TableClaim:
+        check_path_room(self.root, "--table")
         if is_local(self.root):
-            for name in OWN_FOLDERS:
+            for name in (*OWN_FOLDERS, MANIFEST):
                 path = os.path.join(self.root, name)
-                if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
-                    raise UsageError(f"--table {self.root} holds {name}, which is not a folder the table wrote: "
-                                     "move it away or choose another --table")
+                kind_ok = os.path.isfile(path) if name == MANIFEST else os.path.isdir(path)
+                if os.path.lexists(path) and (os.path.islink(path) or not kind_ok):
+                    raise UsageError(f"--table {self.root} holds {name}, which is not a "
+                                     f"{'file' if name == MANIFEST else 'folder'} the table wrote: move it away or "
+                                     "choose another --table")
                 if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
                     raise UsageError(f"--table {self.root}: {name}/ is not writable; fix its permissions or "
                                      "choose another --table")
         self.lock.acquire()
+        try:
+            if not self._remove_dead_staging():  # a killed commit pending: its roll-back comes first
+                self._check_owned()
+        except BaseException:
+            self.lock.release()
+            raise
         return self
 
+    def _check_owned(self) -> None:
+        present = _present(self.root)
+        owned = table_files(self.root)
+        foreign = [rel for rel in present if rel not in owned]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UsageError(f"--table {self.root} holds {len(foreign)} file(s) under the table's own names that it did "
+                             f"not write ({shown}): move them away or choose another --table")
+
+    def _remove_dead_staging(self) -> list[str]:
+        """This claim holds the lock, so no run is writing into the table's staging now: a folder there
+        is a dead run's, removed -- unless it holds the files a killed commit retired (its roll-back
+        puts them back; returned). A name no run id could have is not the table's: refused. While a
+        killed commit is pending, the ownership check waits (the commit checks what it replaces)."""
+        g = pipeline_gate([self.root])
+        folder = join(self.root, STAGING)
+        pending = []
+        if not g.isdir(folder):
+            return pending
+        prefix = gate.canonical(folder).rstrip("/") + "/" if is_local(folder) else folder.rstrip("/") + "/"
+        names = sorted({p[len(prefix):].split("/", 1)[0] for p in g.files(folder) if p.startswith(prefix)})
+        for name in names:
+            if gate.name_problem(name):
+                raise UsageError(f"--table {self.root} holds {STAGING}/{name[:80]}, which the table did not write: "
+                                 "move it away or choose another --table")
+            if g.files(join(folder, name, ".retired")):
+                log.warning("--table %s: %s/%s holds the files a killed commit retired; its --output's next run "
+                            "with this --table puts them back", self.root, STAGING, name)
+                pending.append(name)
+            else:
+                remove_tree(join(folder, name), self.root)
+        if g.isdir(folder) and not g.files(folder):
+            g.remove_tree(folder)
+        return pending
+
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            remove_tree(join(self.root, STAGING, self.run_id), self.root)
-        if exc_type is not None or is_local(self.root) or not self.remote:
-            self.lock.release()
+        try:
+            if exc_type is not None:
+                remove_tree(join(self.root, STAGING, self.run_id), self.root)
+        finally:
+            if exc_type is not None or is_local(self.root) or not self.remote:
+                self.lock.release()
+
+
+def remove_killed_staging(root: str, run_id: str) -> bool:
+    """The staging folder a predict run killed before its commit left in its --table (for the run
+    after it into the same --output, which may be given no --table): removed under the table's lock,
+    unless it holds a killed commit's retired files. True when something was removed."""
+    gate.check_name(run_id, "run id")
+    claim = TableClaim(root, gate.new_id("clean"))
+    folder = join(claim.root, STAGING, run_id)
+    if not pipeline_gate([claim.root]).exists(folder):
+        return False
+    with claim:  # its claim removes every dead run's staging, this one's included
+        pass
+    return not pipeline_gate([claim.root]).exists(folder)
 
 
 # --------------------------------------------------------------------------- commit
 
 
 def read_run(root: str, run_id: str) -> dict | None:
+    """The runs-table row of `run_id` (None when the table has none), read back as untrusted input: a
+    regular file of one row that names this run (a row copied or edited from another run's file is
+    refused: re-running it would replace the other run's partition)."""
     path = join(root, RUNS, f"{gate.check_name(run_id, 'run id')}.parquet")
-    if not FileSystems.exists(path):
+    g = pipeline_gate([root])
+    if not g.exists(path):
         return None
     try:
-        rows = read_parquet(path).to_pylist()
+        rows = pq.read_table(pa.BufferReader(g.read_bytes(path, limit=RUN_FILE_MAX_BYTES))).to_pylist()
+    except gate.PathRefused as exc:
+        raise UsageError(f"{path} is not a runs-table row this pipeline wrote ({str(exc)[:120]}); move it away") from None
     except Exception as exc:
         raise UsageError(f"{path} is not a runs-table row this pipeline wrote ({str(exc)[:120]}); "
                          "move it away") from None
-    return rows[0] if rows else None
+    if len(rows) != 1 or rows[0].get("run_id") != run_id:
+        named = sorted({str(r.get("run_id"))[:60] for r in rows})
+        raise UsageError(f"{path} holds {len(rows)} row(s) naming run(s) {named}, not one row of run {run_id}: it "
+                         "was not written by this pipeline for that run (move it away)")
+    return rows[0]
 
 
 def run_partition(root: str, row: dict) -> str:
@@ -240,7 +418,7 @@ def run_row(summary: dict, fingerprint: str, output: str, table: TablePlan, star
         "skipped_non_data": t["skipped_non_data"], "incremental": bool(summary.get("incremental")),
         "skipped_seen": t.get("skipped_seen", 0), "labelled": summary["labelled"],
         "accuracy": summary["accuracy"], "macro_f1": summary["macro_f1"],
-        "code_version": code_version(), "output": output,
+        "code_version": code_version(), "output": gate.canonical(output),
     }
 
 
@@ -273,18 +451,22 @@ class TableCommit:
 
 
 def commit_table(plan: TablePlan, run: dict, tx: gate.Transaction) -> dict:
-    """Moves the staged files into the run's partition, retiring only an earlier partition of the
-    same run id, then writes the run's row of the runs table, all as steps of `tx`. Returns the row."""
+    """Records the commit in the table's manifest, then moves the staged files into the run's
+    partition, retiring only an earlier partition of the same run id (every file it retires checked
+    first as one the table wrote), then writes the run's row of the runs table, all as steps of `tx`.
+    The manifest goes first, so that a commit killed at any later step leaves one that lists every
+    file it moved in (the next run's claim then finds nothing it did not write). Returns the row."""
     earlier = read_run(plan.root, plan.run_id)
     old = run_partition(plan.root, earlier) if earlier is not None else None
+    prefix = plan.staging + "/"
+    staged = sorted(e.path[len(prefix):] for e in list_entries(plan.staging) if "/" not in e.path[len(prefix):])
+    _record_commit(plan, old, staged, tx)
     if old is not None:
         tx.retire(old)
         if old != plan.partition:  # its empty model_version=/run_date= folders (an undo makes them again)
             tx.gate.remove_empty_dirs(old.rsplit("/", 1)[0], plan.root)
     if plan.partition != old:
         tx.retire(plan.partition)  # a killed earlier attempt's files
-    prefix = plan.staging + "/"
-    staged = sorted(e.path[len(prefix):] for e in list_entries(plan.staging) if "/" not in e.path[len(prefix):])
     for rel in staged:
         tx.move(join(plan.staging, rel), join(plan.partition, rel))
     write_bigquery_definitions(plan.root, tx)
@@ -294,11 +476,34 @@ def commit_table(plan: TablePlan, run: dict, tx: gate.Transaction) -> dict:
     return row
 
 
+def _record_commit(plan: TablePlan, old: str | None, staged: list[str], tx: gate.Transaction) -> None:
+    """The table's manifest after this commit (a step of the same transaction): the files it lists,
+    less the earlier partition of this run id, plus this run's partition, runs row and definitions.
+    Every file the commit will replace must be one it lists (else UsageError: nothing is changed)."""
+    root = plan.root.rstrip("/") + "/"
+    owned = table_files(plan.root)
+    gone = {p[len(root):] for p in (old, plan.partition) if p}
+    replaced = [rel for rel in _present(plan.root) if any(rel.startswith(g + "/") for g in gone)
+                or rel in (f"{RUNS}/{plan.run_id}.parquet", *(f"{BIGQUERY}/{n}" for n in BIGQUERY_FILES))]
+    foreign = sorted(set(replaced) - owned)
+    if foreign:
+        raise UsageError(f"--table {plan.root} holds {len(foreign)} file(s) this run would replace that the table did "
+                         f"not write ({', '.join(foreign[:3])}): move them away; nothing was changed")
+    files = {rel for rel in owned if not any(rel.startswith(g + "/") for g in gone)}
+    files |= {f"{plan.partition[len(root):]}/{rel}" for rel in staged}
+    files |= {f"{RUNS}/{plan.run_id}.parquet", *(f"{BIGQUERY}/{name}" for name in BIGQUERY_FILES)}
+    write_table_manifest(plan.root, files, tx)
+
+
+def _bigquery_bytes(root: str) -> dict[str, bytes]:
+    """The BigQuery definitions of this root, as write_bigquery_definitions writes them."""
+    defs = bigquery_external_table(root)
+    return {"predictions.external.json": (json.dumps(defs["definition"], indent=2) + "\n").encode(),
+            "predictions.sql": defs["ddl"].encode(), "current_predictions.sql": defs["current"].encode()}
+
+
 def write_bigquery_definitions(root: str, tx: gate.Transaction) -> None:
     """ROOT/_bigquery/: the external-table definition and DDL for this root, and the view of every
     image's current prediction (same bytes every run)."""
-    defs = bigquery_external_table(root)
-    tx.write_bytes(join(root, BIGQUERY, "predictions.external.json"),
-                   (json.dumps(defs["definition"], indent=2) + "\n").encode())
-    tx.write_bytes(join(root, BIGQUERY, "predictions.sql"), defs["ddl"].encode())
-    tx.write_bytes(join(root, BIGQUERY, "current_predictions.sql"), defs["current"].encode())
+    for name, data in _bigquery_bytes(root).items():
+        tx.write_bytes(join(root, BIGQUERY, name), data)

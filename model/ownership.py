@@ -68,11 +68,19 @@ def read_manifest(root: str) -> dict | None:
     import tensorflow as tf
 
     path = f"{root.rstrip('/')}/{MANIFEST}"
-    if not tf.io.gfile.exists(path):
+    if gate.is_local(path) and os.path.lexists(path):  # only a regular file: not a link, a FIFO or a device
+        try:
+            raw = model_gate(root).read_bytes(path, limit=256 << 20)
+        except gate.PathRefused:
+            raise UsageError(f"{path} is not a manifest training wrote (a link, a FIFO or a device); move it "
+                             "away or choose another --model-dir") from None
+    elif not tf.io.gfile.exists(path):
         return None
-    try:
+    else:
         with tf.io.gfile.GFile(path, "rb") as f:
-            manifest = json.loads(f.read())
+            raw = f.read()
+    try:
+        manifest = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         manifest = None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files", []), list):

@@ -32,22 +32,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import json
 import lzma
 import os
-import shutil
 import tempfile
 import time
 import zipfile
 
 import numpy as np
 
-from model import config
+from model import config, gate
 from model.config import TrainConfig
 from model.errors import UsageError
 from schemas import LABELS
 
 SPLITS = ("train", "val")
+OUT_FILES = ("best.weights.h5", "history.csv", "run.json")  # what `train` writes in --out
+OUT_LOCK = "_portable.lock"
 
 
 # =========================================================================== export-arrays (TensorFlow side)
@@ -83,17 +85,42 @@ def export_arrays(data_dir: str, output: str, teacher: str | None = None) -> dic
     return info
 
 
+# The largest array file unpacked from .xz: FER2013's train and val splits with teacher targets are
+# about 0.1 GB; anything far larger is not an export-arrays file (a decompression bomb fills TMPDIR).
+ARRAYS_MAX_BYTES = 4 << 30
+_NPZ_MAGIC = b"PK\x03\x04"  # an .npz is a zip archive
+
+
+class _Refused(ValueError):
+    """An array file refused before it is read whole (its reason is the message)."""
+
+
+def _unpack_xz(path: str, into) -> None:
+    """Streams the .xz file at `path` into the open file `into`, refusing it as soon as its first bytes
+    are not a zip archive's or it unpacks to more than ARRAYS_MAX_BYTES (nothing larger is written)."""
+    written = 0
+    with lzma.open(path) as src:
+        while chunk := src.read(1 << 20):
+            if not written and not chunk.startswith(_NPZ_MAGIC):
+                raise _Refused("it does not unpack to an .npz (zip) archive")
+            written += len(chunk)
+            if written > ARRAYS_MAX_BYTES:
+                raise _Refused(f"it unpacks to more than {ARRAYS_MAX_BYTES >> 20} MiB, far more than any "
+                               "export-arrays file")
+            into.write(chunk)
+    into.flush()
+
+
 def load_arrays(path: str) -> tuple[dict, dict]:
-    """(arrays, info) from an export-arrays file; .xz-compressed copies are read too. The file is read
-    back, so it is untrusted input: an unreadable or inconsistent one is one line (UsageError)."""
+    """(arrays, info) from an export-arrays file; .xz-compressed copies are read too (streamed, and
+    refused by size while streaming). The file is read back, so it is untrusted input: an unreadable,
+    oversized or inconsistent one is one line (UsageError)."""
     try:
         with contextlib.ExitStack() as stack:
             source = path
             if path.endswith(".xz"):  # unpacked into a temporary file that goes when the stack closes
                 tmp = stack.enter_context(tempfile.NamedTemporaryFile(suffix=".npz"))
-                with lzma.open(path) as src:
-                    shutil.copyfileobj(src, tmp, length=1 << 24)
-                tmp.flush()
+                _unpack_xz(path, tmp)
                 source = tmp.name
             with np.load(source) as f:  # allow_pickle stays off: no code runs from the file
                 arrays = {k: f[k] for k in f.files if k != "info"}
@@ -244,7 +271,7 @@ def train(args) -> dict:
     compile_for(epochs)
 
     # ---------------------------------------------------------------- train, select on val
-    os.makedirs(args.out, exist_ok=True)
+    out = OutFolder(args.out)
     best = {"f1": -1.0, "epoch": None, "stopped_early": False}
     history: list[dict] = []
 
@@ -262,8 +289,8 @@ def train(args) -> dict:
                             "epoch_seconds": elapsed, "val_accuracy": acc, "val_macro_f1": f1})
             if f1 > best["f1"]:
                 best.update(f1=f1, epoch=epoch + 1)
-                net.save_weights(os.path.join(args.out, "best.weights.h5"))
-            _write_history(os.path.join(args.out, "history.csv"), history)
+                out.save_weights(net)
+            out.write("history.csv", _history_csv(history))
             print(f"epoch {epoch + 1}/{epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
                   f"val acc {acc:.4f}  val macro-F1 {f1:.4f}  {elapsed:.1f}s", flush=True)
             if args.max_seconds and time.time() - started > args.max_seconds:
@@ -273,23 +300,74 @@ def train(args) -> dict:
                 print(f"no val macro-F1 gain in {cfg.patience} epochs: stopping", flush=True)
                 best["stopped_early"] = self.model.stop_training = True
 
-    trainer.fit(x_train, y_packed, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[Track()])
-    run = {
-        "trainer": "model/train_portable.py", "backend": device, "device": _device_name(),
-        "precision_policy": policy, "config": args.config,
-        "recipe": {**cfg.recipe, **({"seed": args.seed} if args.seed is not None else {})},
-        "epochs_planned": epochs, "epochs_run": len(history), "best_epoch": best["epoch"],
-        "best_val_macro_f1": best["f1"], "stopped_early": best["stopped_early"], "global_batch": batch, "peak_lr": peak,
-        "train_seconds": round(time.time() - started, 1), "data_fingerprint": info.get("fingerprint"),
-        "examples": info["examples"], "keras": keras.__version__, "command": config.command_line(),
-        **({"distillation": {**info["teacher"], "alpha": cfg.distill_alpha, "temperature": cfg.distill_temperature}}
-           if cfg.teacher else {}),
-        **({"init_weights": {"from": cfg.init_weights, "model_version": _model_version(cfg.init_weights)}}
-           if cfg.init_weights else {}),
-    }
-    with open(os.path.join(args.out, "run.json"), "w") as f:
-        f.write(json.dumps(run, indent=2) + "\n")
+    with out:
+        trainer.fit(x_train, y_packed, batch_size=batch, epochs=epochs, shuffle=True, verbose=0, callbacks=[Track()])
+        run = {
+            "trainer": "model/train_portable.py", "backend": device, "device": _device_name(),
+            "precision_policy": policy, "config": args.config,
+            "recipe": {**cfg.recipe, **({"seed": args.seed} if args.seed is not None else {})},
+            "epochs_planned": epochs, "epochs_run": len(history), "best_epoch": best["epoch"],
+            "best_val_macro_f1": best["f1"], "stopped_early": best["stopped_early"], "global_batch": batch, "peak_lr": peak,
+            "train_seconds": round(time.time() - started, 1), "data_fingerprint": info.get("fingerprint"),
+            "examples": info["examples"], "keras": keras.__version__, "command": config.command_line(),
+            **({"distillation": {**info["teacher"], "alpha": cfg.distill_alpha, "temperature": cfg.distill_temperature}}
+               if cfg.teacher else {}),
+            **({"init_weights": {"from": cfg.init_weights, "model_version": _model_version(cfg.init_weights)}}
+               if cfg.init_weights else {}),
+        }
+        out.write("run.json", (json.dumps(run, indent=2) + "\n").encode())
     return run
+
+
+class OutFolder:
+    """--out, owned while `train` runs: its lock (gate.RootLock, one writer), and every file written
+    whole through the gate (temporary file + rename; never through a link). Files of OUT_FILES that an
+    earlier portable run did not write (its run.json says so) are a user's: refused in one line."""
+
+    def __init__(self, path: str):
+        self.root = path.rstrip("/") or path
+        self.gate = gate.Gate([self.root])
+        self.lock = gate.RootLock(self.root, gate.new_id("portable"), flag="--out", name=OUT_LOCK)
+        self._scratch: str | None = None
+
+    def __enter__(self) -> OutFolder:
+        self.lock.acquire()
+        try:
+            self._check_owned()
+            self._scratch = self.gate.make_temp_dir(prefix="emotion-portable-")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._scratch:
+                self.gate.remove_temp_dir(self._scratch)
+        finally:
+            self.lock.release()
+
+    def _check_owned(self) -> None:
+        present = [name for name in OUT_FILES if os.path.lexists(os.path.join(self.root, name))]
+        if not present:
+            return
+        try:
+            earlier = json.loads(self.gate.read_bytes(os.path.join(self.root, "run.json"), limit=1 << 20))
+        except (OSError, ValueError, UnicodeDecodeError, gate.PathRefused):
+            earlier = None
+        if not (isinstance(earlier, dict) and earlier.get("trainer") == "model/train_portable.py"):
+            raise UsageError(f"--out {self.root} already holds {', '.join(present)}, which no portable run wrote: "
+                             "move them away or choose another --out")
+
+    def write(self, name: str, data: bytes) -> None:
+        self.gate.write_bytes(os.path.join(self.root, name), data)
+
+    def save_weights(self, net) -> None:
+        """Keras writes the .h5 file itself: into this run's temp folder, then whole into --out."""
+        local = os.path.join(self._scratch, "best.weights.h5")
+        net.save_weights(local)
+        with open(local, "rb") as f:
+            self.write("best.weights.h5", f.read())
 
 
 def _init_from(net, source: str) -> None:
@@ -339,11 +417,12 @@ def _epochs_that_fit(trainer, compile_for, x_train, y_packed, batch: int, epochs
     return min(epochs, fitting)
 
 
-def _write_history(path: str, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+def _history_csv(rows: list[dict]) -> bytes:
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return text.getvalue().encode()
 
 
 def _jax_platform() -> str:

@@ -252,7 +252,8 @@ def test_a_killed_runs_staging_is_removed_by_the_next_run(tmp_path):
     staging = out / "_staging" / "ingest-killed"
     (staging / "tfrecords").mkdir(parents=True)
     (staging / "tfrecords" / "train-00000-of-00001.tfrecord").write_bytes(b"half")
-    (out / MANIFEST).write_text(json.dumps({**manifest, "state": "running", "staging": "_staging/ingest-killed"}))
+    (out / MANIFEST).write_text(json.dumps({**manifest, "state": "running", "run_id": "ingest-killed",
+                                            "staging": "_staging/ingest-killed"}))
     assert tree_snapshot(out / "tfrecords") == good  # the results of the last good run are intact
 
     ingest.run(["--input", str(raw), "--output", str(out)])

@@ -51,10 +51,13 @@ the next run removes what their manifest names).
 """
 
 from model.gate.locks import RootLock, new_id, release_remote_lock, writable_folder
-from model.gate.names import (NAME_MAX, PathRefused, check_name, check_relative, is_local, name_problem,
-                              relative_problem, resolve, within)
-from model.gate.ops import Gate, NoRemoteStore, TensorFlowStore, Transaction, read_journal, roll_back
+from model.gate.names import (NAME_MAX, REFUSED_ERRNOS, PathRefused, canonical, check_name, check_relative, is_local,
+                              name_problem, refusal, regular_file, relative_problem, resolve, within)
+from model.gate.ops import (Gate, Journal, JournalRefused, MissingRoot, NoRemoteStore, TensorFlowStore, Transaction,
+                            content_digest, identity, plan_roll_back, read_journal, roll_back)
 
-__all__ = ["NAME_MAX", "Gate", "NoRemoteStore", "TensorFlowStore", "PathRefused", "RootLock", "Transaction", "check_name", "check_relative",
-           "is_local", "name_problem", "new_id", "read_journal", "relative_problem", "release_remote_lock", "resolve", "roll_back",
-           "within", "writable_folder"]
+__all__ = ["NAME_MAX", "REFUSED_ERRNOS", "Gate", "Journal", "JournalRefused", "MissingRoot", "NoRemoteStore",
+           "TensorFlowStore", "PathRefused", "RootLock", "Transaction", "canonical", "check_name", "check_relative",
+           "content_digest", "identity", "is_local", "name_problem", "new_id", "plan_roll_back", "read_journal",
+           "refusal", "regular_file", "relative_problem", "release_remote_lock", "resolve", "roll_back", "within",
+           "writable_folder"]

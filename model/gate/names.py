@@ -1,8 +1,11 @@
 """Names and paths the gate checks: names read from users and disk that become part of a path
-(check_name), manifest entries (check_relative), and where an operation really lands (resolve, within)."""
+(check_name), manifest entries (check_relative), where an operation really lands (resolve, within,
+canonical), what a file read back must be (regular_file) and which OS errors are the user's to fix
+(REFUSED_ERRNOS, refusal)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 
@@ -14,6 +17,20 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 class PathRefused(UsageError):
     """An operation on a path outside the run's roots (or a path that cannot be checked)."""
+
+
+# The file system said no: permissions, an immutable or read-only file, a file where a folder must go,
+# a full disk or quota, a file-size limit (ulimit -f), a name or path too long, a loop of links, too
+# many links. The user's to fix, not a bug: one line, exit 2 (beam_pipelines.cli and the gate).
+REFUSED_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
+                            errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG, errno.ELOOP,
+                            errno.EMLINK, errno.ETXTBSY, errno.ENXIO})
+
+
+def refusal(exc: OSError, doing: str) -> UsageError:
+    """The one line for an OS refusal met while `doing` (what, on which path)."""
+    reason = exc.strerror or type(exc).__name__
+    return UsageError(f"cannot {doing} ({reason}): fix the folder's permissions or space, or choose another folder")
 
 
 # =========================================================================== names
@@ -78,6 +95,25 @@ def resolve(path: str) -> str:
     if not parts[0] or any(part in (".", "..") for part in parts[1:]):
         raise PathRefused(f"{path}: an object path with an empty bucket or a '.' or '..' part")
     return f"{scheme}://{'/'.join(parts)}"
+
+
+def canonical(path: str) -> str:
+    """The one spelling of a root or a file in one: local, absolute with every link resolved (the same
+    from any working folder and through any link to it); gs://, the object name (see resolve)."""
+    return os.path.realpath(os.path.abspath(path)) if is_local(path) else resolve(path)
+
+
+def regular_file(path: str) -> os.stat_result:
+    """The lstat of `path` when it is a regular file (not a link, FIFO, device, socket or folder): what a
+    run may open for reading in a root. PathRefused otherwise; FileNotFoundError when absent."""
+    import stat  # (the gate's module level is kept to a few standard modules: tests/test_architecture.py)
+
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+                else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or socket")
+        raise PathRefused(f"{path} is {kind}, not a file this tool wrote: move it away")
+    return st
 
 
 def _root(path: str) -> str:

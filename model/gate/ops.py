@@ -8,12 +8,25 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 
-from model.gate.names import PathRefused, _root, is_local, resolve, within
+from model.gate.names import (REFUSED_ERRNOS, PathRefused, _root, canonical, is_local, name_problem, refusal,
+                              regular_file, relative_problem, resolve, within)
 
 log = logging.getLogger("emotion")
+
+
+@contextlib.contextmanager
+def _refused(doing: str):
+    """Around a local change: the file system's refusal (REFUSED_ERRNOS) becomes one line (UsageError)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in REFUSED_ERRNOS:
+            raise
+        raise refusal(exc, doing) from None
 
 
 # =========================================================================== remote stores
@@ -106,14 +119,29 @@ class Gate:
             return os.path.lexists(path)
         return self._store.exists(path) or bool(self._store.files(path))
 
-    def read_bytes(self, path: str) -> bytes:
-        """A file's bytes (local: not through a link at `path`)."""
+    def read_bytes(self, path: str, limit: int | None = None) -> bytes:
+        """A file's bytes. Locally only a regular file is opened (never through a link, never a FIFO or
+        a device: PathRefused), and one larger than `limit` bytes is refused unread."""
         path = self.inside(path)
         if not is_local(path):
-            return self._store.read(path)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            data = self._store.read(path)
+            if limit is not None and len(data) > limit:
+                raise PathRefused(f"{path} is larger than any file this tool writes there ({limit} bytes): move it away")
+            return data
+        import stat
+
+        st = regular_file(path)
+        if limit is not None and st.st_size > limit:
+            raise PathRefused(f"{path} is larger than any file this tool writes there ({limit} bytes): move it away")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as f:
-            return f.read()
+            now = os.fstat(f.fileno())
+            if now.st_ino != st.st_ino or not stat.S_ISREG(now.st_mode):  # replaced in between
+                raise PathRefused(f"{path} changed while it was opened: move it away")
+            data = f.read() if limit is None else f.read(limit + 1)
+        if limit is not None and len(data) > limit:
+            raise PathRefused(f"{path} is larger than any file this tool writes there ({limit} bytes): move it away")
+        return data
 
     def isdir(self, path: str) -> bool:
         path = self.inside(path, allow_root=True)
@@ -134,7 +162,8 @@ class Gate:
     def makedirs(self, path: str) -> None:
         path = self.inside(path, allow_root=True)
         if is_local(path):
-            os.makedirs(path, exist_ok=True)
+            with _refused(f"create the folder {path}"):
+                os.makedirs(path, exist_ok=True)
 
     def remove(self, path: str) -> None:
         """One file or link; nothing when it is absent. A folder is refused (use remove_tree)."""
@@ -142,7 +171,7 @@ class Gate:
         if is_local(path):
             if os.path.isdir(path) and not os.path.islink(path):
                 raise IsADirectoryError(errno.EISDIR, "a folder, not a file", path)
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError), _refused(f"remove {path}"):
                 os.remove(path)
         elif self._store.exists(path):
             self._store.delete([path])
@@ -162,10 +191,11 @@ class Gate:
         if not is_local(path):
             self._store.delete(self._store.files(path))
             return
-        if os.path.islink(path) or os.path.isfile(path):
-            os.remove(path)
-        elif os.path.isdir(path):
-            shutil.rmtree(path)  # never follows links inside the tree
+        with _refused(f"remove {path}"):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)  # never follows links inside the tree
+            elif os.path.lexists(path):
+                os.remove(path)
 
     def remove_empty_dirs(self, path: str, stop: str) -> None:
         """Removes `path` and its parents while they are empty folders, up to (not including) `stop`."""
@@ -195,13 +225,15 @@ class Gate:
             self._store.rename(files, [dst + f[len(src):] for f in files])
             return []
         created = self._missing_parents(dst)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if os.path.isdir(src) and not os.path.islink(src):
-            if os.path.lexists(dst):
-                raise FileExistsError(errno.EEXIST, "the target of a folder move exists", dst)
-            os.rename(src, dst)
-        else:
-            os.replace(src, dst)
+        folder = os.path.isdir(src) and not os.path.islink(src)
+        if folder and os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "the target of a folder move exists", dst)
+        with _refused(f"move {src} to {dst}"):
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            if folder:
+                os.rename(src, dst)
+            else:
+                os.replace(src, dst)
         return created
 
     def _missing_parents(self, path: str) -> list[str]:
@@ -218,17 +250,19 @@ class Gate:
         if not is_local(path):
             self._store.write(path, data)
             return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
+        with _refused(f"write {path}"):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)[:64]}.", suffix=".tmp",
+                                       dir=os.path.dirname(path))
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
 
     def make_temp_dir(self, prefix: str) -> str:
         """A fresh, private folder in the system's temp folder (never a predictable or existing
@@ -251,9 +285,26 @@ class Gate:
         os.symlink(os.path.abspath(target), path, target_is_directory=True)
         return path
 
-    def transaction(self, trash: dict[str, str], journal: str | None = None,
-                    header: dict | None = None) -> Transaction:
-        return Transaction(self, trash, journal, header)
+    def transaction(self, trash: dict[str, str], journal: str | None = None, header: dict | None = None,
+                    roles: dict[str, str] | None = None) -> Transaction:
+        return Transaction(self, trash, journal, header, roles)
+
+
+def identity(path: str) -> str:
+    """What proves a moved file or folder is the one a journal step moved: its inode (a rename keeps
+    it), and for a file its size and modification time; "" on gs:// (no inode: checked by path)."""
+    import stat
+
+    if not is_local(path):
+        return ""
+    st = os.lstat(path)
+    return f"d:{st.st_ino}" if stat.S_ISDIR(st.st_mode) else f"f:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def content_digest(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 class Transaction:
@@ -262,18 +313,36 @@ class Transaction:
     root (trash: {root: folder inside it}), so an undo is a rename back.
 
     With a `journal` folder, every step is written there (one small file per step, before the step is
-    taken), after a `header` the caller chooses: a process killed inside the transaction (kill -9, a
-    lost worker) cannot undo itself, and the next run into the same root rolls it back from the journal
-    (roll_back). Each undo checks what is there first, so a step that was journaled but never taken is
-    skipped and a roll-back that is itself cut short can simply be run again."""
+    taken), after a header: a process killed inside the transaction (kill -9, a lost worker) cannot
+    undo itself, and the next run into the same root rolls it back from the journal (read_journal,
+    roll_back). The journal is canonical and bound (see read_journal): the header names the run, its
+    roots by role (`roles`: {"output": path, "table": path}, stored resolved) and each role's scratch
+    folder (the trash folder's parent, relative to its root); each step names its paths as (role, path
+    relative to that root) and carries the run id, its number and a digest of what it moves (identity)
+    or writes (content_digest), so that a roll-back acts only on what this run provably did."""
 
-    def __init__(self, gate: Gate, trash: dict[str, str], journal: str | None = None, header: dict | None = None):
+    def __init__(self, gate: Gate, trash: dict[str, str], journal: str | None = None, header: dict | None = None,
+                 roles: dict[str, str] | None = None):
         self.gate = gate
         self.trash = {_root(root): folder for root, folder in trash.items()}
         self.steps: list[tuple] = []
         self._n = 0
         self.journal = journal.rstrip("/") if journal else None
-        self.header = header or {}
+        roles = roles or {f"root{i}": root for i, root in enumerate(trash)}
+        self.roles = {role: canonical(root) for role, root in roles.items() if root}
+        scratch = {}
+        for folder in trash.values():  # each root's trash folder lies in its scratch (staging) folder
+            role, rel = self._ref(folder)
+            scratch[role] = rel.rsplit("/", 1)[0]
+        self.header = {"journal_version": JOURNAL_VERSION, **(header or {}), "roots": self.roles, "scratch": scratch}
+
+    def _ref(self, path: str) -> list:
+        """[role, path relative to that role's root]: the journal's one spelling of a path."""
+        resolved = resolve(path)
+        for role, root in sorted(self.roles.items(), key=lambda item: -len(item[1])):
+            if within(resolved, root):
+                return [role, resolved[len(root.rstrip("/")) + 1:]]
+        raise PathRefused(f"{path}: not inside one of this transaction's roots ({', '.join(self.roles.values())})")
 
     def __enter__(self) -> Transaction:
         if self.journal:
@@ -291,10 +360,12 @@ class Transaction:
         if self.journal:
             self.gate.remove_tree(self.journal)
 
-    def _journal(self, kind: str, a: str, b: str | None, created: list[str]) -> None:
+    def _journal(self, kind: str, a: str, b: str | None, created: list[str], digest: str) -> None:
         """Writes the step about to be taken (write-ahead: the entry exists before the change does)."""
         if self.journal:
-            entry = {"kind": kind, "a": a, "b": b, "created": created}
+            entry = {"run_id": self.header.get("run_id"), "seq": len(self.steps), "kind": kind, "a": self._ref(a),
+                     "b": self._ref(b) if b is not None else None, "created": [self._ref(c) for c in created],
+                     "digest": digest}
             self.gate.write_bytes(f"{self.journal}/{len(self.steps):06d}.json", json.dumps(entry).encode())
 
     def _trash_path(self, path: str) -> str:
@@ -318,14 +389,14 @@ class Transaction:
 
     def _step_move(self, src: str, dst: str) -> None:
         created = self.gate._missing_parents(resolve(dst)) if is_local(dst) else []
-        self._journal("move", src, dst, created)
+        self._journal("move", src, dst, created, identity(self.gate.inside(src)))
         self.gate.move(src, dst)
         self.steps.append(("move", src, dst, created))
 
     def write_bytes(self, path: str, data: bytes) -> None:
         self.retire(path)
         created = self.gate._missing_parents(resolve(path)) if is_local(path) else []
-        self._journal("new", path, None, created)
+        self._journal("new", path, None, created, content_digest(data))
         self.gate.write_bytes(path, data)
         self.steps.append(("new", path, None, created))
 
@@ -348,56 +419,178 @@ class Transaction:
         self.steps = []
 
 
-
-
 # =========================================================================== roll-back after a kill
 
+JOURNAL_VERSION = 2
 JOURNAL_HEADER = "header.json"
-_ENTRY_KEYS = {"kind", "a", "b", "created"}
+JOURNAL_MAX_BYTES = 64 << 20  # the header holds the previous manifest; a step is a few hundred bytes
+_ENTRY = re.compile(r"\d{6}\.json")
+_ENTRY_KEYS = {"run_id", "seq", "kind", "a", "b", "created", "digest"}
 
 
-def read_journal(gate: Gate, journal: str) -> tuple[dict, list[dict]]:
-    """The header and the steps of a killed transaction's journal, validated: untrusted input (any
-    path in it is checked against the gate's roots before it is acted on). A UsageError when damaged."""
+class JournalRefused(PathRefused):
+    """A journal that cannot be proven to be the killed run's own: nothing is rolled back."""
+
+
+class MissingRoot(PathRefused):
+    """A journal step in a root this run was not given (predict's --table): `role` and its recorded path."""
+
+    def __init__(self, role: str, recorded: str):
+        super().__init__(f"the journal also names the {role} root {recorded}")
+        self.role, self.recorded = role, recorded
+
+
+class Journal:
+    """A journal read and checked by read_journal: its header and its steps, in order."""
+
+    def __init__(self, header: dict, steps: list):
+        self.header, self.steps = header, steps
+
+
+def read_journal(gate: Gate, journal: str, run_id: str) -> Journal:
+    """A killed transaction's journal, read as untrusted input and bound to `run_id` (the manifest's):
+    the folder a real folder holding only regular files named header.json and 000000.json, 000001.json,
+    ... without a gap; the header of this format, naming this run, its roots and scratch folders; every
+    step naming this run and its own number, its paths as (role, plain relative path) of a role the
+    header names, and a digest. Anything else is a JournalRefused (one line) and nothing is done."""
     journal = journal.rstrip("/")
-    header, steps = {}, []
-    for path in sorted(gate.files(journal)):
-        name = path.rsplit("/", 1)[-1]
+
+    def refuse(why: str) -> JournalRefused:
+        return JournalRefused(f"the commit journal {journal} {why}; nothing was rolled back")
+
+    if not gate.isdir(journal):
+        raise refuse("is not a folder (a link or a file)")
+    names = sorted(path.rsplit("/", 1)[-1] for path in gate.files(journal))
+    if JOURNAL_HEADER not in names:
+        raise refuse("has no header")
+    entries = [n for n in names if n != JOURNAL_HEADER]
+    if any(not _ENTRY.fullmatch(n) for n in entries) or entries != [f"{i:06d}.json" for i in range(len(entries))]:
+        raise refuse("holds files that are not its steps, or its steps have a gap")
+    values = {}
+    for name in names:
         try:
-            value = json.loads(gate.read_bytes(path))
-        except ValueError:
-            raise PathRefused(f"{journal}: {name} is not a journal entry; move the folder away") from None
-        if name == JOURNAL_HEADER:
-            header = value if isinstance(value, dict) else {}
-            continue
-        ok = isinstance(value, dict) and set(value) == _ENTRY_KEYS and value["kind"] in ("move", "new") \
-            and isinstance(value["a"], str) and (value["b"] is None or isinstance(value["b"], str)) \
-            and isinstance(value["created"], list) and all(isinstance(c, str) for c in value["created"])
-        if not ok or not name[:-len(".json")].isdigit():
-            raise PathRefused(f"{journal}: {name} is not a journal entry; move the folder away")
-        steps.append(value)
-    return header, steps
+            values[name] = json.loads(gate.read_bytes(f"{journal}/{name}", limit=JOURNAL_MAX_BYTES))
+        except PathRefused as exc:
+            raise refuse(f"holds {name}, which cannot be read as a step ({str(exc)[:120]})") from None
+        except (ValueError, UnicodeDecodeError):
+            raise refuse(f"holds {name}, which is not JSON") from None
+    header = _check_header(values[JOURNAL_HEADER], run_id, refuse)
+    steps = [_check_step(values[name], i, run_id, header, refuse) for i, name in enumerate(entries)]
+    return Journal(header, steps)
 
 
-def roll_back(gate: Gate, steps: list[dict]) -> int:
-    """Undoes a killed transaction's journaled steps, last first, each only where the files say it was
-    taken: a move whose target exists and whose source does not is moved back; a new file is removed.
-    Every path is checked against the gate's roots first (PathRefused, nothing changed). Returns the
-    number of steps undone."""
-    for step in steps:
-        for path in (step["a"], step["b"], *step["created"]):
-            if path is not None:
-                gate.inside(path)
+def _check_header(header, run_id: str, refuse) -> dict:
+    if not isinstance(header, dict) or header.get("journal_version") != JOURNAL_VERSION:
+        raise refuse("has a header of another format (or none)")
+    if header.get("run_id") != run_id:
+        raise refuse(f"belongs to run {str(header.get('run_id'))[:80]!r}, not to run {run_id} its manifest names")
+    roots, scratch = header.get("roots"), header.get("scratch")
+    if not (isinstance(roots, dict) and roots and all(isinstance(r, str) and not name_problem(k) for k, r in roots.items())
+            and isinstance(scratch, dict) and set(scratch) <= set(roots)
+            and all(relative_problem(v) is None for v in scratch.values())):
+        raise refuse("has a header without valid roots and scratch folders")
+    previous = header.get("previous_manifest")
+    if previous is not None and not isinstance(previous, str):
+        raise refuse("has a header whose previous manifest is not text")
+    return header
+
+
+def _check_ref(ref, header: dict) -> bool:
+    return isinstance(ref, list) and len(ref) == 2 and ref[0] in header["roots"] and relative_problem(ref[1]) is None
+
+
+def _check_step(step, seq: int, run_id: str, header: dict, refuse) -> dict:
+    ok = isinstance(step, dict) and set(step) == _ENTRY_KEYS and step["run_id"] == run_id and step["seq"] == seq \
+        and step["kind"] in ("move", "new") and _check_ref(step["a"], header) and isinstance(step["digest"], str) \
+        and (step["b"] is None if step["kind"] == "new" else _check_ref(step["b"], header)) \
+        and isinstance(step["created"], list) and all(_check_ref(c, header) for c in step["created"])
+    if not ok:
+        raise refuse(f"holds step {seq:06d}.json, which is not a step of run {run_id}")
+    if step["kind"] == "move":  # a commit moves between a root and its scratch folder, nothing else
+        a_in, b_in = (_in_scratch(step[k], header) for k in ("a", "b"))
+        if a_in == b_in or step["a"][0] != step["b"][0]:
+            raise refuse(f"holds step {seq:06d}.json, a move this run's commit never makes")
+    elif _in_scratch(step["a"], header):
+        raise refuse(f"holds step {seq:06d}.json, a write this run's commit never makes")
+    return step
+
+
+def _in_scratch(ref: list, header: dict) -> bool:
+    scratch = header["scratch"].get(ref[0])
+    return bool(scratch) and (ref[1] == scratch or ref[1].startswith(scratch + "/"))
+
+
+def _content(gate: Gate, path: str, limit: int = JOURNAL_MAX_BYTES) -> str | None:
+    try:
+        return content_digest(gate.read_bytes(path, limit=limit))
+    except (OSError, PathRefused):
+        return None
+
+
+def plan_roll_back(gate: Gate, journal: Journal, roots: dict[str, str]) -> list[tuple[str, str, str | None]]:
+    """The undo of each step the files prove was taken, last first, decided before anything changes:
+    a move whose target is the very file or folder it moved (identity) and whose source is free is
+    moved back; a move whose source is still the thing it would move was never taken; a new file whose
+    content is what the step wrote is removed, any other file there is left alone. Anything else (the
+    target is something else and the source is taken, ...) is a JournalRefused. `roots`: the current
+    path of each role (the output from where the journal was found, --table as given); a role the
+    journal needs and `roots` lacks, or whose path resolves elsewhere than recorded, is a MissingRoot."""
+    for role in {ref[0] for step in journal.steps for ref in (step["a"], step["b"], *step["created"]) if ref}:
+        if role not in roots or (role != "output" and canonical(roots[role]) != journal.header["roots"][role]):
+            raise MissingRoot(role, journal.header["roots"][role])
+    where = {role: path.rstrip("/") for role, path in roots.items()}
+
+    def path_of(ref):
+        return f"{where[ref[0]]}/{ref[1]}"
+
+    state: dict[str, str | None] = {}  # what the planned undos will have made of a path
+
+    def now(path: str, content: bool = False) -> str | None:
+        if path in state:
+            return state[path]
+        if not gate.exists(path):
+            return None
+        if content:
+            return _content(gate, path) or "?"
+        return identity(gate.inside(path)) if is_local(path) else "remote"
+
+    actions = []
+    for step in reversed(journal.steps):
+        a = path_of(step["a"])
+        gate.inside(a)
+        if step["kind"] == "new":
+            if now(a, content=True) == step["digest"]:
+                actions.append(("remove", a, None))
+                state[a] = None
+        else:
+            b = path_of(step["b"])
+            gate.inside(b)
+            digest = step["digest"] or "remote"
+            at_b, at_a = now(b), now(a)
+            if at_b is not None and at_b == digest and at_a is None:
+                actions.append(("move", b, a))
+                state[a], state[b] = at_b, None
+            elif not (at_a is not None and at_a == digest):  # neither where it went nor where it was
+                raise JournalRefused(
+                    f"cannot prove step {step['seq']:06d} of the commit journal is this run's: "
+                    f"{b if at_b is not None else a} is not what it moved; nothing was rolled back")
+        for ref in step["created"]:
+            actions.append(("prune", path_of(ref), None))
+    return actions
+
+
+def roll_back(gate: Gate, journal: Journal, roots: dict[str, str]) -> int:
+    """Undoes a killed transaction's steps as plan_roll_back decided (all or, on a refusal, none);
+    returns the number of steps undone. Run again after a kill in the middle, it finishes the rest."""
+    actions = plan_roll_back(gate, journal, roots)
     undone = 0
-    for step in reversed(steps):
-        src, dst = step["a"], step["b"]
-        if step["kind"] == "move":
-            if gate.exists(dst) and not gate.exists(src):
-                gate.move(dst, src)
-                undone += 1
-        elif gate.exists(src):
-            gate.remove(src)
+    for kind, a, b in actions:
+        if kind == "move":
+            gate.move(a, b)
             undone += 1
-        for folder in step["created"]:
-            gate.remove_empty_dirs(folder, os.path.dirname(folder))
+        elif kind == "remove":
+            gate.remove(a)
+            undone += 1
+        else:
+            gate.remove_empty_dirs(a, os.path.dirname(a))
     return undone

@@ -41,10 +41,20 @@ Faults, one per step (plan() decides them from the seed alone):
     readonly_dir        one existing folder the run would change (predictions/, tfrecords/, export/,
                         checkpoints/, the table's _runs/ or a partition)
     staging_blocked     a file where the run's _staging/ folder goes (the output's or the table's)
+    external            SIGKILL (2 in 3) or SIGINT sent by another process (kill(1)) to the run's process or its
+                        group, at a random moment from 5% to 120% of the stage's expected duration: start-up,
+                        listing, writing, commit, clean-up or exit, wherever it falls (a pair's run may get one too)
     pair                two runs on the same root started together (the second 0-1.5 s later): one must
                         be refused, naming the other's pid, or both succeed one after the other; the
                         kernel's lock table (/proc/locks) is sampled every 10 ms and two of the pair
                         holding the same root's lock at once is a violation
+
+Every run starts from one of three working folders (cwd/, cwd2/ -- both must stay empty -- or outside/,
+which must stay as it was) with its paths spelled one of five ways: absolute, relative to that folder,
+through BASE/alias (a link to world/), with "./" inside, or with a trailing "/". What a run records
+(journal, manifests, locks) must therefore be the same whatever the spelling; the harness's own recovery
+of a killed run goes through the alias. The report counts the spellings, the kills delivered and the
+kills survived (a step with a kill and no violation).
 
 After every step (check()): every planted file byte for byte; the input, outside/ and the parent folder
 as they were, the runs' working folder empty; every committed output loads and its manifest lists
@@ -105,8 +115,8 @@ from model import ownership  # noqa: E402
 
 STAGES = ("ingest", "predict", "compare", "train")
 FAULTS = ("sigkill", "sigint", "sigkill_commit", "sigint_commit", "readonly_root", "readonly_file", "readonly_dir",
-          "staging_blocked", "pair")
-FAULT_WEIGHTS = (4, 2, 2, 2, 1, 1, 1, 1, 1, 2)  # "none" first, then FAULTS in order
+          "staging_blocked", "pair", "external")
+FAULT_WEIGHTS = (4, 2, 2, 2, 1, 1, 1, 1, 1, 2, 3)  # "none" first, then FAULTS in order
 # Seconds a clean run takes on a loaded 2-core machine; replaced by what the harness measures.
 EXPECTED_S = {"ingest": 10.0, "predict": 11.0, "compare": 3.0, "train": 16.0}
 RUN_TIMEOUT_S = 300
@@ -167,6 +177,8 @@ class World:
         self.raw = self.parent / "raw"
         self.outside = self.parent / "outside"
         self.tmp, self.cwd, self.logs = base / "tmp", base / "cwd", base / "logs"
+        self.cwd2 = base / "cwd2"  # a second working folder (must stay empty too)
+        self.alias = base / "alias"  # a link to world/: another spelling of every root
         self.roots = {key: self.parent / name for key, name in ROOT_NAMES.items()}
 
     def __getitem__(self, key: str) -> pathlib.Path:
@@ -292,8 +304,8 @@ def plan(seed: int, steps: int, w: World) -> tuple[list[Step], list[str]]:
         else:
             argv, roots, over = planner.stage(stage)
         step = Step(i, stage, argv, fault=fault, roots=roots, overwrite_roots=over)
-        if fault in ("sigkill", "sigint"):
-            step.fraction = rng.uniform(0.1, 1.0)
+        if fault in ("sigkill", "sigint", "external"):
+            step.fraction = rng.uniform(0.05, 1.2)
         elif fault in ("sigkill_commit", "sigint_commit"):
             step.fraction = rng.uniform(0.0, 1.0)  # train: of the 2 s after its export starts
         if fault == "pair":
@@ -315,6 +327,8 @@ class Run:
     rc: int | None = None
     stderr: str = ""
     seconds: float = 0.0
+    spelled: list[str] | None = None  # the argv as launched (another spelling of its paths)
+    cwd: str = ""
 
     @property
     def stage(self) -> str:
@@ -396,15 +410,18 @@ class Harness:
         # their manifest checks wait for the next successful run into them.
         self.broken: set[str] = set()
         self.counts = {"steps": 0, "runs": 0, "stages": {}, "faults": {}, "faults_delivered": {}, "exit_codes": {},
-                       "pairs": {}, "attack_refusals": 0, "stale_lock_takeovers": 0, "checks": 0, "refusals": {}}
+                       "pairs": {}, "attack_refusals": 0, "stale_lock_takeovers": 0, "checks": 0, "refusals": {},
+                       "spellings": {}, "kills": 0, "kills_survived": 0}
         self.notes: list[str] = []
 
     # ------------------------------------------------------------------ setup
 
     def setup(self) -> None:
         w = self.w
-        for folder in (w.parent, w.tmp, w.cwd, w.logs, w.outside):
+        for folder in (w.parent, w.tmp, w.cwd, w.cwd2, w.logs, w.outside):
             folder.mkdir(parents=True, exist_ok=True)
+        if not w.alias.is_symlink():
+            w.alias.symlink_to(w.parent, target_is_directory=True)
         make_split_tree(w.raw, per_class=4, splits=("train", "test"), seed=self.seed % 1000 + 3)
         face = next(p for p in sorted((SAMPLE / "happy").iterdir()) if p.stat().st_size > 0)
         shutil.copyfile(face, w.raw / "test" / "happy" / "sample_face.jpg")
@@ -450,6 +467,7 @@ class Harness:
 
     def run_step(self, step: Step) -> None:
         t0 = time.time()
+        violations_before = len(self.violations)
         self.counts["steps"] += 1
         self.counts["stages"][step.stage] = self.counts["stages"].get(step.stage, 0) + 1
         self.counts["faults"][step.fault] = self.counts["faults"].get(step.fault, 0) + 1
@@ -490,6 +508,10 @@ class Harness:
             if new_temps:
                 self.violation(step, "temp_left", f"successful run left {new_temps} in TMPDIR")
         self.check(step)
+        killed = sum(1 for r in runs if r.signal_sent in ("SIGKILL", "SIGINT"))
+        self.counts["kills"] += killed
+        if killed and len(self.violations) == violations_before:
+            self.counts["kills_survived"] += killed
         self.log(f"[seed {self.seed} step {step.index}] {step.stage:<8} fault={step.fault:<15} "
                  f"exit={record['exit']} {record['seconds']}s{' ' + fault_info if fault_info else ''}")
 
@@ -519,9 +541,10 @@ class Harness:
             if run.rc != -signal.SIGKILL:
                 continue
             keys = self._roots_of(run.argv)
-            table_root = [str(self.w["table"])] if "table" in keys else []
+            alias = lambda key: str(self.w.alias / self.w[key].name)  # noqa: E731 (another spelling)
+            table_root = [alias("table")] if "table" in keys else []
             for key in keys - {"table", "model"}:
-                if outputs.recover(str(self.w[key]), also_roots=table_root):
+                if outputs.recover(alias(key), also_roots=table_root):
                     self.log(f"[seed {self.seed} step {step.index}] recovered the run killed in {key}'s commit")
 
     def check_all_or_nothing(self, step: Step, runs: list[Run], before: dict) -> None:
@@ -571,6 +594,8 @@ class Harness:
             if step.fault in ("sigkill", "sigint"):
                 delay = max(0.5, step.fraction * self.expected[step.stage])
                 self.signal_after(runs[0], delay, sig)
+            elif step.fault == "external":
+                self.external_kill(runs[0], step)
             elif step.fault in ("sigkill_commit", "sigint_commit"):
                 self.signal_at_commit(runs[0], step, sig)
             self.wait(runs[0])
@@ -580,6 +605,9 @@ class Harness:
         locks = {key: self._lock_path(key) for key in step.roots}
         time.sleep(step.pair_delay)
         runs.append(self.start(step.pair_argv, f"{step.index:03d}b"))
+        if self.rng.random() < 0.3:  # one of the pair killed from outside as well
+            killer = threading.Thread(target=self.external_kill, args=(self.rng.choice(runs), step), daemon=True)
+            killer.start()
         watch = LockWatch([r.popen.pid for r in runs], locks)
         watch.start()
         try:
@@ -601,14 +629,62 @@ class Harness:
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         env.pop("EMOTION_VERBOSE", None)
         log = self.w.logs / f"{tag}.log"
+        cwd, spelled, how = self.spell(argv)
+        self.counts["spellings"][how] = self.counts["spellings"].get(how, 0) + 1
         f = open(log, "wb")
-        popen = subprocess.Popen([sys.executable, "-m", "beam_pipelines.cli", *argv], cwd=self.w.cwd, env=env,
+        popen = subprocess.Popen([sys.executable, "-m", "beam_pipelines.cli", *spelled], cwd=cwd, env=env,
                                  stdout=subprocess.DEVNULL, stderr=f, start_new_session=True)
         f.close()
-        run = Run(argv, popen, time.time(), log)
+        run = Run(argv, popen, time.time(), log, spelled=spelled, cwd=str(cwd))
         self.alive.append(run)
         self.counts["runs"] += 1
         return run
+
+    def spell(self, argv: list[str]) -> tuple[pathlib.Path, list[str], str]:
+        """(working folder, argv, how): each run starts from one of the working folders, its paths
+        spelled one of several ways -- absolute, relative to that folder, through the link alias/ to
+        the world, with a "./" inside or a "/" at the end -- so that what a run records (journal,
+        manifests, locks) must be the same whatever the spelling and wherever the next run starts."""
+        w = self.w
+        cwd = self.rng.choice([w.cwd, w.cwd2, w.outside])
+        how = self.rng.choice(["absolute", "relative", "alias", "dot", "slash"])
+        base = str(w.base)
+
+        def one(value: str) -> str:
+            if not value.startswith(base + "/"):
+                return value
+            if how == "relative":
+                return os.path.relpath(value, cwd)
+            if how == "alias" and value.startswith(str(w.parent)):
+                return str(w.alias) + value[len(str(w.parent)):]
+            if how == "dot":
+                head, _, tail = value.rpartition("/")
+                return f"{head}/./{tail}"
+            if how == "slash":
+                return value + "/"
+            return value
+        return cwd, [one(a) for a in argv], f"{how} from {cwd.name}"
+
+    def external_kill(self, run: Run, step: Step) -> None:
+        """SIGKILL or SIGINT sent by another process (kill(1)), to the run's process alone or its
+        group, at a random moment of its expected duration (anywhere: start-up, listing, writing,
+        commit, clean-up, exit)."""
+        rng = random.Random(f"{self.seed}:{step.index}:external:{run.popen.pid}")
+        sig = rng.choice([signal.SIGKILL, signal.SIGKILL, signal.SIGINT])
+        delay = max(0.05, step.fraction * self.expected[run.stage])
+        target = str(run.popen.pid) if rng.random() < 0.5 else f"-{run.popen.pid}"
+        deadline = run.started + delay
+        while time.time() < deadline:
+            if run.popen.poll() is not None:
+                return
+            time.sleep(0.01)
+        if run.popen.poll() is not None:
+            return
+        name = "external_" + signal.Signals(sig).name.lower()
+        killer = subprocess.run(["kill", f"-{signal.Signals(sig).name[3:]}", "--", target], capture_output=True)
+        if killer.returncode == 0:
+            run.signal_sent = signal.Signals(sig).name
+            self.counts["faults_delivered"][name] = self.counts["faults_delivered"].get(name, 0) + 1
 
     def signal_after(self, run: Run, delay: float, sig: int) -> None:
         deadline = run.started + delay
@@ -713,7 +789,7 @@ class Harness:
             if not root.is_dir():
                 continue
             if key == "table":
-                names = [table.RUNS, table.BIGQUERY] + [p.name for p in root.glob("model_version=*")]
+                names = [table.RUNS, table.BIGQUERY, table.MANIFEST] + [p.name for p in root.glob("model_version=*")]
             elif key == "model":
                 names = [*ownership.NAMES, ownership.MANIFEST]
             else:
@@ -847,8 +923,9 @@ class Harness:
         extra = sorted(set(os.listdir(w.parent)) - self.parent_allowed)
         if extra:
             self.violation(step, "outside", f"new entries in the parent folder: {extra}")
-        if os.listdir(w.cwd):
-            self.violation(step, "outside", f"written into the runs' working folder: {os.listdir(w.cwd)}")
+        for folder in (w.cwd, w.cwd2):
+            if os.listdir(folder):
+                self.violation(step, "outside", f"written into the runs' working folder: {os.listdir(folder)}")
         for key, stage in OUTPUT_ROOTS.items():
             if key not in self.broken:
                 self._check(step, key, self.check_output, key, stage)
@@ -905,10 +982,19 @@ class Harness:
             return problems
         if self.last_ok.get("table"):
             left = [n for n in (table.STAGING, table.LOCK) if (root / n).exists() or (root / n).is_symlink()]
-            strays = self._strays("table", root, {table.RUNS, table.BIGQUERY}
+            strays = self._strays("table", root, {table.RUNS, table.BIGQUERY, table.MANIFEST}
                                   | {p.name for p in root.glob("model_version=*") if p.is_dir()})
             if left or strays:
                 problems.append(("left_behind", f"after a successful run: {left + strays}"))
+            listed = sorted(json.loads((root / table.MANIFEST).read_text())["files"]) \
+                if (root / table.MANIFEST).is_file() else None
+            held = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.is_symlink()
+                          and table.reserved(str(p.relative_to(root))) and p.name != table.MANIFEST
+                          and p not in self.planted)
+            if listed != held:
+                problems.append(("table", f"_table.json does not list exactly the table's files: missing "
+                                 f"{sorted(set(held) - set(listed or []))[:4]}, listed but absent "
+                                 f"{sorted(set(listed or []) - set(held))[:4]}"))
         partitions = {str(p) for p in root.glob("model_version=*/run_date=*/run_id=*")}
         rows = {}
         for path in sorted((root / table.RUNS).glob("*.parquet")) if (root / table.RUNS).is_dir() else []:
@@ -1088,13 +1174,15 @@ def _unlock_tree(path: pathlib.Path) -> None:
 def summarize(reports: list[dict]) -> dict:
     total: dict = {"seeds": len(reports), "steps": 0, "runs": 0, "stages": {}, "faults": {}, "faults_delivered": {},
                    "exit_codes": {}, "pairs": {}, "refusals": {}, "attack_refusals": 0, "stale_lock_takeovers": 0,
-                   "violations_by_kind": {}, "violations": []}
+                   "spellings": {}, "kills": 0, "kills_survived": 0, "violations_by_kind": {}, "violations": []}
     for r in reports:
         total["steps"] += r["steps"]
         total["runs"] += r["runs"]
         total["attack_refusals"] += r["attack_refusals"]
         total["stale_lock_takeovers"] += r.get("stale_lock_takeovers", 0)
-        for field in ("stages", "faults", "faults_delivered", "exit_codes", "pairs", "refusals"):
+        total["kills"] += r.get("kills", 0)
+        total["kills_survived"] += r.get("kills_survived", 0)
+        for field in ("stages", "faults", "faults_delivered", "exit_codes", "pairs", "refusals", "spellings"):
             for k, v in r[field].items():
                 total[field][k] = total[field].get(k, 0) + v
         for v in r["violations"]:

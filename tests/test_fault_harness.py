@@ -3,7 +3,7 @@ faults (SIGKILL, SIGINT, read-only roots, files and folders, a file in the way o
 one root at once) and every data-safety invariant checked after every step. See tests/fault_harness.py;
 bench/fault_soak.py runs the same over many seeds.
 
-Sized for about 3 minutes on 2 cores: the sequence stops starting steps after BUDGET_S. A violation
+Sized for about 2 minutes on 2 cores: the sequence stops starting steps after BUDGET_S. A violation
 fails the test with the seed, the step, the command and the line that reproduces it.
 
 KNOWN lists violations the product still has (reported, not yet fixed): they make the test xfail,
@@ -22,7 +22,7 @@ from fault_harness import FAULTS, STAGES, World, plan
 
 SEED = 6
 STEPS = 16
-BUDGET_S = 170
+BUDGET_S = 110
 
 # kind -> what it is. Empty: every finding of the harness so far is fixed. The last three were
 # exit_code_io (a write made to fail ended in a traceback and exit 1; now one line and exit 2),

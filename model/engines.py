@@ -1,13 +1,20 @@
 """Inference engines: what runs an exported model's network on batches of preprocessed pixels.
 
-    litert   the export's full-int8 TFLite file (model/quantize.py) on LiteRT's XNNPACK kernels: about 4x
+    litert   the export's int8 TFLite file (model/quantize.py) on LiteRT's XNNPACK kernels: about 4x
              the images per second of Keras on CPUs, at the accuracy measured in bench/engine_bench.py
     keras    the export's model.keras in TensorFlow, float32: the reference every other engine is held to
 
 Both take float32 pixels in [0, 255], shape (B, S, S, 1) (the input contract of model/preprocess.py), apply the
-test-time augmentation in numpy (the views of model/tta.py, which tests hold equal) and return class
-probabilities. The LiteRT engine never builds a Keras model: a predict worker running it loads one small
-flatbuffer. `auto` (predict's default) is litert when the export holds a verified int8 file.
+test-time augmentation in numpy (the views of model/tta.py, which tests hold equal) and the temperature the
+export fitted on val (metadata.json's "calibration"), and return class probabilities. The LiteRT engine never
+builds a Keras model: a predict worker running it loads one small flatbuffer. `auto` (predict's default) is
+litert when the export holds a verified int8 file.
+
+The contract between the two (what tests/test_engines.py holds): on the same pixels, TTA and temperature,
+no probability of the int8 engine differs from the float model's by more than PROBABILITY_TOLERANCE; so the
+int8 engine can pick another class only where the float model's two best classes lie within twice that of
+each other, and on val it picks the float model's class on at least AGREEMENT_FLOOR of the images (the
+check model/quantize.py runs at export). Exactly equal classes on every file are not promised.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ TTA_MODES = ("none", "flip", "crops")
 INT8_FILE = "model_int8.tflite"
 INT8_KEY = "litert_int8"  # its entry in metadata["engines"]
 CROP_PAD = 3
+AGREEMENT_FLOOR = 0.99  # argmax agreement of an int8 file with the float model on val, one view
+PROBABILITY_TOLERANCE = 0.05  # the largest |p_int8 - p_float| allowed on any image and class
+TEMPERATURE_RANGE = (0.05, 20.0)  # a fitted temperature outside it is a hand-edited metadata file
 
 
 def tta_views(pixels: np.ndarray, mode: str) -> list[np.ndarray]:
@@ -47,12 +57,62 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def mean_probabilities(logits_fn, pixels: np.ndarray, mode: str) -> np.ndarray:
-    """Mean softmax over the TTA views, all views of a batch run as one call of logits_fn."""
+def mean_probabilities(logits_fn, pixels: np.ndarray, mode: str, temperature: float = 1.0) -> np.ndarray:
+    """Mean softmax of logits / temperature over the TTA views, all views of a batch run as one call of
+    logits_fn."""
     views = tta_views(pixels, mode)
     logits = logits_fn(np.concatenate(views) if len(views) > 1 else pixels)
-    probs = softmax(logits.astype(np.float64)).reshape(len(views), len(pixels), -1)
+    probs = softmax(logits.astype(np.float64) / temperature).reshape(len(views), len(pixels), -1)
     return probs.mean(axis=0)
+
+
+def fitted_temperature(metadata: dict) -> float:
+    """The temperature an export's engines divide logits by (1.0: none was fitted). Read from disk, so
+    checked: a number within TEMPERATURE_RANGE, or an EngineError."""
+    calibration = metadata.get("calibration")
+    if calibration is None:
+        return 1.0
+    value = calibration.get("temperature") if isinstance(calibration, dict) else None
+    low, high = TEMPERATURE_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise EngineError(f"metadata.json: calibration.temperature {str(value)[:40]!r} is not a number in "
+                          f"{low}-{high}: a hand-edited metadata file; re-export the model")
+    return float(value)
+
+
+# LiteRT announces its XNNPACK delegate ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.") on the
+# C stderr of every process, once, when the first interpreter allocates its tensors: it is no message for
+# a user, so interpreters are built with that stream caught until the notice has come, and anything else
+# printed meanwhile is passed on.
+_DELEGATE_NOTICE = b"Created TensorFlow Lite XNNPACK delegate"
+_announced = threading.Lock()
+_quiet_done = False
+
+
+def _without_delegate_notice(build):
+    """build() with the process's stderr (fd 2) caught the first time; its other lines written back."""
+    global _quiet_done
+    with _announced:
+        if _quiet_done:
+            return build()
+        import sys
+        import tempfile
+
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                return build()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                caught.seek(0)
+                lines = caught.read().splitlines(keepends=True)
+                kept = [line for line in lines if _DELEGATE_NOTICE not in line]
+                _quiet_done = len(kept) < len(lines)  # the notice came (at the first allocate_tensors)
+                if kept:
+                    os.write(2, b"".join(kept))
 
 
 class LiteRTEngine:
@@ -67,21 +127,30 @@ class LiteRTEngine:
     name = "litert"
     MAX_CHUNK = 256
 
-    def __init__(self, content: bytes, tta: str = "none", threads: int | None = None):
+    def __init__(self, content: bytes, tta: str = "none", threads: int | None = None, temperature: float = 1.0):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.tta = tta
+        self.tta, self.temperature = tta, temperature
         self._new_interpreter = lambda: Interpreter(model_content=content, num_threads=threads or os.cpu_count() or 1)
         self._by_size: dict[int, tuple] = {}
         self._lock = threading.Lock()
 
+    def shapes(self) -> tuple[tuple, tuple]:
+        """(input shape without the batch, output shape without the batch) the file was converted for."""
+        interpreter = _without_delegate_notice(self._new_interpreter)
+        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        return tuple(int(d) for d in inp["shape"][1:]), tuple(int(d) for d in out["shape"][1:])
+
     def _planned(self, size: int, shape: tuple) -> tuple:
         if size not in self._by_size:
-            interpreter = self._new_interpreter()
-            inp, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
-            interpreter.resize_tensor_input(inp, [size, *shape], strict=False)
-            interpreter.allocate_tensors()
-            self._by_size[size] = (interpreter, inp, out)
+            def build():
+                interpreter = self._new_interpreter()
+                index = interpreter.get_input_details()[0]["index"]
+                interpreter.resize_tensor_input(index, [size, *shape], strict=False)
+                interpreter.allocate_tensors()
+                return interpreter, index, interpreter.get_output_details()[0]["index"]
+
+            self._by_size[size] = _without_delegate_notice(build)
         return self._by_size[size]
 
     def _logits(self, pixels: np.ndarray) -> np.ndarray:
@@ -100,7 +169,7 @@ class LiteRTEngine:
         return np.concatenate(chunks)
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        return mean_probabilities(self._logits, pixels, self.tta)
+        return mean_probabilities(self._logits, pixels, self.tta, self.temperature)
 
 
 class KerasEngine:
@@ -108,17 +177,17 @@ class KerasEngine:
 
     name = "keras"
 
-    def __init__(self, model, tta: str = "none"):
+    def __init__(self, model, tta: str = "none", temperature: float = 1.0):
         import tensorflow as tf
 
-        self.tta = tta
+        self.tta, self.temperature = tta, temperature
         self._logits_fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
     def _logits(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(self._logits_fn(pixels.astype(np.float32)))
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        return mean_probabilities(self._logits, pixels, self.tta)
+        return mean_probabilities(self._logits, pixels, self.tta, self.temperature)
 
 
 class EngineError(ValueError):
@@ -179,7 +248,23 @@ def load(model_dir: str, engine: str = "auto", tta: str = "none", threads: int |
     root = resolve_model_dir(model_dir).rstrip("/")
     metadata = read_metadata(root, verify=False)
     chosen = resolve(engine, metadata)
+    scale = fitted_temperature(metadata)
     if chosen == "litert":
-        return LiteRTEngine(read_int8(root, metadata), tta, threads), metadata
+        engine = LiteRTEngine(read_int8(root, metadata), tta, threads, scale)
+        check_int8_shapes(engine, metadata, root)
+        return engine, metadata
     model, metadata = load_keras(root)
-    return KerasEngine(model, tta), metadata
+    return KerasEngine(model, tta, scale), metadata
+
+
+def check_int8_shapes(engine: LiteRTEngine, metadata: dict, model_dir: str) -> None:
+    """The int8 file is the model metadata.json describes: its input is image_size square, one channel,
+    and it outputs one score per label (as model.export.check_model holds model.keras)."""
+    path, metadata_path = f"{model_dir}/export/{INT8_FILE}", f"{model_dir}/metadata.json"
+    size = int(metadata["image_size"])
+    inputs, outputs = engine.shapes()
+    if inputs != (size, size, 1):
+        raise EngineError(f"{path} takes inputs of shape {inputs}, {metadata_path} says image_size {size}: "
+                          f"a hand-edited export; re-export it")
+    if outputs != (len(metadata["labels"]),):  # the labels themselves are checked by read_metadata
+        raise EngineError(f"{path} outputs {outputs} scores, expected {len(metadata['labels'])}: re-export it")

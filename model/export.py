@@ -65,15 +65,16 @@ def versions() -> dict:
     }
 
 
-def _serving_module(model: keras.Model, image_size: int, tta_mode: str = "none") -> keras.export.ExportArchive:
-    """serve: encoded image bytes -> probabilities, with model/preprocess.py's steps (model/serving.py)
-    and the recommended test-time augmentation, so a deployed SavedModel is the model predict evaluated.
-    serve_pixels: already preprocessed pixels -> probabilities (same TTA)."""
+def _serving_module(model: keras.Model, image_size: int, tta_mode: str = "none",
+                    temperature: float = 1.0) -> keras.export.ExportArchive:
+    """serve: encoded image bytes -> probabilities, with model/preprocess.py's steps (model/serving.py),
+    the recommended test-time augmentation and the temperature fitted on val, so a deployed SavedModel is
+    the model predict runs. serve_pixels: already preprocessed pixels -> probabilities (same TTA)."""
     archive = keras.export.ExportArchive()
     archive.track(model)
 
     def probabilities(pixels):
-        return tta.probabilities(lambda views: model(views, training=False), pixels, tta_mode)
+        return tta.probabilities(lambda views: model(views, training=False) / temperature, pixels, tta_mode)
 
     archive.add_endpoint(
         name="serve",
@@ -125,14 +126,15 @@ def export(model: keras.Model, model_dir: str, metadata: dict, engine_data: str 
         "command": command_line(),  # portable: no absolute path of the checkout it ran from
     }
     tf.io.gfile.makedirs(root)
+    metadata["test_scoring"] = _carried_test_scoring(root, metadata)
     staging = f"{root}/{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
         tf.io.gfile.makedirs(staging)
         _save_keras(model, f"{staging}/{KERAS_FILE}")
         if weights_fingerprint(_load_keras(f"{staging}/{KERAS_FILE}")) != fingerprint:
             raise ModelError(f"{staging}/{KERAS_FILE} does not read back as the model just saved; export again")
-        _serving_module(model, image_size, metadata.get("recommended_tta", "none")).write_out(
-            f"{staging}/saved_model", verbose=False)
+        _serving_module(model, image_size, metadata.get("recommended_tta", "none"),
+                        _temperature(metadata, root)).write_out(f"{staging}/saved_model", verbose=False)
         if engine_data:
             metadata["engines"] = _write_engines(model, staging, engine_data)
     except BaseException:
@@ -142,6 +144,31 @@ def export(model: keras.Model, model_dir: str, metadata: dict, engine_data: str 
     _remove_leftovers(root)  # of exports interrupted before this one
     write_model_card(root, metadata)
     return metadata
+
+
+def _carried_test_scoring(root: str, metadata: dict) -> dict:
+    """The test scorings of this model line: those given (the model training started from) and those of
+    the metadata.json this export replaces, so that re-exporting never resets the count. An unreadable
+    previous metadata.json carries nothing (it is replaced)."""
+    from model import test_scoring
+    from model.errors import UsageError
+
+    records = [test_scoring.read(metadata)]
+    try:
+        records.append(test_scoring.read(_read_metadata(root), f"{root}/{METADATA}"))
+    except (ModelError, UsageError):
+        pass
+    return test_scoring.merge(*records)
+
+
+def _temperature(metadata: dict, where: str) -> float:
+    """metadata's fitted temperature (model/engines.py), a hand-edited one refused as a ModelMismatchError."""
+    from model.engines import EngineError, fitted_temperature
+
+    try:
+        return fitted_temperature(metadata)
+    except EngineError as exc:
+        raise ModelMismatchError(f"{where}/{exc}") from None
 
 
 def _write_engines(model: keras.Model, staging: str, data_dir: str) -> dict:
@@ -217,10 +244,13 @@ def write_model_card(model_dir: str, metadata: dict) -> str:
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("model", "templates"), autoescape=False,
                              undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
-    per_class = [name for name in ("test", f"test_{metadata.get('recommended_tta')}_tta")
+    mode = metadata.get("recommended_tta", "none")
+    per_class = [name for name in (f"val{'' if mode == 'none' else f'_{mode}_tta'}",
+                                   f"test{'' if mode == 'none' else f'_{mode}_tta'}")
                  if name in metadata.get("metrics", {})]
     card = env.get_template("model_card.md.j2").render(
-        m=metadata, imported=metadata.get("training", {}).get("imported_run"), per_class_splits=per_class)
+        m=metadata, imported=metadata.get("training", {}).get("imported_run"), per_class_splits=per_class,
+        test_scoring=metadata.get("test_scoring") or {"count": 0, "events": []})
     path = f"{model_dir.rstrip('/')}/MODEL_CARD.md"
     _write_file(path, card, atomic=True)
     ownership.record(model_dir, adopt=("MODEL_CARD.md",))
@@ -340,6 +370,7 @@ def _read_metadata(root: str) -> dict:
     if not 8 <= metadata["image_size"] <= 512:
         raise ModelMismatchError(f"{path}: image_size {metadata['image_size']} is outside 8-512: a hand-edited "
                                  f"metadata file; re-export the model")
+    _temperature(metadata, root)
     return metadata
 
 
@@ -404,8 +435,8 @@ def main(argv=None) -> None:
     target = f"{root}/{EXPORT}/saved_model"
     staging = f"{root}/{EXPORT}/.saved_model-{uuid.uuid4().hex[:12]}"
     try:
-        _serving_module(model, int(metadata["image_size"]), metadata.get("recommended_tta", "none")).write_out(
-            staging, verbose=False)
+        _serving_module(model, int(metadata["image_size"]), metadata.get("recommended_tta", "none"),
+                        _temperature(metadata, root)).write_out(staging, verbose=False)
         _remove(target, root)
         if _is_local(root):
             ownership.model_gate(root).move(staging, target)

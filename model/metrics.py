@@ -69,3 +69,39 @@ def expected_calibration_error(count, conf_sum, corr_sum) -> float:
         return 0.0
     nz = count > 0
     return float(np.sum(np.abs(conf_sum[nz] - corr_sum[nz])) / total)
+
+
+def negative_log_likelihood(probabilities, labels) -> float:
+    """Mean -log p(true class) (probabilities clipped at 1e-12)."""
+    probabilities = np.asarray(probabilities, np.float64)
+    if not len(probabilities):
+        return 0.0
+    picked = probabilities[np.arange(len(probabilities)), np.asarray(labels, np.int64)]
+    return float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
+
+
+def tempered_probabilities(view_logits, temperature: float) -> np.ndarray:
+    """Mean over the views (axis 0) of softmax(logits / temperature): the engines' rule."""
+    z = np.asarray(view_logits, np.float64) / temperature
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(-1, keepdims=True)).mean(0)
+
+
+def fit_temperature(view_logits, labels, low: float = 0.05, high: float = 20.0) -> float:
+    """The temperature in [low, high] that minimises the NLL of tempered_probabilities on (view_logits,
+    labels): a grid over log T, then golden-section search around its best point."""
+    def nll(log_t: float) -> float:
+        return negative_log_likelihood(tempered_probabilities(view_logits, float(np.exp(log_t))), labels)
+
+    grid = np.linspace(np.log(low), np.log(high), 41)
+    best = int(np.argmin([nll(t) for t in grid]))
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(40):
+        c, d = b - ratio * (b - a), a + ratio * (b - a)
+        if nll(c) <= nll(d):
+            b = d
+        else:
+            a = c
+    return float(np.exp((a + b) / 2))

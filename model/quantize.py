@@ -1,18 +1,24 @@
-"""The export's int8 engine file: TensorFlow's TFLite converter with dynamic-range quantization, checked
-against the float model before it is shipped.
+"""The export's int8 engine file: TensorFlow's TFLite converter, checked against the float model on val
+before it is shipped.
 
-    python -m model.quantize --model-dir model/shipped --data /tmp/fer-out     # add it to an existing export
+    python -m model.quantize --model-dir DIR --data /tmp/fer-out                  # add it to an existing export
+    python -m model.quantize --model-dir DIR --data /tmp/fer-out --full-integer   # the full-integer file instead
 
-Training's export calls `int8_engine` itself. Weights are int8 (per channel); activations are quantized
-per batch at run time (XNNPACK's dynamically quantized kernels), so no calibration set is needed and
-no activation range can be mis-estimated; the input and output stay float32, so the file takes the same
-[0, 255] pixels as the Keras model and returns its logits.
+Training's export calls `int8_engine` itself, dynamic-range. Dynamic range: weights are int8 (per channel);
+activations are quantized per batch at run time (XNNPACK's dynamically quantized kernels), so no calibration
+set is needed and no activation range can be mis-estimated. Full integer (--full-integer): activations too,
+their ranges calibrated on CALIBRATION_IMAGES train images (seeded); faster on CPUs with VNNI, but a range
+calibrated on a sample can clip what the sample did not hold. Either way the input and output stay float32,
+so the file takes the same [0, 255] pixels as the Keras model and returns its logits.
 
-Chosen by measurement (bench/engine_bench.py, FER2013 val): full-integer quantization (activations
-calibrated on 512 or 2,000 train images) is as fast on these CPUs but agrees with the float model's argmax
-on only 98.2-98.6% of images (max probability difference 0.17); dynamic range agrees on 99.4% (99.6% with
-flip TTA), max difference 0.03. The check runs the float and the int8 model on the val split (never test)
-and records the agreement and the largest probability difference; a file below AGREEMENT_FLOOR is not kept.
+Every file is checked the same way before it is kept: the float and the int8 model run on the val split
+(never test), one view; a file whose argmax agrees with the float model's on fewer than AGREEMENT_FLOOR of
+the images, or whose probabilities differ by more than PROBABILITY_TOLERANCE anywhere, is not kept (the
+contract is model/engines.py's). Measured for the shipped model: bench/int8_modes.py, docs/model-line.md.
+
+`python -m model.quantize` writes only through the gate (model/gate: a new file replaces a link, never
+writes through one; nothing outside the model directory) and holds the directory's _train.lock while it
+writes, so it never races a training or an export into the same directory.
 """
 
 from __future__ import annotations
@@ -22,11 +28,18 @@ import logging
 
 import numpy as np
 
+from model.engines import AGREEMENT_FLOOR, PROBABILITY_TOLERANCE
+
 log = logging.getLogger("emotion")
 
-CALIBRATION_IMAGES = 512  # for full-integer files (bench only)
-AGREEMENT_FLOOR = 0.99  # argmax agreement with the float model on val, single view
-PROBABILITY_TOLERANCE = 0.05  # the largest |p_int8 - p_float| allowed on any image and class
+CALIBRATION_IMAGES = 512  # train images a full-integer file's activation ranges are calibrated on
+MODES = ("dynamic-range", "full-integer")
+_DESCRIPTIONS = {
+    "dynamic-range": "dynamic-range int8: per-channel int8 weights, activations quantized per batch; "
+                     "float32 input and output",
+    "full-integer": "full-integer int8: per-channel int8 weights, int8 activations with ranges calibrated on "
+                    f"{CALIBRATION_IMAGES} train images (seed 0); float32 input and output",
+}
 
 
 def split_pixels(data_dir: str, split: str, limit: int | None = None, seed: int = 0) -> np.ndarray:
@@ -82,17 +95,18 @@ def agreement(model, content: bytes, pixels: np.ndarray) -> dict:
             "mean_probability_difference": float(diff.mean())}
 
 
-def int8_engine(model, data_dir: str) -> tuple[bytes, dict] | None:
+def int8_engine(model, data_dir: str, mode: str = "dynamic-range") -> tuple[bytes, dict] | None:
     """(file content, metadata entry) for a trained model, or None when the int8 file disagrees with the
     float model on val (below AGREEMENT_FLOOR or beyond PROBABILITY_TOLERANCE): the export then offers the
-    keras engine only."""
-    content = convert_int8(model)
+    keras engine only. Full integer calibrates on train images, never on val or test."""
+    calibration = split_pixels(data_dir, "train", CALIBRATION_IMAGES, seed=0) if mode == "full-integer" else None
+    content = convert_int8(model, calibration)
     check = agreement(model, content, split_pixels(data_dir, "val"))
     entry = {"file": "export/model_int8.tflite", "sha256": hashlib.sha256(content).hexdigest(),
              "bytes": len(content), "runtime": "LiteRT (ai-edge-litert), XNNPACK",
-             "quantization": "dynamic-range int8: per-channel int8 weights, activations quantized per batch; "
-                             "float32 input and output",
-             "check": {"split": "val", **check}}
+             "mode": mode, "quantization": _DESCRIPTIONS[mode],
+             "check": {"split": "val", "tta": "none", "floor": AGREEMENT_FLOOR, "tolerance": PROBABILITY_TOLERANCE,
+                       **check}}
     if check["argmax_agreement"] < AGREEMENT_FLOOR or check["max_probability_difference"] > PROBABILITY_TOLERANCE:
         log.warning("int8 engine agrees with the float model on %.2f%% of val (floor %.0f%%), max probability "
                     "difference %.3f (tolerance %.2f): not exported", 100 * check["argmax_agreement"],
@@ -105,32 +119,68 @@ def main(argv=None) -> None:
     """Adds export/model_int8.tflite and its metadata entry to an existing export (e.g. the shipped model)."""
     import argparse
 
-    from model import resolve_model_dir
-    from model.engines import INT8_FILE, INT8_KEY
-    from model.export import ModelError, load, write_metadata, write_model_card
-    from model.files import local_target
+    from model import ownership, resolve_model_dir
+    from model.errors import UsageError
+    from model.gate import RootLock, new_id
+    from model.quiet import import_tensorflow_quietly
 
     p = argparse.ArgumentParser(prog="python -m model.quantize", description=__doc__.split("\n")[0])
     p.add_argument("--model-dir", required=True)
-    p.add_argument("--data", required=True, help="ingest output: calibration on train, the check on val")
+    p.add_argument("--data", required=True,
+                   help="ingest output: the check runs on its val split (and --full-integer calibrates on train)")
+    p.add_argument("--full-integer", action="store_true",
+                   help=f"quantize activations too, calibrated on {CALIBRATION_IMAGES} train images (default: "
+                        f"dynamic range, no calibration)")
     args = p.parse_args(argv)
     root = resolve_model_dir(args.model_dir).rstrip("/")
+    import_tensorflow_quietly()
+    lock = RootLock(root, new_id("quantize"), flag="--model-dir", name=ownership.LOCK)
     try:
-        model, metadata = load(root)
-    except ModelError as exc:
+        lock.acquire()  # a training or an export into this directory now: one line, nothing written
+        try:
+            entry = _add_engine(root, args.data, "full-integer" if args.full_integer else "dynamic-range")
+        finally:
+            lock.release()
+    except (UsageError, ValueError) as exc:  # ModelError is a ValueError; PathRefused a UsageError
         p.exit(2, f"{p.prog}: error: {exc}\n")
-    result = int8_engine(model, args.data)
+    if entry is None:
+        p.exit(1, f"{p.prog}: the int8 file disagrees with the float model on val; nothing written\n")
+    print(f"wrote {root}/export/{entry['file'].rsplit('/', 1)[1]} ({entry['bytes']:,} bytes, {entry['mode']}); "
+          f"val agreement {entry['check']['argmax_agreement']:.4f}, max probability difference "
+          f"{entry['check']['max_probability_difference']:.3f}")
+
+
+def _add_engine(root: str, data_dir: str, mode: str) -> dict | None:
+    """Under the directory's lock: the int8 file written through the gate, then metadata.json and the card."""
+    from model import ownership
+    from model.engines import INT8_FILE, INT8_KEY
+    from model.export import load, write_metadata, write_model_card
+
+    model, metadata = load(root)
+    _check_replaced_owned(root, (f"export/{INT8_FILE}", "metadata.json", "MODEL_CARD.md"))
+    result = int8_engine(model, data_dir, mode)
     if result is None:
-        p.exit(1, f"{p.prog}: the int8 file disagrees with the float model; nothing written\n")
+        return None
     content, entry = result
-    with local_target(f"{root}/export/{INT8_FILE}") as local, open(local, "wb") as f:
-        f.write(content)
+    ownership.model_gate(root).write_bytes(f"{root}/export/{INT8_FILE}", content)
     metadata["engines"] = {**(metadata.get("engines") or {}), INT8_KEY: entry}
     write_metadata(root, metadata)
     write_model_card(root, metadata)
-    print(f"wrote {root}/export/{INT8_FILE} ({len(content):,} bytes); val agreement "
-          f"{entry['check']['argmax_agreement']:.4f}, max probability difference "
-          f"{entry['check']['max_probability_difference']:.3f}")
+    ownership.record(root, adopt=(f"export/{INT8_FILE}",))
+    return entry
+
+
+def _check_replaced_owned(root: str, replaced: tuple[str, ...]) -> None:
+    """The files this command replaces are an export's (a user's file under those names is never
+    replaced; other files beside them, such as a packaged model's export/.gitignore, are not its concern)."""
+    from model import ownership
+    from model.errors import UsageError
+
+    present = set(ownership.present(root, replaced))
+    foreign = sorted(present - ownership.owned(root, ownership.read_manifest(root)))
+    if foreign:
+        raise UsageError(f"--model-dir {root} holds {', '.join(foreign)}, which no training or export wrote: "
+                         f"move it away, or choose another --model-dir")
 
 
 if __name__ == "__main__":

@@ -198,6 +198,8 @@ def run(argv=None) -> dict:
 
     cfg = parse_args(argv)
     stats = check_data(cfg.data)  # cheap, and touches no device
+    if cfg.import_run:
+        check_import_run(cfg, stats)  # before anything is copied or claimed
     with ownership.TrainingClaim(cfg.model_dir, overwrite=cfg.overwrite, chief=ownership.is_chief_task()) as claim:
         try:
             return _train(cfg, stats, claim)
@@ -242,7 +244,78 @@ def _train(cfg: config.TrainConfig, stats: dict, claim) -> dict:
         log.info("train: imported %s (%s, %d epochs); evaluating and exporting it",
                  cfg.import_run, imported.get("device", "?"), len(history))
         teacher = train_io.imported_distillation(cfg, imported)
+    previous = previous_export(model_dir, claim)  # read before the export replaces it
     result = loop.run(history)
     if not chief:
         return {}
-    return train_export.export_best(cfg, plan, stats, strategy_name(strategy), result, imported, teacher)
+    return train_export.export_best(cfg, plan, stats, strategy_name(strategy), result, imported, teacher, previous)
+
+
+def previous_export(model_dir: str, claim) -> dict | None:
+    """The metadata.json of the export this run will replace, when it is training's own and readable
+    (what it records about how its weights were trained and how often test was scored carries over)."""
+    from model.export import ModelError, read_metadata
+
+    if "metadata.json" in claim.replaced:  # a user's file, made this run's by --overwrite: not a record
+        return None
+    try:
+        return read_metadata(model_dir, verify=False)
+    except (ModelError, FileNotFoundError):
+        return None
+
+
+# =========================================================================== --import-run
+
+# What a portable run's recipe must agree on with the one given here: everything that shapes the weights.
+# Not compared: where a run reads and writes, how it is resumed or checkpointed, and epochs (--import-run
+# sets it to 0; the recipe's own value is compared instead).
+_NOT_COMPARED = ("epochs", "import_run", "init_weights", "fresh", "resume", "checkpoint_every", "strategy",
+                 "cpu_replicas", "steps_per_epoch", "recipe")
+
+
+def check_import_run(cfg: config.TrainConfig, stats: dict) -> None:
+    """--import-run's run.json (untrusted) against --data and --config: the run must have been trained on
+    this data (same fingerprint) under these recipe values; otherwise a UsageError names the first
+    differences."""
+    run_dir = cfg.import_run.rstrip("/")
+    path = f"{run_dir}/run.json"
+    if not tf.io.gfile.exists(path):
+        raise UsageError(f"--import-run {run_dir} has no run.json: not a model/train_portable.py output")
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            run = json.loads(f.read())
+    except (ValueError, UnicodeDecodeError):
+        run = None
+    if not isinstance(run, dict) or not isinstance(run.get("recipe", {}), dict):
+        raise UsageError(f"{path} is not a run record model/train_portable.py wrote: train the run again")
+    fingerprint = stats.get("fingerprint")
+    if run.get("data_fingerprint") != fingerprint:
+        raise UsageError(f"--import-run {run_dir} was trained on data {str(run.get('data_fingerprint'))[:40]}, "
+                         f"--data {cfg.data} is {str(fingerprint)[:40]}: import it with the ingest output it was "
+                         f"trained on")
+    differences = recipe_differences(cfg, run.get("recipe") or {})
+    if differences:
+        shown = ", ".join(f"{k} {theirs!r} there, {ours!r} here" for k, theirs, ours in differences[:3])
+        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+        raise UsageError(f"--import-run {run_dir} was trained under other recipe values than --config "
+                         f"{cfg.config or '(none)'} and the flags give ({shown}{more}): import it with the recipe "
+                         f"it was trained with")
+
+
+def recipe_differences(cfg: config.TrainConfig, run_recipe: dict) -> list[tuple[str, object, object]]:
+    """(option, the run's value, ours) for each option that shapes the weights and differs; an option
+    the run's recipe does not set had TrainConfig's default there."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(config.TrainConfig)}
+    ours = {**{k: getattr(cfg, k) for k in config.recipe_keys()}, "epochs": cfg.recipe.get("epochs", defaults["epochs"])}
+    found = []
+    for key in sorted(config.recipe_keys() - set(_NOT_COMPARED) | {"epochs"}):
+        theirs = run_recipe.get(key, defaults[key])
+        if isinstance(theirs, int) and not isinstance(theirs, bool) and isinstance(ours[key], float):
+            theirs = float(theirs)
+        if theirs != ours[key]:
+            found.append((key, theirs, ours[key]))
+    unknown = sorted(set(run_recipe) - config.recipe_keys() - {"config"})
+    found += [(key, run_recipe[key], "(no such option)") for key in unknown]
+    return found

@@ -28,7 +28,12 @@ def test_one_device_trains_logs_and_exports(tiny_model):
     assert meta["training"]["steps"] == 8
     assert meta["labels"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     assert meta["training_data"]["fingerprint"]
-    assert {"val", "test", "test_flip_tta"} <= set(meta["metrics"])
+    assert {"val", "val_flip_tta", "val_crops_tta"} <= set(meta["metrics"])
+    # Test is sealed: training and its export never score it; the final step (test_model_line.py) does.
+    assert not [name for name in meta["metrics"] if name.startswith("test")]
+    assert meta["test_scoring"] == {"count": 0, "events": []}
+    assert meta["tta"]["decided"] == "chosen on val" and meta["tta"]["mode"] == meta["recommended_tta"]
+    assert meta["calibration"]["fitted_on"] == "val" and meta["calibration"]["temperature"] > 0
     assert (tiny_model / "export" / "model.keras").stat().st_size > 10_000
     assert (tiny_model / "export" / "saved_model" / "saved_model.pb").exists()
     rows = list(csv.DictReader((tiny_model / "history.csv").open()))
@@ -158,8 +163,9 @@ def test_exported_model_agrees_with_weights_and_serving_signature(tiny_model):
     served = tf.saved_model.load(str(tiny_model / "export" / "saved_model"))
     encoded = [cv2.imencode(".png", p[:, :, 0].astype(np.uint8))[1].tobytes() for p in pixels]
     probs = served.serve(tf.constant(encoded))["probabilities"].numpy()
-    # Serving applies the TTA the model recommends, as predict does.
-    expected = tta.probabilities(model, tf.constant(pixels), meta["recommended_tta"]).numpy()
+    # Serving applies the TTA the model recommends and the temperature fitted on val, as predict does.
+    temperature = meta["calibration"]["temperature"]
+    expected = tta.probabilities(lambda v: model(v) / temperature, tf.constant(pixels), meta["recommended_tta"]).numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(served.serve_pixels(tf.constant(pixels))["probabilities"].numpy(), expected, atol=1e-5)
@@ -200,5 +206,8 @@ def test_a_refused_write_is_one_line_and_exit_2(tiny_ingest, tiny_model, tmp_pat
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"emotion train: error: cannot write {what} to {model_dir}"), lines[0]
+    # Refused by TensorFlow (training's writes: "cannot write <what> to ...") or by the gate (the export's
+    # commit moves: "cannot move ..."): one line either way, naming the model directory.
+    assert lines[0].startswith(f"emotion train: error: cannot write {what} to {model_dir}") or (
+        folder == "export" and lines[0].startswith(f"emotion train: error: cannot move {model_dir}/export")), lines[0]
     assert _metadata(model_dir) == _metadata(tiny_model)  # the exported model is the earlier one, whole

@@ -506,3 +506,14 @@ def test_a_training_manifest_that_is_a_fifo_or_link_is_refused_unopened(tmp_path
     (tmp_path / "elsewhere.json").write_text('{"files": []}')
     with pytest.raises(UsageError, match="not a manifest training wrote"):
         ownership.read_manifest(str(root))
+
+
+def test_a_step_entry_cut_short_by_a_kill_is_a_step_never_taken(committed_ingest, inputs, tmp_path):
+    """Found by the soak: killed inside the write of a journal entry, the gate's temporary file stays in
+    the journal; the roll-back reads it as what it is (a step never taken), not as a foreign file."""
+    out = killed_in_commit(committed_ingest, inputs, tmp_path)
+    journal = next((out / outputs.STAGING).glob(f"*/{outputs.JOURNAL}"))
+    n = len(list(journal.glob("0*.json")))
+    (journal / f".{n:06d}.json.k2x9_q.tmp").write_text('{"half": ')
+    assert outputs.recover(str(out)) is True
+    assert results(out) == results(committed_ingest)

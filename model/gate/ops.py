@@ -425,6 +425,7 @@ JOURNAL_VERSION = 2
 JOURNAL_HEADER = "header.json"
 JOURNAL_MAX_BYTES = 64 << 20  # the header holds the previous manifest; a step is a few hundred bytes
 _ENTRY = re.compile(r"\d{6}\.json")
+_UNFINISHED = re.compile(r"\.(\d{6}|header)\.json\.[A-Za-z0-9_]+\.tmp")
 _ENTRY_KEYS = {"run_id", "seq", "kind", "a", "b", "created", "digest"}
 
 
@@ -460,7 +461,10 @@ def read_journal(gate: Gate, journal: str, run_id: str) -> Journal:
 
     if not gate.isdir(journal):
         raise refuse("is not a folder (a link or a file)")
-    names = sorted(path.rsplit("/", 1)[-1] for path in gate.files(journal))
+    # A kill inside Gate.write_bytes leaves its temporary file: an entry never renamed into place, so
+    # its step was never taken (write-ahead). Such files are not read.
+    names = sorted(name for name in (path.rsplit("/", 1)[-1] for path in gate.files(journal))
+                   if not _UNFINISHED.fullmatch(name))
     if JOURNAL_HEADER not in names:
         raise refuse("has no header")
     entries = [n for n in names if n != JOURNAL_HEADER]

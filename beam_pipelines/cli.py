@@ -5,12 +5,12 @@
     emotion predict --input IMAGES_OR_TFRECORDS --output OUT [--model DIR] [Beam options...]
     emotion compare --a PREDS_A --b PREDS_B --output DIR   (or --table ROOT --a RUN_ID --b RUN_ID)
     emotion report  --output DIR
+    emotion evaluate --model DIR --data INGEST_OUT [--final]
     emotion demo    [--output DIR]
 """
 
 from __future__ import annotations
 
-import errno
 import importlib
 import logging
 import os
@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass
 
 from model.errors import UsageError
+from model.gate import REFUSED_ERRNOS
+from model.quiet import import_tensorflow_quietly
 
 
 @dataclass(frozen=True)
@@ -28,21 +30,25 @@ class Command:
 
     module: str
     help: str
+    extra: str  # the install extra that brings its frameworks (pyproject.toml): `pip install "emotion-pipeline[X]"`
     tensorflow: bool = False  # imports TensorFlow (its start-up lines are silenced first)
     flex_template: bool = False  # also a Dataflow Flex Template (deploy/dataflow/flex_main.py, its specs)
 
 
 # The one list of commands: `emotion`'s and the Dataflow launcher's.
 COMMANDS = {
-    "ingest": Command("beam_pipelines.ingest", "raw image folders -> validated, sharded TFRecords",
+    "ingest": Command("beam_pipelines.ingest", "raw image folders -> validated, sharded TFRecords", "pipelines",
                       flex_template=True),
-    "train": Command("model.train", "tf.distribute training -> checkpoints, TensorBoard, exported model",
+    "train": Command("model.train", "tf.distribute training -> checkpoints, TensorBoard, exported model", "training",
                      tensorflow=True),
-    "predict": Command("beam_pipelines.predict", "Beam batch inference -> Parquet predictions + evaluation",
+    "evaluate": Command("model.evaluate", "compare on val; --final scores test once and records it", "training",
+                        tensorflow=True),
+    "predict": Command("beam_pipelines.predict", "Beam batch inference -> Parquet predictions + evaluation", "all",
                        tensorflow=True, flex_template=True),
-    "compare": Command("beam_pipelines.compare", "two prediction runs over the same images, model against model"),
-    "report": Command("beam_pipelines.report", "static HTML report of an ingest/train/predict output"),
-    "demo": Command("beam_pipelines.demo", "ingest -> train -> predict -> report on the embedded sample",
+    "compare": Command("beam_pipelines.compare", "two prediction runs over the same images, model against model",
+                       "pipelines"),
+    "report": Command("beam_pipelines.report", "static HTML report of an ingest/train/predict output", "pipelines"),
+    "demo": Command("beam_pipelines.demo", "ingest -> train -> predict -> report on the embedded sample", "all",
                     tensorflow=True),
 }
 FLEX_TEMPLATES = [name for name, command in COMMANDS.items() if command.flex_template]
@@ -54,28 +60,11 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _import_tensorflow_quietly() -> None:
-    """TensorFlow's C++ runtime prints start-up lines (CUDA probing, oneDNN notices) straight to
-    stderr whatever TF_CPP_MIN_LOG_LEVEL says; hide them unless EMOTION_VERBOSE is set."""
-    if os.environ.get("EMOTION_VERBOSE"):
-        return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
-
-
-def _quiet_logs(command: str) -> None:
+def _quiet_logs(command: str, asks_for_help: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if COMMANDS[command].tensorflow:  # ingest never imports TensorFlow (its workers do not need it)
-        _import_tensorflow_quietly()
+    # ingest never imports TensorFlow (its workers do not need it); --help needs none of it (5 s saved).
+    if COMMANDS[command].tensorflow and not asks_for_help:
+        import_tensorflow_quietly()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("apache_beam", "absl", "tensorflow", "matplotlib", "google", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -105,7 +94,19 @@ class _Interrupted:
 
 # The file system said no: a read-only or immutable file or folder, a file where a folder must go, a
 # full disk. The user's to fix, not a bug: one line, exit 2 (Beam wraps the worker's OSError in its own).
-STORAGE_REFUSALS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC, errno.EDQUOT}
+STORAGE_REFUSALS = REFUSED_ERRNOS
+
+# The frameworks an install extra brings: a command run without its extra says which one to install.
+FRAMEWORKS = {"tensorflow", "keras", "apache_beam", "matplotlib", "ai_edge_litert", "mtcnn", "google", "tensorboard"}
+
+
+def _missing_framework(exc: BaseException) -> str | None:
+    """The top-level name of a framework the install lacks, when that is why exc was raised."""
+    while exc is not None:
+        if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in FRAMEWORKS:
+            return exc.name.split(".")[0]
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _storage_refusal(exc: BaseException) -> str | None:
@@ -152,8 +153,16 @@ def run_command(command: str, argv: list[str], quiet_logs: bool = True) -> int:
     raised with its traceback. quiet_logs=False keeps the caller's logging as it is (the launcher's)."""
     try:
         if quiet_logs:
-            _quiet_logs(command)
+            _quiet_logs(command, asks_for_help=bool({"-h", "--help"} & set(argv)))
         importlib.import_module(COMMANDS[command].module).run(argv)
+    except ModuleNotFoundError as exc:
+        missing = _missing_framework(exc)
+        if missing is None:
+            raise
+        extra = COMMANDS[command].extra
+        print(f"emotion {command}: error: needs {missing}, which this install lacks: "
+              f'pip install "emotion-pipeline[{extra}]"', file=sys.stderr)
+        return 2
     except UsageError as exc:
         print(f"emotion {command}: error: {exc}", file=sys.stderr)
         return 2

@@ -159,7 +159,8 @@ def plot_class_distribution(stats: dict) -> bytes:
     ax.set_xticks(x, LABELS)
     ax.set_ylabel("images")
     ax.set_title("Class distribution per split (after de-duplication)")
-    ax.legend(loc="upper right")
+    if ax.get_legend_handles_labels()[0]:  # no split written (every file rejected): no legend, no warning
+        ax.legend(loc="upper right")
     fig.tight_layout()
     return png_bytes(fig)
 

@@ -58,7 +58,7 @@ from beam_pipelines.predict_options import FACES_MODES, ModelInfo, PredictOption
 from beam_pipelines.predict_pipeline import Classify, Predict, WriteSummary  # noqa: F401 (tests patch them here)
 from beam_pipelines.reading import listing_total
 from beam_pipelines.slices import read_slices
-from beam_pipelines.table import TableClaim, TablePlan
+from beam_pipelines.table import TableClaim, TablePlan, check_apart
 from model import PACKAGED_MODELS
 from model.engines import ENGINES
 from model.gate import check_name
@@ -173,6 +173,8 @@ def run(argv=None, save_main_session=True) -> dict | None:
     options, model = PredictOptions.resolve(args, metadata), ModelInfo.from_metadata(metadata)
     check_name(model.model_version, f"the model_version in {options.model}'s metadata.json")
     pattern = _check_input(options, dry_run)
+    if options.table:
+        check_apart(options.table, options.input)
     slice_columns = tuple(read_slices(options.slices, options.input)[0]) if options.slices and not dry_run else ()
     claim = OutputClaim(options.output, "predict", OUTPUT_NAMES, overwrite=options.overwrite, description={
         "command": " ".join(["emotion", "predict", *(sys.argv[2:] if argv is None else argv)]),

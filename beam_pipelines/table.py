@@ -176,7 +176,9 @@ class DataFingerprint(beam.PTransform):
     def expand(self, rows):
         return (
             rows
-            | "Digest" >> beam.Map(lambda row: (int(row["content_sha256"][:15], 16), 1))
+            # An image counts once, however many faces it has (face rows after the first are left out).
+            | "Digest" >> beam.FlatMap(
+                lambda row: [] if row.get("face_index") else [(int(row["content_sha256"][:15], 16), 1)])
             | "Sum" >> beam.CombineGlobally(_sum_pairs)
             | "Format" >> beam.Map(lambda s: f"{s[0]:015x}-{s[1]}")
         )

@@ -299,9 +299,7 @@ class Loop:
             t0 = time.time()
             loss_sum, correct_sum, done = self._steps(epoch)
             if self.preemption.requested:
-                self.save_checkpoint()
-                log.info("train: checkpoint saved at step %d; exiting for preemption", int(state.step.numpy()))
-                sys.exit(143)
+                self._exit_for_preemption()
             epoch += 1
             row = self._end_epoch(epoch, loss_sum, correct_sum, done, time.time() - t0)
             history = [h for h in history if int(h["epoch"]) < epoch] + [row]
@@ -312,7 +310,14 @@ class Loop:
             if config.patience and int(state.since_best.numpy()) >= config.patience:
                 log.info("train: val macro-F1 has not improved for %d epochs; stopping early", config.patience)
                 return LoopResult(history, epoch, start_step, int(state.step.numpy()), True, time.time() - started)
+        if self.preemption.requested:  # it came during the epoch's validation: stop before export all the same
+            self._exit_for_preemption()
         return LoopResult(history, epoch, start_step, int(state.step.numpy()), False, time.time() - started)
+
+    def _exit_for_preemption(self):
+        self.save_checkpoint()
+        log.info("train: checkpoint saved at step %d; exiting for preemption", int(self.state.step.numpy()))
+        sys.exit(143)
 
     def _steps(self, epoch: int) -> tuple[float, float, int]:
         """The rest of this epoch's steps (all of them, unless it resumes mid-epoch): (loss sum, correct, steps)."""

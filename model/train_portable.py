@@ -1,7 +1,7 @@
 """Portable training: the same architectures, recipes, augmentation, loss and LR schedule as
 `emotion train`, on any Keras 3 backend, from numpy arrays. It exists for accelerator machines that
 have JAX but no TensorFlow; its output is imported back here by `emotion train --import-run`, which
-evaluates on val and test, chooses the TTA on val and exports through the usual path.
+evaluates on val, chooses the TTA on val and exports through the usual path.
 
     # 1. here (TensorFlow): the ingest output's train and val splits as one array file (with --teacher,
     #    the teacher's soft targets for the train split too, for a recipe that distils: fast)
@@ -9,7 +9,7 @@ evaluates on val and test, chooses the TTA on val and exports through the usual 
     # 2. on the accelerator (no TensorFlow needed)
     KERAS_BACKEND=jax python -m model.train_portable train --arrays fer-arrays.npz --config shipped \\
         --out run/ [--max-seconds 420]
-    # 3. here: evaluate (val, test), choose TTA on val, export
+    # 3. here: evaluate on val, choose TTA on val, export (test: python -m model.evaluate --final, once)
     emotion train --config shipped --data /tmp/fer-out --model-dir /tmp/ship --import-run run/
 
 `train` writes run/best.weights.h5 (the epoch with the best val macro-F1), run/history.csv (the

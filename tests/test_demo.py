@@ -17,7 +17,8 @@ import pytest
 from conftest import SHIPPED_MODEL, run_cli
 
 PREDICT_DIRS = ("predict-trained", "predict-shipped", "predict-raw-shipped")
-PREDICT_PLOTS = ("confusion_matrix", "per_class", "reliability", "samples")
+PREDICT_PLOTS = ("confusion_matrix", "per_class", "reliability", "accuracy_coverage", "samples", "low_confidence",
+                 "predicted_classes")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,12 @@ def test_demo_writes_every_stage(demo):
 
     assert meta["arch"] == recipe.load("demo")["arch"]
     assert meta["recipe"]["config"] == "demo"
-    assert {"val", "val_flip_tta", "test", "test_flip_tta"} <= set(meta["metrics"])
+    # Training scores val only: test is sealed until `emotion evaluate --final` (never run by the demo).
+    assert {"val", "val_flip_tta"} <= set(meta["metrics"])
+    # Fine-tuned from the shipped weights, its model line carries the shipped model's scorings and adds none.
+    shipped_meta = json.loads((SHIPPED_MODEL / "metadata.json").read_text())
+    assert not any(name.startswith("test") for name in meta["metrics"])
+    assert meta["test_scoring"] == shipped_meta["test_scoring"] and meta["test_scoring"]["count"] >= 1
     assert (train / "history.csv").read_text().count("\n") == 1 + meta["training"]["epochs_run"]
     assert (train / "plots" / "training_curves.png").exists()
     assert (train / "export" / "model.keras").exists()
@@ -104,7 +110,8 @@ def test_demo_prints_progress_and_summary(demo):
     out, proc = demo
     stdout = proc.stdout
     for stage in ("1/6 ingest", "2/6 train", "3/6 predict", "4/6 predict", "5/6 compare", "6/6 report"):
-        assert stage in stdout, stage
+        assert stdout.count(stage) == 1, stage
+    assert "export: best weights" in stdout
     assert re.search(r"\[\s*\d+\.\ds\]\s+epoch 1/\d+", stdout)
     assert "215 files matched" in stdout
     table = stdout[stdout.index("Demo finished in") :]

@@ -68,8 +68,10 @@ def test_bad_recipes_are_one_line_errors(tmp_path):
 
 def test_shipped_model_names_its_recipe():
     meta = json.loads((SHIPPED_MODEL / "metadata.json").read_text())
-    assert meta["recipe"]["config"] == "shipped"
-    assert meta["recipe"]["values"] == {k: v for k, v in recipe.load("shipped").items() if k != "config"}
+    shipped_values = {k: v for k, v in recipe.load("shipped").items() if k != "config"}
+    # Exported with the recipe file as it is; trained by a run whose run.json named the same values.
+    assert meta["exported_with"]["recipe"] == {"config": "shipped", "values": shipped_values}
+    assert meta["trained_with"]["recipe"]["values"] == shipped_values
     assert meta["arch"] == recipe.load("shipped")["arch"]
     assert "--config shipped" in meta["command"]
     # The demo fine-tunes the shipped weights: its architecture must be the shipped one.

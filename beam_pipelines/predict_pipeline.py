@@ -1,7 +1,8 @@
 """The predict pipeline itself: `Predict`, the transform the launcher (predict.py) runs, and its steps.
 
     Predict = ReadImages (folder: ListImages [→ SkipSeen] → DecodeImages; TFRecords: ParseExamples)
-              → Classify (a ClassifiedBatch: rows as one Arrow table, thumbnails)
+              → Classify (RunInference with inference.py's EngineModelHandler → a ClassifiedBatch: rows as
+                one Arrow table, thumbnails)
               → predictions/*.parquet, rejected/, [JoinSlices →] Evaluate, WriteSummary → Commit [→ the table]
 
 A row is an image, or with --faces all a face (DecodeImages yields one (Image, pixels) per face).
@@ -21,10 +22,10 @@ from typing import NamedTuple
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.ml.inference.base import RunInference
 from apache_beam.transforms.window import GlobalWindows
-from apache_beam.utils import shared
 
-from beam_pipelines import evaluation, progress
+from beam_pipelines import evaluation, inference, progress
 from beam_pipelines.common import join, split_and_class_dir, write_bytes
 from beam_pipelines.outputs import CommitOutputs, CommitPlan
 from beam_pipelines.predict_incremental import ListedFile, SkipSeen
@@ -216,36 +217,45 @@ def table_rows(batch: ClassifiedBatch, options: PredictOptions) -> list[dict]:
             for row, digest in zip(batch.rows.to_pylist(), batch.file_sha256)]
 
 
-class _SharedEngine:
-    """A holder Beam's Shared can keep a weak reference to (one engine per worker process)."""
+class Classify(beam.PTransform):
+    """ImageBatch -> ClassifiedBatch: Beam's RunInference with the model's engine (inference.py's
+    EngineModelHandler: loaded once per worker process and shared by its threads, or --model-copies per
+    machine shared by its processes), each work item one prebatched element, run in chunks of --batch-size."""
 
-    def __init__(self, engine):
-        self.engine = engine
+    def __init__(self, options: PredictOptions, model: ModelInfo, run_timestamp: dt.datetime, run_id: str):
+        super().__init__()
+        self.options, self.model, self.run_timestamp, self.run_id = options, model, run_timestamp, run_id
+
+    def expand(self, batches):
+        o = self.options
+        handler = inference.EngineModelHandler(
+            o.model, o.engine, o.tta, o.batch_size, self.model.model_version,
+            # an options object from before --model-copies: one copy
+            model_copies=getattr(o, "model_copies", inference.DEFAULT_MODEL_COPIES),
+            shared_across_processes=inference.several_processes_per_machine(batches.pipeline.options))
+        return (
+            batches
+            | "KeyByImage" >> beam.Map(lambda batch: list(zip(batch.images, batch.pixels)))
+            | "RunInference" >> RunInference(handler.with_no_batching())
+            | "Rows" >> beam.ParDo(ClassifiedRows(o, self.model, self.run_timestamp, self.run_id))
+        )
 
 
-class Classify(beam.DoFn):
-    """ImageBatch -> ClassifiedBatch. The model's engine (model/engines.py) is loaded once per worker
-    process and shared by its threads, as RunInference shares its model; it runs in chunks of
-    --batch-size images."""
+class ClassifiedRows(beam.DoFn):
+    """A batch's (Image, PredictionResult) pairs, as RunInference returns them -> its ClassifiedBatch."""
 
     def __init__(self, options: PredictOptions, model: ModelInfo, run_timestamp: dt.datetime, run_id: str):
         self.options, self.model, self.run_timestamp, self.run_id = options, model, run_timestamp, run_id
-        self._shared = shared.Shared()
         self.predicted = progress.Counter("images_predicted")
 
-    def setup(self):
-        from model import engines
-
-        o = self.options
-        self._engine = self._shared.acquire(lambda: _SharedEngine(engines.load(o.model, o.engine, o.tta)[0])).engine
-
-    def process(self, batch: ImageBatch):
-        pixels, size = batch.pixels[..., None], self.options.batch_size
-        probs = np.concatenate([self._engine.probabilities(pixels[i : i + size]) for i in range(0, len(pixels), size)])
-        self.predicted.inc(len(batch.images))
-        thumbnails = np.clip(np.round(batch.pixels), 0, 255).astype(np.uint8).reshape(len(batch.images), -1)
-        rows = rows_table(batch.images, probs, self.model, self.run_timestamp, self.run_id, self.options)
-        yield ClassifiedBatch(rows, thumbnails, [image.file_sha256 for image in batch.images])
+    def process(self, results: list):
+        images = [image for image, _ in results]
+        probs = np.stack([result.inference for _, result in results])
+        pixels = np.stack([result.example for _, result in results])
+        self.predicted.inc(len(images))
+        thumbnails = np.clip(np.round(pixels), 0, 255).astype(np.uint8).reshape(len(images), -1)
+        rows = rows_table(images, probs, self.model, self.run_timestamp, self.run_id, self.options)
+        yield ClassifiedBatch(rows, thumbnails, [image.file_sha256 for image in images])
 
 
 class CoalesceTables(beam.DoFn):
@@ -356,8 +366,7 @@ class Predict(beam.PTransform):
     def expand(self, pbegin):
         o, staging = self.options, self.plan.write_root
         inputs = self._read_tfrecords(pbegin) if self.pattern else self._read_folder(pbegin)
-        classified = inputs.batches | "Classify" >> beam.ParDo(
-            Classify(o, self.model, self.run_timestamp, self.plan.run_id))
+        classified = inputs.batches | "Classify" >> Classify(o, self.model, self.run_timestamp, self.plan.run_id)
         prediction_files = (
             classified
             | "RowTables" >> beam.Map(lambda batch: batch.rows)

@@ -1,7 +1,9 @@
 """Inference engines: what runs an exported model's network on batches of preprocessed pixels.
 
-    litert   the export's int8 TFLite file (model/quantize.py) on LiteRT's XNNPACK kernels: about 4x
-             the images per second of Keras on CPUs, at the accuracy measured in bench/engine_bench.py
+    litert   the export's int8 TFLite file (model/quantize.py: dynamic-range, as both packaged models' files
+             are, or full-integer with --full-integer; float32 input and output) on LiteRT's XNNPACK
+             kernels: about 4x the images per second of Keras on CPUs, at the accuracy measured in
+             bench/engine_bench.py
     keras    the export's model.keras in TensorFlow, float32: the reference every other engine is held to
 
 Both take float32 pixels in [0, 255], shape (B, S, S, 1) (the input contract of model/preprocess.py), apply the
@@ -121,8 +123,9 @@ class LiteRTEngine:
     Re-planning an interpreter for a new batch size costs more than running a small batch, and Beam's
     batching hands over batches of every size: so there is one interpreter per power-of-two batch size
     (planned once, on first use), and a batch is run in chunks of the largest size, its tail padded up to
-    the next power of two. The interpreters are not thread-safe and RunInference shares one model between
-    a worker's threads: calls are serialised (each already uses every core)."""
+    the next power of two. The interpreters are not thread-safe and predict's RunInference
+    (beam_pipelines/inference.py) shares one engine between a worker's threads: calls are serialised (each
+    already uses every core)."""
 
     name = "litert"
     MAX_CHUNK = 256

@@ -237,13 +237,18 @@ def _metric_rows(metrics: dict, recommended: str | None) -> list[dict]:
 
 
 def _per_class_f1(meta: dict, metric_rows: list[dict]) -> dict | None:
-    """Per-class F1 of every metrics row that has it, and the support of each plain (no TTA) one."""
+    """Per-class F1 of every metrics row that has it, and the support of each split."""
     metrics = meta.get("metrics", {})
     with_per_class = [r for r in metric_rows if metrics[r["name"]].get("per_class")]
     if not with_per_class:
         return None
     labels = meta.get("labels") or list(metrics[with_per_class[0]["name"]]["per_class"])
-    plain = [r for r in with_per_class if r["mode"] == "none"]  # TTA does not change the support
+    # One support column per split (TTA does not change the support): its plain row, else its first one
+    # (the final step scores test in the recommended mode only).
+    per_split = {}
+    for r in sorted(with_per_class, key=lambda r: r["mode"] != "none"):
+        per_split.setdefault(r["split"], r)
+    plain = [r for r in with_per_class if per_split[r["split"]] is r]
     return {
         "f1_heads": [f"F1 {r['split']}" + ("" if r["mode"] == "none" else f" ({r['inference']})")
                      for r in with_per_class],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,13 +29,34 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SITE = pathlib.Path(sysconfig.get_paths()["purelib"])
 
 
-def build_wheel(dist_dir: pathlib.Path) -> pathlib.Path:
-    """The wheel as `pip wheel .` builds it (isolated build, the pyproject's own build requirements)."""
+def clean_tree(target: pathlib.Path) -> pathlib.Path:
+    """The checkout's files as a clean clone has them (tracked, plus new files git does not ignore),
+    copied to target: a build in the checkout itself would package what an earlier build left in
+    build/ (a module since removed, say)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():  # a tracked file deleted in the working tree is not there
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+def build_wheel(dist_dir: pathlib.Path, env: dict | None = None, verbose: bool = False) -> subprocess.CompletedProcess:
+    """The wheel as `pip wheel .` builds it from a clean tree (isolated build, the pyproject's own build
+    requirements), into dist_dir; the build's output."""
+    source = clean_tree(dist_dir / "source")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist_dir), str(REPO)],
-        capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v" if verbose else "-q", "-w", str(dist_dir),
+         str(source)],
+        capture_output=True, text=True, timeout=900, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def wheel_file(dist_dir: pathlib.Path) -> pathlib.Path:
     (wheel,) = dist_dir.glob("emotion_pipeline-*.whl")
     return wheel
 

@@ -16,7 +16,8 @@ images are pre-grouped by shard, so the shuffle moves one element per (batch, sh
 than one per image. The shard of an image is derived from its pixel hash, so all copies
 of an image meet in the same shard group, where duplicates and leakage are resolved.
 
-The stage in modules: this one (options, the pipeline, the launcher), ingest_shuffle (decoding,
+The stage in modules: this one (the parser, the pipeline, the launcher), ingest_options (what the
+steps take from the command line), ingest_shuffle (decoding,
 and the records' way through the shuffle: spilled or carried, --shuffle), ingest_shards
 (de-duplication, carving, shard files), ingest_stats (stats.json, the plot).
 """
@@ -24,7 +25,6 @@ and the records' way through the shuffle: spilled or carried, --shuffle), ingest
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -48,6 +48,7 @@ from beam_pipelines.common import (
     MergeCounts,
     pipeline_options,
 )
+from beam_pipelines.ingest_options import IngestOptions
 from beam_pipelines.ingest_shards import CountKept, DedupeAndWriteShard, WriteEmptyShards, plan_splits, with_shard_plan
 from beam_pipelines.ingest_shuffle import SHUFFLE_MODES, DecodeBatch, shuffle_mode
 from beam_pipelines.ingest_stats import WriteStats
@@ -104,30 +105,6 @@ def parse_args(argv):
     args.input = args.input.rstrip("/")
     args.output = args.output.rstrip("/")
     return args, beam_args
-
-
-@dataclasses.dataclass(frozen=True)
-class IngestOptions:
-    """What the pipeline's steps need from the command line (the DoFns take this, not argparse's
-    Namespace); `staging` is where this run writes (outputs.CommitPlan.write_root)."""
-
-    input: str
-    output: str
-    staging: str
-    image_size: int
-    face_crop: bool
-    max_pixels: int
-    seed: int
-    val_fraction: float
-    test_fraction: float
-    num_shards: int
-    files_per_batch: int
-    shuffle: str  # "spill" or "records", resolved from --shuffle and the runner (ingest_shuffle.shuffle_mode)
-
-    @classmethod
-    def from_args(cls, args, staging: str, shuffle: str) -> IngestOptions:
-        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("staging", "shuffle")]
-        return cls(staging=staging, shuffle=shuffle, **{name: getattr(args, name) for name in names})
 
 
 # --------------------------------------------------------------------------- pipeline

@@ -19,7 +19,7 @@ from schemas import LABEL_TO_INDEX, SCHEMA_VERSION, eval_split_too_small, min_ev
 from schemas.tfrecord import encode_example, tfrecord_frame
 
 if TYPE_CHECKING:
-    from beam_pipelines.ingest import IngestOptions
+    from beam_pipelines.ingest_options import IngestOptions
 
 SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # the evaluation copy of a duplicate wins
 TARGET_SHARD_BYTES = 32 << 20

@@ -34,7 +34,7 @@ from model.preprocess import PreprocessError, image_metrics
 from schemas import canonical_label
 
 if TYPE_CHECKING:
-    from beam_pipelines.ingest import IngestOptions
+    from beam_pipelines.ingest_options import IngestOptions
 
 SHUFFLE_MODES = ("auto", "spill", "records")
 # Runners whose shuffle lives in this machine's memory (by class name, subclasses included):

@@ -19,7 +19,7 @@ from model.files import png_bytes, pyplot
 from schemas import LABELS, SCHEMA_VERSION, SPLITS, eval_split_too_small, min_eval_images
 
 if TYPE_CHECKING:
-    from beam_pipelines.ingest import IngestOptions
+    from beam_pipelines.ingest_options import IngestOptions
 
 def _mean_std(sums, n):
     if n == 0:

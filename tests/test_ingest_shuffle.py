@@ -9,7 +9,7 @@ import shutil
 import cv2
 import pytest
 
-from beam_pipelines import ingest
+from beam_pipelines import ingest, ingest_options
 from beam_pipelines.ingest_shuffle import Carried, DecodeBatch, Spilled, SpillRef, load_records, pixels_of, shuffle_mode
 from conftest import SAMPLE, make_split_tree, write_image
 
@@ -39,7 +39,7 @@ def test_an_explicit_mode_overrides_the_runner():
 
 
 def decode(tmp_path, root, shuffle):
-    options = ingest.IngestOptions(input=str(root), output=str(tmp_path / "out"), staging=str(tmp_path / shuffle),
+    options = ingest_options.IngestOptions(input=str(root), output=str(tmp_path / "out"), staging=str(tmp_path / shuffle),
                                    image_size=48, face_crop=False, max_pixels=10_000_000, seed=0, val_fraction=0.1,
                                    test_fraction=0.1, num_shards=3, files_per_batch=64, shuffle=shuffle)
     batch = [(str(p), None) for p in sorted(root.rglob("*.png"))]

@@ -11,12 +11,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 from model.errors import UsageError
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGINT, _Interrupted.handler) if main_thread else None
     hook, _Interrupted.seen = threading.excepthook, False
     try:
-        return run_command(command, rest)
+        code = run_command(command, rest)
     finally:
         if main_thread:
             # As a process's entry point (no argv given) the run's outcome is decided: a Ctrl-C during the
@@ -144,6 +146,32 @@ def main(argv: list[str] | None = None) -> int:
         if _Interrupted.seen:
             logging.disable(logging.NOTSET)
             threading.excepthook = hook
+    if from_process and _Interrupted.seen:
+        _end_process_within(INTERRUPTED_EXIT_S, code)
+    return code
+
+
+# After Ctrl-C, how long the interpreter's own exit may wait for the runner's threads.
+INTERRUPTED_EXIT_S = 3.0
+
+
+def _end_process_within(seconds: float, code: int) -> None:
+    """Ctrl-C in a process of its own: by now the stage has put its outputs back (its claims' __exit__
+    ran while the KeyboardInterrupt unwound, before run_command printed "interrupted"), so nothing is
+    left to protect. But the runner's worker threads may still be inside a bundle, and the interpreter's
+    exit joins them (concurrent.futures' exit hook waits for every pool worker): the process could hang
+    there for good. Give the normal exit `seconds`, then end the process with `code` without waiting."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+    def end() -> None:
+        time.sleep(seconds)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+    threading.Thread(target=end, name="emotion-exit", daemon=True).start()
 
 
 def run_command(command: str, argv: list[str], quiet_logs: bool = True) -> int:

@@ -17,13 +17,15 @@ The loss per image is
 
 from __future__ import annotations
 
+import io
 import logging
 
 import numpy as np
 import tensorflow as tf
 
 from model.errors import UsageError
-from model.files import local_copy, local_target
+from model.files import local_copy
+from model.ownership import model_gate
 
 log = logging.getLogger("emotion")
 
@@ -75,8 +77,11 @@ def load_or_compute(model_dir: str, teacher_dir: str, data_dir: str, image_size:
     log.info("train: computing the soft targets of %s on the train split (once)", teacher_version)
     targets = compute_targets(teacher_dir, data_dir, image_size)
     targets["fingerprint"] = str(data_fingerprint)
-    with local_target(path) as local:
-        np.savez(local, **{k: np.asarray(v) for k, v in targets.items()})
+    # Written whole through the gate (a temporary file beside it, renamed over it; gs://, one upload),
+    # inside the model directory training holds (_train.lock); never through a link planted there.
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in targets.items()})
+    model_gate(model_dir).write_bytes(path, buffer.getvalue())
     return targets
 
 

@@ -81,8 +81,40 @@ def export_arrays(data_dir: str, output: str, teacher: str | None = None) -> dic
         row = {h: i for i, h in enumerate(targets["sha256"])}
         arrays["train_teacher_log_probs"] = targets["log_probs"][[row[h] for h in hashes]]
         info["teacher"] = {"teacher": targets["teacher"], "teacher_tta": targets["teacher_tta"]}
-    np.savez(output, info=np.array(json.dumps(info)), **arrays)
+    write_arrays(output, arrays, info)
     return info
+
+
+ARRAYS_LOCK = "_export_arrays.lock"  # one export-arrays at a time into a folder
+
+
+def write_arrays(output: str, arrays: dict, info: dict) -> None:
+    """OUTPUT (.npz) written whole through the gate -- a temporary file in its folder, renamed over it --
+    while the folder's lock is held. An existing OUTPUT is replaced only when it is an export-arrays
+    file; anything else there (a user's file, a link, a folder) is refused in one line, untouched."""
+    folder = os.path.dirname(os.path.abspath(output))
+    buffer = io.BytesIO()
+    np.savez(buffer, info=np.array(json.dumps(info)), **arrays)
+    g = gate.Gate([folder])
+    lock = gate.RootLock(folder, gate.new_id("arrays"), flag="--output", name=ARRAYS_LOCK)
+    lock.acquire()
+    try:
+        if os.path.lexists(output) and not _is_arrays_file(output):
+            raise UsageError(f"--output {output} exists and is not an export-arrays file: move it away or choose "
+                             "another --output")
+        g.write_bytes(os.path.abspath(output), buffer.getbuffer())
+    finally:
+        lock.release()
+
+
+def _is_arrays_file(path: str) -> bool:
+    """A regular file (not a link, FIFO or folder: never opened then) holding an export-arrays info record."""
+    try:
+        gate.regular_file(path)
+        with np.load(path) as f:  # allow_pickle stays off
+            return "info" in f.files and isinstance(json.loads(str(f["info"])), dict)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, gate.PathRefused):
+        return False
 
 
 # The largest array file unpacked from .xz: FER2013's train and val splits with teacher targets are

@@ -68,7 +68,12 @@ into, and the table, byte for byte as they were (check_all_or_nothing); a second
 killed run left is a violation (stale_lock); after a successful run on a root: no _staging/, lock or
 stray file left there (nor an emotion-* temp folder of that run); exit codes 0, 2 (exactly one
 "emotion CMD: error:" line besides timestamped log lines, no Traceback), 130 (only after SIGINT: the
-last line "emotion CMD: interrupted", no Traceback) or -9 (only after SIGKILL).
+last line "emotion CMD: interrupted", no Traceback), -9 (only after SIGKILL) or -2 (only after SIGINT,
+before the run had ended: the signal came in the interpreter's start-up or on its way out; like a
+kill -9 it is judged by the data, which must be whole: counted as sigint_deaths). A killed commit whose
+roll-back is refused (the journal not provably the run's: one line, exit 2, for the next run) is
+counted (recovery_refusals), not fatal to the harness: its output must still say "committing" and hold
+every file it held before, in place or retired (check_nothing_lost).
 
 Stale locks after SIGKILL (gate.RootLock): locally the lock is an flock on ROOT/_run.lock (_table.lock,
 _train.lock). The kernel drops it when the process dies; the file stays, naming the dead run, and the
@@ -112,6 +117,7 @@ from beam_pipelines import compare as compare_stage  # noqa: E402
 from beam_pipelines import ingest as ingest_stage  # noqa: E402
 from beam_pipelines import outputs, predict, table  # noqa: E402
 from model import ownership  # noqa: E402
+from model.errors import UsageError  # noqa: E402
 
 STAGES = ("ingest", "predict", "compare", "train")
 FAULTS = ("sigkill", "sigint", "sigkill_commit", "sigint_commit", "readonly_root", "readonly_file", "readonly_dir",
@@ -411,7 +417,9 @@ class Harness:
         self.broken: set[str] = set()
         self.counts = {"steps": 0, "runs": 0, "stages": {}, "faults": {}, "faults_delivered": {}, "exit_codes": {},
                        "pairs": {}, "attack_refusals": 0, "stale_lock_takeovers": 0, "checks": 0, "refusals": {},
-                       "spellings": {}, "kills": 0, "kills_survived": 0}
+                       "spellings": {}, "kills": 0, "kills_survived": 0, "recovery_refusals": {},
+                       "sigint_deaths": 0}
+        self.refused_recovery: dict[str, str] = {}
         self.notes: list[str] = []
 
     # ------------------------------------------------------------------ setup
@@ -544,8 +552,16 @@ class Harness:
             alias = lambda key: str(self.w.alias / self.w[key].name)  # noqa: E731 (another spelling)
             table_root = [alias("table")] if "table" in keys else []
             for key in keys - {"table", "model"}:
-                if outputs.recover(alias(key), also_roots=table_root):
-                    self.log(f"[seed {self.seed} step {step.index}] recovered the run killed in {key}'s commit")
+                try:
+                    if outputs.recover(alias(key), also_roots=table_root):
+                        self.log(f"[seed {self.seed} step {step.index}] recovered the run killed in {key}'s commit")
+                except UsageError as exc:
+                    # What the next run into it would print (one line, exit 2): an outcome, not a crash of
+                    # the harness. Nothing may be lost meanwhile (check_all_or_nothing checks it).
+                    self.refused_recovery[key] = str(exc)
+                    reason = re.sub(r"\S*/world/|\S*/alias/|[a-z]+-\d{8}T\d{6}Z-[0-9a-f]{8}|fh-\d", "", str(exc))[:90]
+                    self.counts["recovery_refusals"][reason] = self.counts["recovery_refusals"].get(reason, 0) + 1
+                    self.log(f"[seed {self.seed} step {step.index}] the roll-back of {key} was refused: {exc}")
 
     def check_all_or_nothing(self, step: Step, runs: list[Run], before: dict) -> None:
         """A run that did not commit (refused, failed, killed or interrupted before its commit) leaves
@@ -555,11 +571,15 @@ class Harness:
             now = self._manifest_bytes(key)
             return now is not None and now != before[key][0] and json.loads(now).get("state") == "complete"
 
+        self.refused_recovery: dict[str, str] = {}
         self.roll_back_killed_commits(step, runs)
         for key in sorted(before, key=lambda k: k == "table"):  # the outputs first, then their table
             outs = [key] if key != "table" else \
                 [k for r in runs if "table" in self._roots_of(r.argv) for k in self._roots_of(r.argv) if k != "table"]
             if any(committed(k) for k in outs):
+                continue
+            if any(k in self.refused_recovery for k in outs):
+                self.check_nothing_lost(step, key, before[key][1], [k for k in outs if k in self.refused_recovery])
                 continue
             after = self._committed_files(key)
             if after != before[key][1]:
@@ -579,6 +599,24 @@ class Harness:
                     kind = "killed_in_commit" if killed and state == "committing" else "not_all_or_nothing"
                 self.violation(step, kind, f"{self.w[key].name}: no run committed (exits {[r.rc for r in runs]}, "
                                f"_run.json {state!r}) but {len(changed)} committed file(s) changed: {changed[:6]}")
+
+    def check_nothing_lost(self, step: Step, key: str, old: dict[str, str], refused: list[str]) -> None:
+        """A killed commit whose roll-back was refused (the journal could not be proven the run's own)
+        leaves its output half old, half new until the user decides; what must hold meanwhile: the
+        output's _run.json still says "committing" (no reader takes it for a finished run), and every file
+        the root held before is still there, in its place or among the retired files of its staging."""
+        for k in refused:
+            state = json.loads(self._manifest_bytes(k) or b"{}").get("state")
+            if state != "committing":
+                self.violation(step, "refused_recovery", f"{self.w[k].name}: the roll-back was refused "
+                               f"({self.refused_recovery[k][:200]}) but _run.json says {state!r}")
+        root = self.w[key]
+        held = {hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*")
+                if p.is_file() and not p.is_symlink()}
+        lost = sorted(name for name, digest in old.items() if digest not in held)
+        if lost:
+            self.violation(step, "refused_recovery", f"{root.name}: the roll-back was refused and {len(lost)} file(s) "
+                           f"of the previous output are gone: {lost[:6]}")
 
     def _lock_path(self, key: str) -> pathlib.Path:
         return self.w[key] / LOCKS["table" if key == "table" else "model" if key == "model" else "output"]
@@ -868,6 +906,12 @@ class Harness:
                     self.violation(step, "sigint_format", f"after SIGINT: {' | '.join(other[-6:])} {where}")
             elif run.rc == -signal.SIGKILL and run.signal_sent == "SIGKILL":
                 pass
+            elif run.rc == -signal.SIGINT and run.signal_sent == "SIGINT" and not _DONE.search(err) \
+                    and not any(line.startswith(f"emotion {cmd}: error: ") for line in other):
+                # Died of the Ctrl-C itself, before the run had ended: in the interpreter's start-up, before
+                # cli.main put its handler in, or on the way out. Like a kill -9, what decides is the data:
+                # nothing lost, no partial output (check_all_or_nothing and check() after every step).
+                self.counts["sigint_deaths"] += 1
             elif run.rc == -signal.SIGINT and run.signal_sent == "SIGINT" and \
                     (_DONE.search(err) or any(line.startswith(f"emotion {cmd}: error: ") for line in other)):
                 # Ctrl-C after the run had finished (or been refused), while the interpreter shuts down
@@ -1129,9 +1173,9 @@ def load_compare(root: pathlib.Path) -> list[str]:
 
 def load_model(root: pathlib.Path) -> list[str]:
     if "tensorflow" not in sys.modules:
-        from beam_pipelines.cli import _import_tensorflow_quietly
+        from model.quiet import import_tensorflow_quietly
 
-        _import_tensorflow_quietly()  # without TensorFlow's start-up lines on the harness's stderr
+        import_tensorflow_quietly()  # without TensorFlow's start-up lines on the harness's stderr
     from model import export
 
     try:
@@ -1174,7 +1218,8 @@ def _unlock_tree(path: pathlib.Path) -> None:
 def summarize(reports: list[dict]) -> dict:
     total: dict = {"seeds": len(reports), "steps": 0, "runs": 0, "stages": {}, "faults": {}, "faults_delivered": {},
                    "exit_codes": {}, "pairs": {}, "refusals": {}, "attack_refusals": 0, "stale_lock_takeovers": 0,
-                   "spellings": {}, "kills": 0, "kills_survived": 0, "violations_by_kind": {}, "violations": []}
+                   "spellings": {}, "kills": 0, "kills_survived": 0, "sigint_deaths": 0, "recovery_refusals": {},
+                   "violations_by_kind": {}, "violations": []}
     for r in reports:
         total["steps"] += r["steps"]
         total["runs"] += r["runs"]
@@ -1182,8 +1227,10 @@ def summarize(reports: list[dict]) -> dict:
         total["stale_lock_takeovers"] += r.get("stale_lock_takeovers", 0)
         total["kills"] += r.get("kills", 0)
         total["kills_survived"] += r.get("kills_survived", 0)
-        for field in ("stages", "faults", "faults_delivered", "exit_codes", "pairs", "refusals", "spellings"):
-            for k, v in r[field].items():
+        total["sigint_deaths"] += r.get("sigint_deaths", 0)
+        for field in ("stages", "faults", "faults_delivered", "exit_codes", "pairs", "refusals", "spellings",
+                      "recovery_refusals"):
+            for k, v in r.get(field, {}).items():
                 total[field][k] = total[field].get(k, 0) + v
         for v in r["violations"]:
             total["violations_by_kind"][v["kind"]] = total["violations_by_kind"].get(v["kind"], 0) + 1

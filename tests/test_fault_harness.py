@@ -13,12 +13,18 @@ naming them, instead of failing it; any other violation fails it. Remove an entr
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 import fault_harness
-from fault_harness import FAULTS, STAGES, World, plan
+from conftest import REPO
+from fault_harness import FAULTS, STAGES, Harness, Run, World, plan
 
 SEED = 6
 STEPS = 16
@@ -66,3 +72,68 @@ def test_a_seeded_sequence_of_runs_with_faults_keeps_every_invariant(tmp_path):
             f"{k} ({KNOWN[k]}) at steps {[v['step'] for v in report['violations'] if v['kind'] == k]}"
             for k in known))
     assert pathlib.Path(report["world"]).exists()
+
+
+# A stage whose runner keeps a worker thread busy for good (a bundle that never ends) when Ctrl-C comes:
+# the interpreter's exit joins pool workers, so the process used to hang after "interrupted" (found by
+# the soak: seed 100, an `emotion ingest` killed by the harness after 300 s).
+LINGERING_STAGE = """
+import concurrent.futures, os, signal, threading, time
+
+def run(argv):
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    pool.submit(threading.Event().wait)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(120)
+"""
+
+
+def test_an_interrupted_process_ends_with_130_even_when_the_runners_threads_linger(tmp_path):
+    (tmp_path / "lingering_stage.py").write_text(LINGERING_STAGE)
+    script = ("import sys; from beam_pipelines import cli; "
+              "cli.COMMANDS['linger'] = cli.Command('lingering_stage', 'a worker that never ends', 'pipelines'); "
+              "sys.argv = ['emotion', 'linger']; sys.exit(cli.main())")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=90)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["emotion linger: interrupted"]
+    assert time.monotonic() - started < 60  # the grace of cli.INTERRUPTED_EXIT_S, not the worker's 120 s
+
+
+def _killed_in_commit_with_a_foreign_journal(harness: Harness) -> tuple[pathlib.Path, dict]:
+    """An ingest output whose commit was killed, with a journal that is not provably its run's: the
+    next run refuses to roll it back (one line, exit 2). Returns the root and its committed files."""
+    root = harness.w["ingest"]
+    (root / "tfrecords").mkdir(parents=True)
+    (root / "tfrecords" / "train-00000-of-00001.tfrecord").write_bytes(b"the new run's shard")
+    retired = root / "_staging" / "ingest-killed" / ".retired" / "00001" / "stats.json"
+    retired.parent.mkdir(parents=True)
+    retired.write_bytes(b'{"the previous": "stats"}')
+    journal = root / "_staging" / "ingest-killed" / ".journal"
+    journal.mkdir()
+    (journal / "header.json").write_text("{}")
+    (journal / "notes.txt").write_text("not a step")
+    (root / "_run.json").write_text(json.dumps({"manifest_version": 1, "run_id": "ingest-killed", "stage": "ingest",
+                                                "state": "committing", "files": []}))
+    return root, {"stats.json": fault_harness.hashlib.sha256(b'{"the previous": "stats"}').hexdigest()}
+
+
+def test_a_refused_roll_back_is_an_outcome_and_nothing_may_be_lost_meanwhile(tmp_path):
+    harness = Harness(tmp_path, seed=SEED, steps=2, log=lambda line: None)
+    harness.w.parent.mkdir(parents=True)
+    harness.w.alias.symlink_to(harness.w.parent, target_is_directory=True)  # the harness recovers through it
+    root, before = _killed_in_commit_with_a_foreign_journal(harness)
+    step = fault_harness.Step(1, "ingest", ["ingest", "--output", str(root)], fault="sigkill", roots=("ingest",))
+    killed = Run(step.argv, popen=None, started=0.0, log=tmp_path / "x.log", signal_sent="SIGKILL",
+                 rc=-signal.SIGKILL)
+    harness.check_all_or_nothing(step, [killed], {"ingest": (b"{}", before)})
+    assert list(harness.counts["recovery_refusals"].values()) == [1]
+    assert "nothing was rolled back" in harness.refused_recovery["ingest"]
+    assert harness.violations == []  # "committing", and the previous stats.json is among the retired files
+    # The retired file gone: data lost, a violation.
+    (root / "_staging" / "ingest-killed" / ".retired" / "00001" / "stats.json").unlink()
+    harness.check_all_or_nothing(step, [killed], {"ingest": (b"{}", before)})
+    assert [v["kind"] for v in harness.violations] == ["refused_recovery"]
+    assert "stats.json" in harness.violations[0]["detail"]

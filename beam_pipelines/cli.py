@@ -93,6 +93,20 @@ class _Interrupted:
             threading.excepthook = lambda args: None
         raise KeyboardInterrupt
 
+    @staticmethod
+    def unraisable_hook(previous):
+        """sys.unraisablehook while a command runs: a Ctrl-C that lands in a finalizer (a __del__, a
+        weakref callback: TensorFlow's run at any moment) cannot be raised there, and Python would print
+        it as an "Exception ignored" traceback; it is dropped instead (the run goes on: it had finished, or
+        the next Ctrl-C interrupts it). Any other unraisable exception is reported as before."""
+
+        def hook(args):
+            if args.exc_type is not None and issubclass(args.exc_type, KeyboardInterrupt):
+                return
+            previous(args)
+
+        return hook
+
 
 # The file system said no: a read-only or immutable file or folder, a file where a folder must go, a
 # full disk. The user's to fix, not a bug: one line, exit 2 (Beam wraps the worker's OSError in its own).
@@ -136,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _Interrupted.handler) if main_thread else None
     hook, _Interrupted.seen = threading.excepthook, False
+    unraisable = sys.unraisablehook
+    if main_thread:
+        sys.unraisablehook = _Interrupted.unraisable_hook(unraisable)
     try:
         code = run_command(command, rest)
     finally:
@@ -143,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             # As a process's entry point (no argv given) the run's outcome is decided: a Ctrl-C during the
             # second the interpreter takes to exit (Beam's atexit hooks) must not turn it into a traceback.
             signal.signal(signal.SIGINT, signal.SIG_IGN if from_process else previous)
+            sys.unraisablehook = unraisable
         if _Interrupted.seen:
             logging.disable(logging.NOTSET)
             threading.excepthook = hook

@@ -137,3 +137,30 @@ def test_a_refused_roll_back_is_an_outcome_and_nothing_may_be_lost_meanwhile(tmp
     harness.check_all_or_nothing(step, [killed], {"ingest": (b"{}", before)})
     assert [v["kind"] for v in harness.violations] == ["refused_recovery"]
     assert "stats.json" in harness.violations[0]["detail"]
+
+
+# A Ctrl-C that lands in a finalizer (TensorFlow's __del__ after a finished training: the soak's seed 308)
+# cannot be raised there: it used to print an "Exception ignored" traceback.
+FINALIZER_STAGE = """
+import os, signal, sys, time
+
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the handler runs here, inside the finalizer
+
+def run(argv):
+    Finalized()
+    print("finished", file=sys.stderr)
+"""
+
+
+def test_a_ctrl_c_inside_a_finalizer_prints_no_traceback(tmp_path):
+    (tmp_path / "finalizer_stage.py").write_text(FINALIZER_STAGE)
+    script = ("import sys; from beam_pipelines import cli; "
+              "cli.COMMANDS['fin'] = cli.Command('finalizer_stage', 'a finalizer gets the Ctrl-C', 'pipelines'); "
+              "sys.argv = ['emotion', 'fin']; sys.exit(cli.main())")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stderr.strip().splitlines() == ["finished"], proc.stderr

@@ -36,7 +36,7 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import progress
+from beam_pipelines import inference, progress
 from beam_pipelines.common import (
     UsageError,
     check_input,
@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what runs the network: litert (the export's int8 file, ~4x faster on CPUs), keras (float32 "
                         "TensorFlow); auto: litert when the export has its file (model/engines.py)")
     p.add_argument("--batch-size", type=int, default=128, help="largest model batch")
+    inference.add_model_copies_argument(p)
     p.add_argument("--files-per-batch", type=int, default=256, help="files read and decoded per work item")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="larger images are rejected as too_large, from their header, before decoding")
@@ -132,6 +133,7 @@ def parse_args(argv):
     check_max_pixels(args.max_pixels)
     if args.batch_size < 1 or args.files_per_batch < 1:
         raise UsageError("--batch-size and --files-per-batch must be at least 1")
+    inference.check_model_copies(args.model_copies)
     args.input = args.input.rstrip("/")
     args.output = args.output.rstrip("/")
     if args.table:

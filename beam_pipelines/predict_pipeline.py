@@ -231,7 +231,7 @@ class Classify(beam.PTransform):
         handler = inference.EngineModelHandler(
             o.model, o.engine, o.tta, o.batch_size, self.model.model_version,
             # an options object from before --model-copies: one copy
-            model_copies=getattr(o, "model_copies", inference.DEFAULT_MODEL_COPIES),
+            model_copies=o.model_copies,
             shared_across_processes=inference.several_processes_per_machine(batches.pipeline.options))
         return (
             batches

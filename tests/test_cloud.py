@@ -533,7 +533,7 @@ SAMPLE_VALUES = {
     "files_per_batch": "128", "batch_size": "64", "face_detector": "mtcnn", "tta": "flip", "engine": "litert",
     "overwrite": "true",
     "table": "gs://b/table", "run_id": "run-1", "quiet": "true", "shuffle": "records", "incremental": "true",
-    "faces": "all", "min_confidence": "0.6", "min_margin": "0.1", "slices": "gs://b/slices.csv",
+    "faces": "all", "min_confidence": "0.6", "min_margin": "0.1", "slices": "gs://b/slices.csv", "model_copies": "2",
 }
 
 

@@ -191,3 +191,15 @@ def test_predict_on_the_sample_reports_runinference_metrics(tmp_path, monkeypatc
     assert batches.sum == predicted and batches.count >= 7 and batches.max <= 32
     assert metrics["inference_batch_latency_micro_secs"].count == batches.count
     assert metrics["inference_request_batch_byte_size"].sum == predicted * 48 * 48 * 4
+
+
+def test_emotion_predict_refuses_no_model_copy_in_one_line(tmp_path):
+    from conftest import REPO, run_cli
+
+    for copies in ("0", "-2"):
+        proc = run_cli("predict", "--input", REPO / "beam_pipelines" / "sample" / "faces", "--output",
+                       tmp_path / "out", "--model-copies", copies, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+        assert lines[0].startswith("emotion predict: error: ") and f"--model-copies {copies}" in lines[0]
+        assert not (tmp_path / "out").exists()  # refused before anything is written

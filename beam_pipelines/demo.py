@@ -34,7 +34,8 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from beam_pipelines.common import OneLineErrors, UsageError, check_input, join, read_bytes, write_bytes
+from beam_pipelines.common import OneLineErrors, UsageError, check_input, join, read_bytes
+from beam_pipelines.storage import pipeline_gate
 from beam_pipelines.model_check import check_model
 from schemas import SPLITS
 
@@ -366,7 +367,9 @@ def _report_stage(demo: _Demo, per_split: dict, raw: _PredictRun) -> str:
     t = demo.progress.stage(demo.stages, demo.stages, "report", "static HTML page of every stage")
     manifest = {"title": "Emotion pipeline demo", "sections": _report_sections(demo, per_split, raw),
                 "stages": demo.progress.rows}
-    write_bytes(demo.folder(report.MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode(), "application/json")
+    # Through the gate, as report.html next to it: whole or not at all, a link there replaced, not followed.
+    pipeline_gate([demo.output]).write_bytes(demo.folder(report.MANIFEST),
+                                             (json.dumps(manifest, indent=2) + "\n").encode())
     path = report.build(demo.output)
     demo.progress.done("report", path, t)
     return path

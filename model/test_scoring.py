@@ -52,5 +52,6 @@ def merge(*records: dict) -> dict:
             if key not in seen:
                 seen.add(key)
                 events.append(event)
-    events.sort(key=lambda e: e.get("when", ""))
+    # A reconstructed event's time reads "by <time>" (it happened no later): ordered by the time itself.
+    events.sort(key=lambda e: e.get("when", "").removeprefix("by "))
     return {"count": len(events), "events": events}

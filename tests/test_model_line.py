@@ -218,3 +218,16 @@ def test_every_card_names_the_uses_the_eu_ai_act_forbids(tiny_model):
                  REPO / "model" / "fast" / "MODEL_CARD.md"):
         text = card.read_text()
         assert "Art. 5(1)(f)" in text and "workplace and education institutions" in text, card
+
+
+def test_a_model_lines_scorings_merge_in_time_order_reconstructed_ones_included():
+    from model import test_scoring
+
+    def event(when, what):
+        return {"when": when, "model_version": "m", "command": "c", "what": what, "recorded": "r"}
+
+    old = {"count": 2, "events": [event("by 2026-11-26T12:00:00+00:00", "a"), event("by 2026-12-01T00:00:00+00:00", "b")]}
+    new = test_scoring.add(old, event("2026-12-05T17:00:00+00:00", "c"))
+    merged = test_scoring.merge(new, old)
+    assert [e["what"] for e in merged["events"]] == ["a", "b", "c"] and merged["count"] == 3
+    assert test_scoring.merge(old, new) == merged

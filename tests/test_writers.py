@@ -119,8 +119,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     # ------------------------------------------------------------------ the demo (its own --output)
     ("beam_pipelines.demo", "_check_output"):
         "creates the demo's --output folder (os.makedirs, exist_ok): nothing is replaced or removed",
-    ("beam_pipelines.demo", "_report_stage"):
-        "demo.json in the demo's own --output, a plain write with no lock (not yet through the gate: reported)",
     ("beam_pipelines.demo", "_train"):
         "an anonymous temporary file in TMPDIR for the training subprocess's output, gone when closed",
     # ------------------------------------------------------------------ training and export: --model-dir

@@ -39,17 +39,17 @@ class Command:
 
 # The one list of commands: `emotion`'s and the Dataflow launcher's.
 COMMANDS = {
-    "ingest": Command("beam_pipelines.ingest", "raw image folders -> validated, sharded TFRecords", "pipelines",
+    "ingest": Command("beam_pipelines.ingest.launcher", "raw image folders -> validated, sharded TFRecords", "pipelines",
                       flex_template=True),
     "train": Command("model.train", "tf.distribute training -> checkpoints, TensorBoard, exported model", "training",
                      tensorflow=True),
     "evaluate": Command("model.evaluate", "compare on val; --final scores test once and records it", "training",
                         tensorflow=True),
-    "predict": Command("beam_pipelines.predict", "Beam batch inference -> Parquet predictions + evaluation", "all",
+    "predict": Command("beam_pipelines.predict.launcher", "Beam batch inference -> Parquet predictions + evaluation", "all",
                        tensorflow=True, flex_template=True),
     "compare": Command("beam_pipelines.compare", "two prediction runs over the same images, model against model",
                        "pipelines"),
-    "report": Command("beam_pipelines.report", "static HTML report of an ingest/train/predict output", "pipelines"),
+    "report": Command("beam_pipelines.report.launcher", "static HTML report of an ingest/train/predict output", "pipelines"),
     "demo": Command("beam_pipelines.demo", "ingest -> train -> predict -> report on the embedded sample", "all",
                     tensorflow=True),
 }

@@ -26,10 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beam_pipelines import progress
-from beam_pipelines.common import UsageError, join, log, parquet_bytes, read_parquet, write_bytes
-from beam_pipelines.listing import list_entries
-from beam_pipelines.outputs import OutputClaim, commit
+from beam_pipelines.base import progress
+from beam_pipelines.base.files import join, parquet_bytes, read_parquet, write_bytes
+from beam_pipelines.base.listing import list_entries
+from beam_pipelines.base.outputs import OutputClaim, commit
+from beam_pipelines.base.runner import log
+from model.errors import UsageError
 from model.metrics import confusion, summarize
 from schemas import (
     AGREEMENT_SCHEMA,
@@ -105,7 +107,8 @@ def _read_predictions(paths: list[str], run_ids: set | None = None) -> pa.Table:
 def run_files(source: str, table_root: str | None) -> list[str]:
     """The prediction files of a predict output or of a table run id."""
     if table_root:
-        from beam_pipelines.table import read_run as read_run_row, run_partition
+        from beam_pipelines.table.claim import read_run as read_run_row
+        from beam_pipelines.table.claim import run_partition
 
         row = read_run_row(table_root, source)
         if row is None:

@@ -34,9 +34,11 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from beam_pipelines.common import OneLineErrors, UsageError, check_input, join, read_bytes
-from beam_pipelines.storage import pipeline_gate
-from beam_pipelines.model_check import check_model
+from beam_pipelines.base.files import check_input, join, read_bytes
+from beam_pipelines.base.runner import OneLineErrors
+from beam_pipelines.base.storage import pipeline_gate
+from beam_pipelines.predict.model_check import check_model
+from model.errors import UsageError
 from schemas import SPLITS
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample", "faces")
@@ -179,7 +181,7 @@ def run(argv=None) -> dict:
     data_input = _absolute(args.input)
     check_input(data_input)
     _check_output(output)
-    from beam_pipelines.report import check_report_is_ours
+    from beam_pipelines.report.launcher import check_report_is_ours
 
     check_report_is_ours(output)
     if args.shipped_model is not None:
@@ -261,7 +263,7 @@ def _run(demo: _Demo) -> dict:
 
 def _ingest_stage(demo: _Demo) -> dict:
     """1. The sample -> TFRecords; its stats.json, after checking there is enough to train and test on."""
-    from beam_pipelines import ingest
+    from beam_pipelines.ingest import launcher as ingest
 
     p, args = demo.progress, demo.args
     t = p.stage(1, demo.stages, "ingest",
@@ -314,7 +316,7 @@ def _train_stage(demo: _Demo, per_split: dict) -> dict:
 
 def _predict_test_split(demo: _Demo, run: _PredictRun) -> dict:
     """3. The test split's TFRecords through one model; predict's summary."""
-    from beam_pipelines import predict
+    from beam_pipelines.predict import launcher as predict
 
     t = time.time()
     summary = predict.run(["--input", join(demo.folder("ingest"), "tfrecords", "test-*.tfrecord"),
@@ -330,7 +332,7 @@ def _predict_test_split(demo: _Demo, run: _PredictRun) -> dict:
 
 def _predict_raw_folder(demo: _Demo, raw: _PredictRun) -> dict:
     """4. The raw sample folder, bad files included, through one model (they land in the dead letters)."""
-    from beam_pipelines import predict
+    from beam_pipelines.predict import launcher as predict
 
     t = demo.progress.stage(4, demo.stages, "predict", f"the raw sample folder, bad files included, with the "
                             f"{raw.what}")
@@ -362,7 +364,7 @@ def _compare_stage(demo: _Demo) -> None:
 
 def _report_stage(demo: _Demo, per_split: dict, raw: _PredictRun) -> str:
     """The last stage: demo.json (the sections' titles and notes, the stages' times), then the page."""
-    from beam_pipelines import report
+    from beam_pipelines.report import launcher as report
 
     t = demo.progress.stage(demo.stages, demo.stages, "report", "static HTML page of every stage")
     manifest = {"title": "Emotion pipeline demo", "sections": _report_sections(demo, per_split, raw),

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 from _measure import measure
 
-from beam_pipelines.storage import pipeline_gate
+from beam_pipelines.base.storage import pipeline_gate
 from model.metrics import confusion, summarize
 from schemas import LABELS, canonical_label
 

@@ -14,7 +14,7 @@ import sys
 
 from _measure import measure
 
-from beam_pipelines.storage import pipeline_gate
+from beam_pipelines.base.storage import pipeline_gate
 
 
 def main():

@@ -15,7 +15,6 @@ import sys
 
 import cv2
 import numpy as np
-
 from _measure import measure
 
 

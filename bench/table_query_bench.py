@@ -7,7 +7,7 @@ each of --runs runs (10 x 10 x 7,178 = 717,800 rows), written twice, side by sid
 
   before  one file per run as the pipeline's per-run output is written (Beam's WriteToParquet: Snappy,
           one row group per file, rows in arrival order)
-  after   the --table layout (beam_pipelines/table.py): Hive partitions, rows sorted by
+  after   the --table layout (beam_pipelines/table/): Hive partitions, rows sorted by
           (predicted_label, confidence), 128 Ki-row groups, ZSTD
 
 and the same queries are timed on both (median of --repeats, DuckDB on every core). Prints JSON.

@@ -44,8 +44,8 @@ def _installed(*modules: str) -> dict[str, str]:
 
 
 def dataflow() -> None:
-    versions = _installed("apache_beam", "tensorflow", "cv2", "ai_edge_litert", "beam_pipelines.ingest",
-                          "beam_pipelines.predict", "beam_pipelines.cli")
+    versions = _installed("apache_beam", "tensorflow", "cv2", "ai_edge_litert", "beam_pipelines.ingest.launcher",
+                          "beam_pipelines.predict.launcher", "beam_pipelines.cli")
     from model import PACKAGED_MODELS
 
     sample = os.path.join(os.path.dirname(importlib.import_module("beam_pipelines").__file__), "sample")

@@ -72,7 +72,7 @@ def make_split_tree(root: pathlib.Path, per_class: int = 12, splits=("train", "t
 @pytest.fixture(scope="session")
 def tiny_ingest(tmp_path_factory):
     """An ingest output of 7 classes x 40 train + 8 test synthetic images (val carved from train)."""
-    from beam_pipelines import ingest
+    from beam_pipelines.ingest import launcher as ingest
 
     root = tmp_path_factory.mktemp("tiny_raw")
     make_split_tree(root, per_class=40, splits=("train",), seed=1)

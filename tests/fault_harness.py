@@ -114,8 +114,11 @@ from conftest import REPO, SAMPLE, make_split_tree  # noqa: E402
 from test_gate import assert_manifest_lists_exactly_its_files, snapshot  # noqa: E402
 
 from beam_pipelines import compare as compare_stage  # noqa: E402
-from beam_pipelines import ingest as ingest_stage  # noqa: E402
-from beam_pipelines import outputs, predict, table  # noqa: E402
+from beam_pipelines.ingest import launcher as ingest_stage  # noqa: E402
+from beam_pipelines.base import killed_runs  # noqa: E402
+from beam_pipelines.base import manifest  # noqa: E402
+from beam_pipelines.predict import launcher as predict  # noqa: E402
+from beam_pipelines.table import claim  # noqa: E402
 from model import ownership  # noqa: E402
 from model.errors import UsageError  # noqa: E402
 
@@ -133,7 +136,7 @@ ROOT_NAMES = {"ingest": "ingest", "preds_a": "preds_a", "preds_b": "preds [b]", 
               "model": "model"}
 STAGE_NAMES = {"ingest": ingest_stage.OUTPUT_NAMES, "predict": predict.OUTPUT_NAMES,
                "compare": compare_stage.OUTPUT_NAMES}
-LOCKS = {"output": outputs.LOCK, "table": table.LOCK, "model": ownership.LOCK}
+LOCKS = {"output": manifest.LOCK, "table": claim.LOCK, "model": ownership.LOCK}
 # A user's file under a name the stage owns, per attackable root.
 ATTACKS = {"ingest": ("stats.json", b'{"mine": "my own summary, not an ingest output"}\n'),
            "preds_a": ("predictions/mine.parquet", b"not parquet: the user's own file\n"),
@@ -524,7 +527,7 @@ class Harness:
                  f"exit={record['exit']} {record['seconds']}s{' ' + fault_info if fault_info else ''}")
 
     def _manifest_bytes(self, key: str) -> bytes | None:
-        path = self.w[key] / outputs.MANIFEST
+        path = self.w[key] / manifest.MANIFEST
         return path.read_bytes() if key != "table" and path.is_file() else None
 
     def _committed_files(self, key: str) -> dict[str, str]:
@@ -534,7 +537,7 @@ class Harness:
         if not root.is_dir():
             return {}
         if key == "table":
-            files = [p for p in root.rglob("*") if p.relative_to(root).parts[0] not in (table.STAGING, table.LOCK)]
+            files = [p for p in root.rglob("*") if p.relative_to(root).parts[0] not in (claim.STAGING, claim.LOCK)]
         else:
             files = [p for name in STAGE_NAMES[OUTPUT_ROOTS[key]] for p in [root / name, *(root / name).rglob("*")]]
         return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files
@@ -543,7 +546,7 @@ class Harness:
     def roll_back_killed_commits(self, step: Step, runs: list[Run]) -> None:
         """A run killed inside its commit leaves its output (and table) mixed until the next run into it
         rolls the commit back from its journal, before anything else; one killed just after it leaves
-        its clean-up undone. Do now what that next run does first (outputs.recover, what OutputClaim
+        its clean-up undone. Do now what that next run does first (killed_runs.recover, what OutputClaim
         does), so all-or-nothing and the manifests are checked on the result."""
         for run in runs:
             if run.rc != -signal.SIGKILL:
@@ -553,7 +556,7 @@ class Harness:
             table_root = [alias("table")] if "table" in keys else []
             for key in keys - {"table", "model"}:
                 try:
-                    if outputs.recover(alias(key), also_roots=table_root):
+                    if killed_runs.recover(alias(key), also_roots=table_root):
                         self.log(f"[seed {self.seed} step {step.index}] recovered the run killed in {key}'s commit")
                 except UsageError as exc:
                     # What the next run into it would print (one line, exit 2): an outcome, not a crash of
@@ -737,7 +740,7 @@ class Harness:
         transaction follows at once and takes a few ms); train: `fraction` of 2 s after its export has
         started writing."""
         root = self.w[step.roots[0]]
-        manifest = root / (ownership.MANIFEST if step.stage == "train" else outputs.MANIFEST)
+        manifest = root / (ownership.MANIFEST if step.stage == "train" else manifest.MANIFEST)
         before = manifest.read_bytes() if manifest.is_file() else None
         while run.popen.poll() is None:
             if step.stage == "train":
@@ -796,7 +799,7 @@ class Harness:
         kind = step.fault
         if kind == "staging_blocked":
             target_root = self.w["table"] if "table" in step.roots and rng.random() < 0.5 else root
-            blocker = target_root / outputs.STAGING
+            blocker = target_root / manifest.STAGING
             if blocker.exists() or blocker.is_symlink():
                 kind = "readonly_dir"  # a killed run's staging is there: block something else
             else:
@@ -827,11 +830,11 @@ class Harness:
             if not root.is_dir():
                 continue
             if key == "table":
-                names = [table.RUNS, table.BIGQUERY, table.MANIFEST] + [p.name for p in root.glob("model_version=*")]
+                names = [claim.RUNS, claim.BIGQUERY, claim.MANIFEST] + [p.name for p in root.glob("model_version=*")]
             elif key == "model":
                 names = [*ownership.NAMES, ownership.MANIFEST]
             else:
-                names = [*STAGE_NAMES[OUTPUT_ROOTS[key]], outputs.MANIFEST]
+                names = [*STAGE_NAMES[OUTPUT_ROOTS[key]], manifest.MANIFEST]
             for name in names:
                 path = root / name
                 if path.is_symlink() or not path.exists():
@@ -994,14 +997,14 @@ class Harness:
         if not root.is_dir():
             return problems
         names = STAGE_NAMES[stage]
-        manifest_path = root / outputs.MANIFEST
+        manifest_path = root / manifest.MANIFEST
         manifest = json.loads(manifest_path.read_bytes()) if manifest_path.is_file() else None
         state = manifest.get("state") if manifest else None
         if self.last_ok.get(key):
             if state != "complete":
                 problems.append(("manifest", f"the last run exited 0 but _run.json says {state!r}"))
-            left = [n for n in (outputs.STAGING, outputs.LOCK) if (root / n).exists() or (root / n).is_symlink()]
-            strays = self._strays(key, root, {*names, outputs.MANIFEST})
+            left = [n for n in (manifest.STAGING, manifest.LOCK) if (root / n).exists() or (root / n).is_symlink()]
+            strays = self._strays(key, root, {*names, manifest.MANIFEST})
             if left or strays:
                 problems.append(("left_behind", f"after a successful run: {left + strays}"))
         if state == "complete":
@@ -1025,15 +1028,15 @@ class Harness:
         if not root.is_dir():
             return problems
         if self.last_ok.get("table"):
-            left = [n for n in (table.STAGING, table.LOCK) if (root / n).exists() or (root / n).is_symlink()]
-            strays = self._strays("table", root, {table.RUNS, table.BIGQUERY, table.MANIFEST}
+            left = [n for n in (claim.STAGING, claim.LOCK) if (root / n).exists() or (root / n).is_symlink()]
+            strays = self._strays("table", root, {claim.RUNS, claim.BIGQUERY, claim.MANIFEST}
                                   | {p.name for p in root.glob("model_version=*") if p.is_dir()})
             if left or strays:
                 problems.append(("left_behind", f"after a successful run: {left + strays}"))
-            listed = sorted(json.loads((root / table.MANIFEST).read_text())["files"]) \
-                if (root / table.MANIFEST).is_file() else None
+            listed = sorted(json.loads((root / claim.MANIFEST).read_text())["files"]) \
+                if (root / claim.MANIFEST).is_file() else None
             held = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.is_symlink()
-                          and table.reserved(str(p.relative_to(root))) and p.name != table.MANIFEST
+                          and claim.reserved(str(p.relative_to(root))) and p.name != claim.MANIFEST
                           and p not in self.planted)
             if listed != held:
                 problems.append(("table", f"_table.json does not list exactly the table's files: missing "
@@ -1041,10 +1044,10 @@ class Harness:
                                  f"{sorted(set(listed or []) - set(held))[:4]}"))
         partitions = {str(p) for p in root.glob("model_version=*/run_date=*/run_id=*")}
         rows = {}
-        for path in sorted((root / table.RUNS).glob("*.parquet")) if (root / table.RUNS).is_dir() else []:
+        for path in sorted((root / claim.RUNS).glob("*.parquet")) if (root / claim.RUNS).is_dir() else []:
             try:
-                row = table.read_run(str(root), path.stem)
-                rows[path.stem] = (row, table.run_partition(str(root), row))
+                row = partitions.read_run(str(root), path.stem)
+                rows[path.stem] = (row, partitions.run_partition(str(root), row))
             except Exception as exc:
                 problems.append(("table", f"runs row {path.name} unreadable: {exc}"))
         for run_id, (row, partition) in rows.items():
@@ -1164,7 +1167,7 @@ def load_compare(root: pathlib.Path) -> list[str]:
     summary = json.loads((root / "compare" / "comparison.json").read_text())
     for name in ("agreement", "per_class", "disagreements"):
         pq.read_table(root / "compare" / f"{name}.parquet")
-    manifest = json.loads((root / outputs.MANIFEST).read_text())
+    manifest = json.loads((root / manifest.MANIFEST).read_text())
     if manifest.get("counts", {}).get("images_in_both") != summary.get("images_in_both"):
         return [f"comparison.json says {summary.get('images_in_both')} images in both, _run.json "
                 f"{manifest.get('counts')}"]

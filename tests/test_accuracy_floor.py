@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from beam_pipelines import predict
+from beam_pipelines.predict import launcher as predict
 from conftest import SAMPLE
 from model.preprocess import PreprocessError, cv2, preprocess
 

@@ -24,8 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import StandardOptions
 
-from beam_pipelines import ingest, predict
-from beam_pipelines.common import UsageError, pipeline_options
+from beam_pipelines.ingest import launcher as ingest
+from beam_pipelines.predict import launcher as predict
+from model.errors import UsageError
+from beam_pipelines.base.runner import pipeline_options
 from conftest import REPO, SHIPPED_MODEL, make_split_tree
 from schemas import LABELS
 
@@ -411,7 +413,7 @@ def test_ingest_then_predict_on_gcs(gcs, model_dir, tmp_path):
 def test_fan_out_listing_on_gcs_covers_every_object_once(gcs):
     """gs:// units (class prefixes by a delimiter listing, name ranges for a folder's own objects)
     together list exactly what one recursive listing does."""
-    from beam_pipelines.listing import NAME_RANGE_BOUNDS, list_entries, list_unit, plan_units
+    from beam_pipelines.base.listing import NAME_RANGE_BOUNDS, list_entries, list_unit, plan_units
 
     bucket = gcs.bucket("emotion-test")
     names = [f"fan/{c}{i}.png" for c in "0Aa~_z-" for i in range(2)]  # a flat part, across the name ranges
@@ -432,7 +434,7 @@ def test_output_ownership_and_lock_on_gcs(gcs, tmp_path):
     """The data-safety rules hold on gs:// as on disk: manifest, staging committed and gone, the lock
     released; a busy output, and files no run wrote, stop a run before it writes anything."""
     from model.errors import UsageError
-    from beam_pipelines.outputs import OutputLock
+    from beam_pipelines.base.manifest import OutputLock
 
     raw = tmp_path / "raw"
     make_split_tree(raw, per_class=1, splits=("train", "test"))

@@ -1,5 +1,5 @@
 """`emotion compare` on prediction files written here (real Parquet, the real command), its output
-tables against schemas/compare.py, and the one Parquet reader (common.read_parquet) it shares with
+tables against schemas/compare.py, and the one Parquet reader (base/files.read_parquet) it shares with
 the report."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipelines import cli, compare
-from beam_pipelines.common import parquet_num_rows, read_parquet
+from beam_pipelines.base.files import parquet_num_rows, read_parquet
 from schemas import AGREEMENT_SCHEMA, COMPARE_PER_CLASS_SCHEMA, DISAGREEMENTS_SCHEMA, LABELS, PER_CLASS_SCHEMA
 
 # (uri, true label, run a's label and confidence, run b's label and confidence)

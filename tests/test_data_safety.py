@@ -10,7 +10,6 @@ test_hostile_decoding.py, whose corpus runs end to end through ingest and predic
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 import signal
@@ -23,9 +22,11 @@ import pytest
 from conftest import REPO, SHIPPED_MODEL, make_split_tree, synthetic_face, write_image
 from hostile_corpus import CORPUS, WRITTEN, preprocess_expected, write_corpus
 
-from beam_pipelines import cli, ingest, predict
+from beam_pipelines import cli
+from beam_pipelines.ingest import launcher as ingest
+from beam_pipelines.predict import launcher as predict
 from model.errors import UsageError
-from beam_pipelines.outputs import LOCK, MANIFEST, OutputLock
+from beam_pipelines.base.manifest import LOCK, MANIFEST, OutputLock
 
 
 def tree_snapshot(root: pathlib.Path) -> dict[str, bytes]:
@@ -231,7 +232,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
     make_split_tree(raw, per_class=1, splits=("train", "test"))
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from beam_pipelines.outputs import OutputLock; "
+        [sys.executable, "-c", "import sys, time; from beam_pipelines.base.manifest import OutputLock; "
          "OutputLock(sys.argv[1], 'killed-run').acquire(); print('locked', flush=True); time.sleep(60)", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
@@ -301,10 +302,10 @@ def test_gs_paths_without_credentials_fail_fast_naming_adc(capsys, tmp_path, mon
 
 
 def test_gs_paths_with_no_network_fail_fast(capsys, tmp_path, monkeypatch):
-    from beam_pipelines import common
+    from beam_pipelines.base import files
 
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")  # nothing listens there
-    monkeypatch.setattr(common, "GCS_TIMEOUT_S", 3)
+    monkeypatch.setattr(files, "GCS_TIMEOUT_S", 3)
     started = time.monotonic()
     code, err = run_cli(capsys, "predict", "--input", "gs://some-bucket/faces", "--output", tmp_path / "out")
     assert code == 2 and "cannot reach gs://some-bucket" in err and "Traceback" not in err

@@ -14,7 +14,8 @@ import json
 
 import pytest
 
-from beam_pipelines import ingest, predict
+from beam_pipelines.ingest import launcher as ingest
+from beam_pipelines.predict import launcher as predict
 from conftest import REPO
 
 DATAFLOW = REPO / "deploy" / "dataflow"

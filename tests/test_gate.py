@@ -24,7 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, SHIPPED_MODEL, make_split_tree
 
-from beam_pipelines import cli, outputs, predict, table
+from beam_pipelines import cli
+from beam_pipelines.base import manifest
+from beam_pipelines.predict import launcher as predict
+from beam_pipelines.table import claim
 from model import gate
 from model.errors import UsageError
 from model.gate import Gate, PathRefused, RootLock
@@ -50,11 +53,11 @@ def one_line_error(capsys, code: int, *needles: str) -> str:
 def assert_manifest_lists_exactly_its_files(out: pathlib.Path, names) -> None:
     """The invariant a fault harness checks after any run: _run.json lists exactly the files under the
     stage's names, and no staging is left behind."""
-    manifest = json.loads((out / outputs.MANIFEST).read_text())
+    manifest = json.loads((out / manifest.MANIFEST).read_text())
     present = sorted(str(p.relative_to(out)) for name in names for p in
                      ([out / name] if (out / name).is_file() else (out / name).rglob("*")) if p.is_file())
     assert sorted(f for f in manifest["files"] if f.split("/")[0] in names) == present
-    assert manifest["state"] == "complete" and not (out / outputs.STAGING).exists()
+    assert manifest["state"] == "complete" and not (out / manifest.STAGING).exists()
 
 
 @contextlib.contextmanager
@@ -228,7 +231,7 @@ def test_a_manifest_pointing_outside_the_output_is_refused_before_anything_is_re
         manifest = {"run_id": "ingest-x", "stage": "ingest", "state": "complete", "files": [], **manifest}
         manifest["files"] = [f.replace("/VICTIM", str(victim)) for f in manifest["files"]] \
             if isinstance(manifest["files"], list) else manifest["files"]
-    (out / outputs.MANIFEST).write_text(json.dumps(manifest))
+    (out / manifest.MANIFEST).write_text(json.dumps(manifest))
     before = snapshot(out)
     code = cli.main(["ingest", "--input", str(raw), "--output", str(out)])
     one_line_error(capsys, code, "not written by this pipeline" if isinstance(manifest, dict) else "not a manifest")
@@ -243,7 +246,7 @@ def test_a_link_planted_under_a_stage_name_is_not_followed_by_a_remove(capsys, t
     (victim / "a.tfrecord").write_bytes(b"precious")
     out.mkdir()
     (out / "tfrecords").symlink_to(victim, target_is_directory=True)
-    (out / outputs.MANIFEST).write_text(json.dumps({"run_id": "ingest-x", "state": "complete",
+    (out / manifest.MANIFEST).write_text(json.dumps({"run_id": "ingest-x", "state": "complete",
                                                     "files": ["tfrecords/a.tfrecord"]}))
     code = cli.main(["ingest", "--input", str(raw), "--output", str(out), "--overwrite"])
     one_line_error(capsys, code, "outside this run's folders")
@@ -305,7 +308,7 @@ def test_a_commit_failing_in_the_table_undoes_the_output_too(first_run, faces, t
 
 def test_a_second_writer_of_a_table_is_refused_naming_the_holder(capsys, faces, tmp_path):
     root, out = tmp_path / "table", tmp_path / "out"
-    holder = RootLock(str(root), "predict-holder", flag="--table", name=table.LOCK)
+    holder = RootLock(str(root), "predict-holder", flag="--table", name=claim.LOCK)
     holder.acquire()
     try:
         code = predict_cli("--input", faces, "--output", out, "--table", root, "--run-id", "dup")
@@ -557,7 +560,7 @@ def test_ctrl_c_during_predict_is_one_line_and_exit_130(faces, tmp_path):
     err = "".join(lines) + proc.stderr.read()
     assert proc.wait(timeout=60) == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "emotion predict: interrupted"
-    assert not out.exists() or sorted(os.listdir(out)) in ([], [outputs.MANIFEST])
+    assert not out.exists() or sorted(os.listdir(out)) in ([], [manifest.MANIFEST])
 
 
 def test_a_write_the_file_system_refuses_midway_is_one_line_and_changes_nothing(capsys, first_run, faces, tmp_path):
@@ -571,7 +574,7 @@ def test_a_write_the_file_system_refuses_midway_is_one_line_and_changes_nothing(
                               "cannot", "summary.json")
         assert "Operation not permitted" in line
         assert snapshot(out) == before
-    (out / outputs.STAGING).write_bytes(b"a file where the staging folder goes")
+    (out / manifest.STAGING).write_bytes(b"a file where the staging folder goes")
     before = snapshot(out)
     one_line_error(capsys, cli.main(["predict", "--input", str(faces), "--output", str(out)]), "Not a directory")
     assert snapshot(out) == before

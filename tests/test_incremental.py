@@ -20,8 +20,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from conftest import SHIPPED_MODEL, make_split_tree, synthetic_face, write_image
 
-from beam_pipelines import cli, predict, progress
-from beam_pipelines.predict_incremental import ReadSeenHashes
+from beam_pipelines import cli
+from beam_pipelines.predict import launcher as predict
+from beam_pipelines.base import progress
+from beam_pipelines.predict.incremental import ReadSeenHashes
 from schemas.tables import (
     TABLE_PARTITION_SCHEMA,
     TABLE_READ_SCHEMA,

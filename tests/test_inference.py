@@ -1,4 +1,4 @@
-"""Predict's model as a Beam ModelHandler (beam_pipelines/inference.py) under Beam's RunInference: real
+"""Predict's model as a Beam ModelHandler (beam_pipelines/predict/inference.py) under Beam's RunInference: real
 engines on the shipped model, real DirectRunner pipelines, RunInference's own metrics read back."""
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 import apache_beam as beam
-from beam_pipelines import inference, predict, progress
-from beam_pipelines.predict_options import ModelInfo, PredictOptions
-from beam_pipelines.predict_pipeline import Classify, Image, image_batch
+from beam_pipelines.predict import inference
+from beam_pipelines.predict import launcher as predict
+from beam_pipelines.base import progress
+from beam_pipelines.predict.options import ModelInfo, PredictOptions
+from beam_pipelines.predict.pipeline import Classify, Image, image_batch
 from conftest import SAMPLE, SHIPPED_MODEL, synthetic_face
 from model import engines
 from model.errors import UsageError

@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipelines import ingest
-from beam_pipelines.common import UsageError
+from beam_pipelines.ingest import launcher as ingest
+from model.errors import UsageError
 from conftest import make_split_tree, synthetic_face, write_image
 from schemas import LABELS, REJECTED_SCHEMA
 
@@ -240,7 +240,7 @@ def test_an_ingest_whose_val_is_too_small_for_training_says_so_and_training_refu
     from conftest import make_split_tree, synthetic_face, write_image
 
     from beam_pipelines import cli
-    from beam_pipelines.ingest_stats import small_split_warnings
+    from beam_pipelines.ingest.stats import small_split_warnings
 
     assert small_split_warnings({"train": 40, "val": 1}) and not small_split_warnings({"train": 40, "val": 4})
     assert not small_split_warnings({"train": 40})  # no val at all: training runs without choosing epochs

@@ -9,8 +9,9 @@ import shutil
 import cv2
 import pytest
 
-from beam_pipelines import ingest, ingest_options
-from beam_pipelines.ingest_shuffle import Carried, DecodeBatch, Spilled, SpillRef, load_records, pixels_of, shuffle_mode
+from beam_pipelines.ingest import launcher as ingest
+from beam_pipelines.ingest import options as ingest_options
+from beam_pipelines.ingest.shuffle import Carried, DecodeBatch, Spilled, SpillRef, load_records, pixels_of, shuffle_mode
 from conftest import SAMPLE, make_split_tree, write_image
 
 STATS_KEYS = ("totals", "written", "written_per_split", "rejected", "skipped", "duplicates", "splits_carved_from_train",

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipelines import predict
-from beam_pipelines.common import UsageError
-from beam_pipelines.slices import NONE_VALUE, macro_f1_interval, read_slices, wilson
+from beam_pipelines.predict import launcher as predict
+from model.errors import UsageError
+from beam_pipelines.predict.slices import NONE_VALUE, macro_f1_interval, read_slices, wilson
 from conftest import SAMPLE, SHIPPED_MODEL
 from model.metrics import confusion, summarize
 from model.preprocess import FACE_DETECTORS, PreprocessError, decode_gray, detect_faces, preprocess, preprocess_faces

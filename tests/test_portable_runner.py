@@ -19,8 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipelines import common, ingest, predict
-from beam_pipelines.common import UsageError, pipeline_options
+from beam_pipelines.ingest import launcher as ingest
+from beam_pipelines.predict import launcher as predict
+from model.errors import UsageError
+from beam_pipelines.base import runner
+from beam_pipelines.base.runner import pipeline_options
 from conftest import SAMPLE, SHIPPED_MODEL, run_cli
 from schemas import LABELS
 
@@ -187,7 +190,7 @@ def test_an_unreachable_job_service_is_one_line_within_seconds(tmp_path):
 
 
 def test_a_pool_whose_workers_cannot_start_is_refused_in_bounded_time(broken_worker_pool, worker_pool, monkeypatch):
-    monkeypatch.setattr(common, "WORKER_START_TIMEOUT_S", 5)  # 60 s in `emotion`: a Python start-up on a busy node
+    monkeypatch.setattr(runner, "WORKER_START_TIMEOUT_S", 5)  # 60 s in `emotion`: a Python start-up on a busy node
     pipeline_options(portable(worker_pool), save_main_session=False)  # a working pool passes the same checks
     started = time.monotonic()
     with pytest.raises(UsageError, match="did not call back within 5 s: start the pool with the project's Python"):

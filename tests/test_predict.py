@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipelines import ingest, predict
+from beam_pipelines.ingest import launcher as ingest
+from beam_pipelines.predict import launcher as predict
 from conftest import SAMPLE, SHIPPED_MODEL
 from model.metrics import confusion, summarize
 from schemas import CONFUSION_SCHEMA, LABELS, PER_CLASS_SCHEMA, PREDICTIONS_SCHEMA, REJECTED_SCHEMA

@@ -1,4 +1,4 @@
-"""Progress lines and counters (beam_pipelines/progress.py): the line's arithmetic as a unit, then real
+"""Progress lines and counters (beam_pipelines/base/progress.py): the line's arithmetic as a unit, then real
 `emotion predict` and `emotion compare` runs on the embedded sample with the interval lowered."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import re
 
 from conftest import SAMPLE, SHIPPED_MODEL
 
-from beam_pipelines import cli, ingest, progress
-from beam_pipelines.progress import Figures, format_duration, format_line
-from beam_pipelines.reading import listing_total
+from beam_pipelines import cli
+from beam_pipelines.ingest import launcher as ingest
+from beam_pipelines.base import progress
+from beam_pipelines.base.progress import Figures, format_duration, format_line
+from beam_pipelines.base.reading import listing_total
 
 LINE = re.compile(r"^\d\d:\d\d:\d\d predict: ([\d,]+)(?: / ([\d,]+))? images", re.M)
 

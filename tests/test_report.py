@@ -1,4 +1,4 @@
-"""`emotion report`: the page rendered from beam_pipelines/templates on small real outputs.
+"""`emotion report`: the page rendered from beam_pipelines/report/templates on small real outputs.
 
 Outputs used: the session's tiny ingest output, the shipped model's own training folder
 (model/shipped: metadata.json with every TTA metric, history.csv, training curves) and
@@ -15,7 +15,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from beam_pipelines import report, report_format
+from beam_pipelines.report import launcher as report
+from beam_pipelines.report import filters as report_format
 from conftest import REPO, SAMPLE, SHIPPED_MODEL
 
 REPO_DATA = REPO / "tests" / "data"
@@ -89,7 +90,7 @@ def anchors_resolve(page: str) -> None:
 def predictions(tmp_path_factory):
     """The shipped model's predictions on 2 images of each of 3 classes and one undecodable file
     whose name needs escaping."""
-    from beam_pipelines import predict
+    from beam_pipelines.predict import launcher as predict
 
     images = tmp_path_factory.mktemp("few_faces")
     for label in ("happy", "sad", "surprise"):
@@ -320,7 +321,7 @@ def test_an_unreadable_part_loses_only_its_own_section(ingest_only, tmp_path):
 @pytest.fixture(scope="module")
 def unlabelled(tmp_path_factory):
     """The shipped model's predictions on 12 sample images in one folder that names no class."""
-    from beam_pipelines import predict
+    from beam_pipelines.predict import launcher as predict
 
     images = tmp_path_factory.mktemp("unlabelled_faces")
     for label in ("happy", "sad", "angry"):
@@ -348,7 +349,7 @@ def test_an_unlabelled_folder_shows_what_was_predicted(unlabelled, tmp_path, cap
 
 
 def test_the_console_line_says_why_there_is_no_accuracy(unlabelled, tmp_path, caplog):
-    from beam_pipelines import predict
+    from beam_pipelines.predict import launcher as predict
 
     summary = json.loads((unlabelled / "summary.json").read_text())
     assert summary["labelled"] == 0 and summary["accuracy"] is None
@@ -357,7 +358,7 @@ def test_the_console_line_says_why_there_is_no_accuracy(unlabelled, tmp_path, ca
 
 
 def test_faces_abstention_and_slices_in_the_page(tmp_path):
-    from beam_pipelines import predict
+    from beam_pipelines.predict import launcher as predict
 
     images = tmp_path / "in"
     (images / "happy").mkdir(parents=True)
@@ -387,7 +388,7 @@ def test_the_compare_section_says_when_a_run_is_compared_with_itself(predictions
 
 
 def test_one_unlabelled_prediction_is_singular(predictions, tmp_path):
-    from beam_pipelines import predict
+    from beam_pipelines.predict import launcher as predict
 
     images = tmp_path / "in"
     (images / "happy").mkdir(parents=True)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from beam_pipelines import predict
+from beam_pipelines.predict import launcher as predict
 from conftest import SAMPLE, SHIPPED_MODEL, jpeg_with_orientation
 from model import export, serving
 from model.preprocess import preprocess

@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, make_split_tree
 
-from beam_pipelines import cli, compare, predict
+from beam_pipelines import cli
+from beam_pipelines import compare
+from beam_pipelines.predict import launcher as predict
 from schemas import LABELS, RUNS_SCHEMA, TABLE_PARTITION_KEYS, TABLE_SCHEMA
 from schemas.tables import TABLES_VERSION, bigquery_external_table
 

@@ -14,10 +14,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_pipelines.ingest_shards import CountKept, carved_split, plan_splits, resolve_copies
-from beam_pipelines.ingest_shuffle import DecodeBatch, Metrics, Record, Spilled, SpillRef, hash_unit, load_records, shard_of
-from beam_pipelines.evaluation import MAX_CORRECT, MAX_MISTAKES, EvaluationFn, metrics_from
-from beam_pipelines.listing import BROKEN_LINK, PROBLEMS, SYMLINK_LOOP, Entry, escape_glob, list_entries
+from beam_pipelines.ingest.shards import CountKept, carved_split, plan_splits, resolve_copies
+from beam_pipelines.ingest.shuffle import DecodeBatch, Metrics, Record, Spilled, SpillRef, hash_unit, load_records, shard_of
+from beam_pipelines.predict.evaluation import MAX_CORRECT, MAX_MISTAKES, EvaluationFn, metrics_from
+from beam_pipelines.base.listing import BROKEN_LINK, PROBLEMS, SYMLINK_LOOP, Entry, escape_glob, list_entries
 from conftest import synthetic_face, write_image
 from model.metrics import calibration_bins, confusion, expected_calibration_error, summarize
 from model.preprocess import image_metrics, preprocess
@@ -397,7 +397,7 @@ def test_unescaped_glob_characters_would_match_other_files(awkward_tree):
 def test_fan_out_units_list_every_file_once(tmp_path):
     """The units of a plan, listed separately (as workers do), give exactly the single listing's
     entries: a linked class folder once, a link into another unit's folder and a loop as problems."""
-    from beam_pipelines.listing import list_entries, list_unit, plan_units, planned_identities
+    from beam_pipelines.base.listing import list_entries, list_unit, plan_units, planned_identities
 
     root = tmp_path / "in"
     for split in ("train", "test"):
@@ -431,7 +431,7 @@ def test_evaluation_overview_coverage_and_slices_merge_as_one_accumulator():
     and per-class samples, per-slice confusions) combine the same whichever way the rows are split."""
     import pyarrow as pa
 
-    from beam_pipelines.evaluation import MAX_LOW_CONFIDENCE, Scored, abstention, coverage_curve
+    from beam_pipelines.predict.evaluation import MAX_LOW_CONFIDENCE, Scored, abstention, coverage_curve
 
     rows = prediction_rows(300, seed=2, unlabelled=20)
     for i, (row, _) in enumerate(rows):

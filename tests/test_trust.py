@@ -26,7 +26,12 @@ from conftest import REPO, SHIPPED_MODEL, make_split_tree
 from test_commit_journal import DYING_RUN
 from test_gate import one_line_error, snapshot
 
-from beam_pipelines import cli, outputs, predict, table
+from beam_pipelines import cli
+from beam_pipelines.base import killed_runs
+from beam_pipelines.base import manifest
+from beam_pipelines.predict import launcher as predict
+from beam_pipelines.table import claim
+from beam_pipelines.table import partitions
 from model import gate
 from model.errors import UsageError
 from model.gate import Gate, RootLock
@@ -40,7 +45,7 @@ def dying_run(die_at: str, *args, cwd=REPO) -> subprocess.CompletedProcess:
 
 
 def results(out: pathlib.Path) -> dict[str, bytes]:
-    return {k: v for k, v in snapshot(out).items() if k != outputs.LOCK}
+    return {k: v for k, v in snapshot(out).items() if k != manifest.LOCK}
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +72,14 @@ def killed_in_commit(committed_ingest, inputs, tmp_path, die_at="after-3", cwd=N
     killed = dying_run(die_at, "ingest", "--input", str(inputs[1]), "--output", output or str(out), "--quiet",
                        cwd=cwd or REPO)
     assert killed.returncode == 137, killed.stderr[-2000:]
-    assert json.loads((out / outputs.MANIFEST).read_text())["state"] == "committing"
+    assert json.loads((out / manifest.MANIFEST).read_text())["state"] == "committing"
     return out
 
 
 # =========================================================================== L1, L2, L8, L16: lock files
 
 
-@pytest.mark.parametrize("name", [outputs.LOCK, table.LOCK])
+@pytest.mark.parametrize("name", [manifest.LOCK, claim.LOCK])
 def test_L1_a_lock_file_hard_linked_to_a_users_file_is_refused_and_the_file_untouched(tmp_path, name):
     root, victim = tmp_path / "root", tmp_path / "victim.txt"
     root.mkdir()
@@ -90,22 +95,22 @@ def test_L1_through_the_command_line_one_line_and_nothing_written(capsys, tmp_pa
     out, victim = tmp_path / "out", tmp_path / "victim.txt"
     out.mkdir()
     victim.write_text("mine\n")
-    os.link(victim, out / outputs.LOCK)
-    one_line_error(capsys, cli.main(["ingest", "--input", str(inputs[0]), "--output", str(out)]), outputs.LOCK)
-    assert victim.read_text() == "mine\n" and sorted(os.listdir(out)) == [outputs.LOCK]
+    os.link(victim, out / manifest.LOCK)
+    one_line_error(capsys, cli.main(["ingest", "--input", str(inputs[0]), "--output", str(out)]), manifest.LOCK)
+    assert victim.read_text() == "mine\n" and sorted(os.listdir(out)) == [manifest.LOCK]
 
 
 def test_L2_a_users_own_file_named_like_the_lock_is_refused_never_truncated_or_removed(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
-    (root / outputs.LOCK).write_text("my own file, which happens to have this name\n")
+    (root / manifest.LOCK).write_text("my own file, which happens to have this name\n")
     with pytest.raises(UsageError, match="not a lock file this tool wrote"):
         RootLock(str(root), "r1").acquire()
-    assert (root / outputs.LOCK).read_text() == "my own file, which happens to have this name\n"
-    (root / outputs.LOCK).write_text("")  # empty: not one of ours either (ours always names its holder)
+    assert (root / manifest.LOCK).read_text() == "my own file, which happens to have this name\n"
+    (root / manifest.LOCK).write_text("")  # empty: not one of ours either (ours always names its holder)
     with pytest.raises(UsageError, match="not a lock file this tool wrote"):
         RootLock(str(root), "r1").acquire()
-    assert (root / outputs.LOCK).exists()
+    assert (root / manifest.LOCK).exists()
 
 
 def test_L2_a_dead_runs_lock_is_taken_over_and_removed_at_the_end(tmp_path):
@@ -113,13 +118,13 @@ def test_L2_a_dead_runs_lock_is_taken_over_and_removed_at_the_end(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     dead = {"tool": "emotion-pipeline", "run_id": "dead", "host": "h", "pid": 999999, "started": "then"}
-    (root / outputs.LOCK).write_text(json.dumps(dead) + "\n")
+    (root / manifest.LOCK).write_text(json.dumps(dead) + "\n")
     lock = RootLock(str(root), "r2")
     lock.acquire()
-    holder = json.loads((root / outputs.LOCK).read_text())
+    holder = json.loads((root / manifest.LOCK).read_text())
     assert holder["run_id"] == "r2" and holder["root"] == os.path.realpath(root)  # canonical root
     lock.release()
-    assert not (root / outputs.LOCK).exists()
+    assert not (root / manifest.LOCK).exists()
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "folder"])
@@ -127,11 +132,11 @@ def test_L8_a_link_fifo_or_folder_as_the_lock_is_refused_in_one_line_without_ope
     root, target = tmp_path / "root", tmp_path / "target.txt"
     root.mkdir()
     target.write_text("x")
-    path = root / table.LOCK
+    path = root / claim.LOCK
     {"symlink": lambda: path.symlink_to(target), "fifo": lambda: os.mkfifo(path), "folder": path.mkdir}[kind]()
     started = time.time()
     with pytest.raises(UsageError, match="not a lock file this tool wrote") as refused:
-        RootLock(str(root), "r1", flag="--table", name=table.LOCK).acquire()
+        RootLock(str(root), "r1", flag="--table", name=claim.LOCK).acquire()
     assert time.time() - started < 5 and "\n" not in str(refused.value)
     assert target.read_text() == "x"
 
@@ -139,7 +144,7 @@ def test_L8_a_link_fifo_or_folder_as_the_lock_is_refused_in_one_line_without_ope
 def test_L16_a_lock_held_with_no_readable_holder_says_so_instead_of_none(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
-    path = root / outputs.LOCK
+    path = root / manifest.LOCK
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys, time\n"
         f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\n"
@@ -169,18 +174,18 @@ def test_L3_a_commit_killed_with_a_relative_output_is_rolled_back_from_another_f
     elsewhere.mkdir()
     before = results(committed_ingest)
     out = killed_in_commit(committed_ingest, inputs, tmp_path, cwd=here, output="../out")
-    header = json.loads(next((out / outputs.STAGING).glob(f"*/{outputs.JOURNAL}/header.json")).read_text())
+    header = json.loads(next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}/header.json")).read_text())
     assert header["roots"]["output"] == os.path.realpath(out)
-    step = json.loads(next((out / outputs.STAGING).glob(f"*/{outputs.JOURNAL}/000000.json")).read_text())
+    step = json.loads(next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}/000000.json")).read_text())
     assert step["a"][0] == "output" and not step["a"][1].startswith("/")
     cwd = os.getcwd()
     os.chdir(elsewhere)
     try:
-        assert outputs.recover(os.path.relpath(out, elsewhere)) is True
+        assert killed_runs.recover(os.path.relpath(out, elsewhere)) is True
     finally:
         os.chdir(cwd)
     assert results(out) == {k: v for k, v in before.items()}
-    assert not (out / outputs.STAGING).exists()
+    assert not (out / manifest.STAGING).exists()
 
 
 def test_L3_L4_a_predict_killed_in_its_commit_is_rolled_back_through_other_spellings_of_both_roots(tmp_path, capsys):
@@ -196,29 +201,29 @@ def test_L3_L4_a_predict_killed_in_its_commit_is_rolled_back_through_other_spell
     assert killed.returncode == 137, killed.stderr[-2000:]
     (tmp_path / "alias").symlink_to(tmp_path, target_is_directory=True)  # another spelling of both roots
     alias = tmp_path / "alias"
-    assert outputs.recover(f"{alias}/./preds/", also_roots=[f"{alias}/table"]) is True
+    assert killed_runs.recover(f"{alias}/./preds/", also_roots=[f"{alias}/table"]) is True
     assert results(out) == before_out
-    assert {k: v for k, v in snapshot(root).items() if not k.startswith((table.STAGING, table.LOCK))} == before_table
+    assert {k: v for k, v in snapshot(root).items() if not k.startswith((claim.STAGING, claim.LOCK))} == before_table
     assert cli.main([*base, "--output", str(alias / "preds"), "--table", str(alias / "table"), "--run-id", "third"]) == 0
-    assert sorted(p.name for p in (root / table.RUNS).iterdir()) == ["first.parquet", "third.parquet"]
+    assert sorted(p.name for p in (root / claim.RUNS).iterdir()) == ["first.parquet", "third.parquet"]
 
 
 def plant(out: pathlib.Path, name: str, value) -> None:
-    journal = next((out / outputs.STAGING).glob(f"*/{outputs.JOURNAL}"))
+    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
     (journal / name).write_text(value if isinstance(value, str) else json.dumps(value))
 
 
 def test_L5_planted_journal_entries_are_not_acted_on(committed_ingest, inputs, tmp_path, capsys):
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
     (out / "NOTES.txt").write_text("the user's notes in the output\n")
-    run_id = json.loads((out / outputs.MANIFEST).read_text())["run_id"]
-    journal = next((out / outputs.STAGING).glob(f"*/{outputs.JOURNAL}"))
+    run_id = json.loads((out / manifest.MANIFEST).read_text())["run_id"]
+    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
     n = len(list(journal.glob("0*.json")))
     # a "new" step naming the user's file, with a digest that is not its content
     plant(out, f"{n:06d}.json", {"run_id": run_id, "seq": n, "kind": "new", "a": ["output", "NOTES.txt"], "b": None,
                                  "created": [], "digest": "sha256:" + "0" * 64})
     mixed = results(out)
-    assert outputs.recover(str(out)) is True  # the real steps undone, the planted one left alone
+    assert killed_runs.recover(str(out)) is True  # the real steps undone, the planted one left alone
     assert (out / "NOTES.txt").read_text() == "the user's notes in the output\n"
     assert {k: v for k, v in results(out).items() if k != "NOTES.txt"} == results(committed_ingest)
     assert mixed != results(out)
@@ -230,13 +235,13 @@ def test_L5_a_journal_that_cannot_be_proven_this_runs_own_changes_nothing(commit
                                                                           capsys, planted):
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
     (out / "NOTES.txt").write_text("the user's notes\n")
-    run_id = json.loads((out / outputs.MANIFEST).read_text())["run_id"]
-    journal = next((out / outputs.STAGING).glob(f"*/{outputs.JOURNAL}"))
+    run_id = json.loads((out / manifest.MANIFEST).read_text())["run_id"]
+    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
     n = len(list(journal.glob("0*.json")))
     header = json.loads((journal / "header.json").read_text())
     if planted == "move_of_a_users_file":
         plant(out, f"{n:06d}.json", {"run_id": run_id, "seq": n, "kind": "move", "a": ["output", "NOTES.txt"],
-                                     "b": ["output", f"{outputs.STAGING}/{run_id}/.retired/9/NOTES.txt"],
+                                     "b": ["output", f"{manifest.STAGING}/{run_id}/.retired/9/NOTES.txt"],
                                      "created": [], "digest": "f:1:2:3"})
     elif planted == "step_of_another_run":
         step = json.loads((journal / "000000.json").read_text())
@@ -245,37 +250,37 @@ def test_L5_a_journal_that_cannot_be_proven_this_runs_own_changes_nothing(commit
         plant(out, "header.json", {**header, "previous_manifest": None})
     else:
         plant(out, "header.json", {**header, "run_id": "ingest-someone-else"})
-    mixed, manifest = results(out), (out / outputs.MANIFEST).read_bytes()
+    mixed, manifest = results(out), (out / manifest.MANIFEST).read_bytes()
     capsys.readouterr()
     line = one_line_error(capsys, cli.main(["ingest", "--input", str(inputs[0]), "--output", str(out)]),
                           "killed while committing")
     assert "nothing was rolled back" in line
-    assert results(out) == mixed and (out / outputs.MANIFEST).read_bytes() == manifest
+    assert results(out) == mixed and (out / manifest.MANIFEST).read_bytes() == manifest
     assert (out / "NOTES.txt").read_text() == "the user's notes\n"
 
 
 @pytest.mark.parametrize("header", ["[]", None, "{not json"])
 def test_L6_a_missing_or_malformed_header_does_nothing_and_says_so(committed_ingest, inputs, tmp_path, capsys, header):
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
-    journal = next((out / outputs.STAGING).glob(f"*/{outputs.JOURNAL}"))
+    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
     if header is None:
         (journal / "header.json").unlink()
     else:
         (journal / "header.json").write_text(header)
-    mixed, manifest = results(out), (out / outputs.MANIFEST).read_bytes()
+    mixed, manifest = results(out), (out / manifest.MANIFEST).read_bytes()
     capsys.readouterr()
     line = one_line_error(capsys, cli.main(["ingest", "--input", str(inputs[0]), "--output", str(out)]),
                           "nothing was rolled back")
     assert "header" in line
-    assert results(out) == mixed and (out / outputs.MANIFEST).read_bytes() == manifest  # _run.json kept
+    assert results(out) == mixed and (out / manifest.MANIFEST).read_bytes() == manifest  # _run.json kept
     # --overwrite: the user's answer; the run replaces the output's files and commits.
     assert cli.main(["ingest", "--input", str(inputs[0]), "--output", str(out), "--overwrite", "--quiet"]) == 0
-    assert json.loads((out / outputs.MANIFEST).read_text())["state"] == "complete"
+    assert json.loads((out / manifest.MANIFEST).read_text())["state"] == "complete"
 
 
 def test_L7_a_fifo_in_the_journal_is_refused_never_opened(committed_ingest, inputs, tmp_path, capsys):
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
-    journal = next((out / outputs.STAGING).glob(f"*/{outputs.JOURNAL}"))
+    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
     os.mkfifo(journal / "000050.json")
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("code", cli.main(
@@ -299,7 +304,7 @@ def test_L7_the_gate_never_opens_a_fifo_or_device_for_reading(tmp_path):
 
 def test_L8_a_journal_folder_replaced_by_a_link_is_one_line(committed_ingest, inputs, tmp_path, capsys):
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
-    journal = next((out / outputs.STAGING).glob(f"*/{outputs.JOURNAL}"))
+    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
     elsewhere = tmp_path / "elsewhere"
     shutil.move(journal, elsewhere)
     journal.symlink_to(elsewhere, target_is_directory=True)
@@ -313,10 +318,10 @@ def test_L8_a_journal_folder_replaced_by_a_link_is_one_line(committed_ingest, in
 def test_a_journal_copied_from_another_killed_run_is_refused(committed_ingest, inputs, tmp_path, capsys):
     """Bound to the manifest's run: a journal moved under another run's staging folder is not its."""
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
-    manifest = json.loads((out / outputs.MANIFEST).read_text())
-    (out / manifest["staging"]).rename(out / outputs.STAGING / "ingest-other")
-    (out / outputs.MANIFEST).write_text(json.dumps({**manifest, "run_id": "ingest-other",
-                                                    "staging": f"{outputs.STAGING}/ingest-other"}))
+    manifest = json.loads((out / manifest.MANIFEST).read_text())
+    (out / manifest["staging"]).rename(out / manifest.STAGING / "ingest-other")
+    (out / manifest.MANIFEST).write_text(json.dumps({**manifest, "run_id": "ingest-other",
+                                                    "staging": f"{manifest.STAGING}/ingest-other"}))
     mixed = results(out)
     capsys.readouterr()
     one_line_error(capsys, cli.main(["ingest", "--input", str(inputs[0]), "--output", str(out)]),
@@ -348,9 +353,9 @@ def test_L9_a_runs_row_copied_from_another_run_is_refused_and_that_runs_partitio
         two_table_runs, tmp_path, capsys):
     base, raw = two_table_runs
     root = table_copy(two_table_runs, tmp_path)
-    shutil.copyfile(root / table.RUNS / "runB.parquet", root / table.RUNS / "runA.parquet")
+    shutil.copyfile(root / claim.RUNS / "runB.parquet", root / claim.RUNS / "runA.parquet")
     with pytest.raises(UsageError, match="not one row of run runA"):
-        table.read_run(str(root), "runA")
+        partitions.read_run(str(root), "runA")
     before = snapshot(root)
     capsys.readouterr()
     one_line_error(capsys, cli.main(["predict", "--input", str(raw), "--output", str(tmp_path / "out"), "--table",
@@ -375,43 +380,43 @@ def test_L10_a_users_file_under_the_tables_names_is_refused_in_one_line(two_tabl
 def test_L10_a_fresh_table_root_with_a_users_bigquery_file_is_refused(two_table_runs, tmp_path, capsys):
     base, raw = two_table_runs
     root = tmp_path / "fresh"
-    (root / table.BIGQUERY).mkdir(parents=True)
-    (root / table.BIGQUERY / "predictions.sql").write_text("-- my own DDL\n")
+    (root / claim.BIGQUERY).mkdir(parents=True)
+    (root / claim.BIGQUERY / "predictions.sql").write_text("-- my own DDL\n")
     capsys.readouterr()
     one_line_error(capsys, cli.main(["predict", "--input", str(raw), "--output", str(tmp_path / "out"), "--table",
                                      str(root)]), "predictions.sql")
-    assert (root / table.BIGQUERY / "predictions.sql").read_text() == "-- my own DDL\n"
+    assert (root / claim.BIGQUERY / "predictions.sql").read_text() == "-- my own DDL\n"
 
 
 def test_the_table_manifest_lists_exactly_what_the_table_holds(two_table_runs):
     root = two_table_runs[0] / "table"
-    listed = json.loads((root / table.MANIFEST).read_text())["files"]
+    listed = json.loads((root / claim.MANIFEST).read_text())["files"]
     present = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
-                     and p.name not in (table.MANIFEST, table.LOCK))
+                     and p.name not in (claim.MANIFEST, claim.LOCK))
     assert listed == present
 
 
 def test_L13_a_dead_runs_table_staging_is_removed_by_the_next_table_run(two_table_runs, tmp_path, capsys):
     base, raw = two_table_runs
     root = table_copy(two_table_runs, tmp_path)
-    dead = root / table.STAGING / "predict-killed"
+    dead = root / claim.STAGING / "predict-killed"
     dead.mkdir(parents=True)
     (dead / "part-00000.parquet").write_bytes(b"half a file")
-    assert table.remove_killed_staging(str(root), "predict-killed") is True
-    assert not (root / table.STAGING).exists()
+    assert claim.remove_killed_staging(str(root), "predict-killed") is True
+    assert not (root / claim.STAGING).exists()
     dead.mkdir(parents=True)
     (dead / "part-00000.parquet").write_bytes(b"half a file")
     assert cli.main(["predict", "--input", str(raw), "--output", str(tmp_path / "out"), "--table", str(root),
                      "--quiet"]) == 0
-    assert not (root / table.STAGING).exists()
+    assert not (root / claim.STAGING).exists()
 
 
 def test_L13_a_killed_commits_retired_files_in_the_table_are_kept_for_its_roll_back(two_table_runs, tmp_path):
     root = table_copy(two_table_runs, tmp_path)
-    retired = root / table.STAGING / "predict-killed" / ".retired" / "00001" / "_runs"
+    retired = root / claim.STAGING / "predict-killed" / ".retired" / "00001" / "_runs"
     retired.mkdir(parents=True)
     (retired / "x.parquet").write_bytes(b"the only copy")
-    table.remove_killed_staging(str(root), "predict-killed")
+    claim.remove_killed_staging(str(root), "predict-killed")
     assert (retired / "x.parquet").read_bytes() == b"the only copy"
 
 
@@ -422,8 +427,8 @@ def test_L14_a_table_inside_the_input_or_the_input_inside_the_table_is_refused(t
     for table_root, input_path in ((raw / "table", raw), (tmp_path / "alias" / "t", raw), (tmp_path, raw),
                                    (raw, raw)):
         with pytest.raises(UsageError, match="overlap"):
-            table.check_apart(str(table_root), str(input_path))
-    table.check_apart(str(tmp_path / "table"), str(raw))
+            claim.check_apart(str(table_root), str(input_path))
+    claim.check_apart(str(tmp_path / "table"), str(raw))
 
 
 # =========================================================================== L12: the OS's refusals
@@ -512,8 +517,8 @@ def test_a_step_entry_cut_short_by_a_kill_is_a_step_never_taken(committed_ingest
     """Found by the soak: killed inside the write of a journal entry, the gate's temporary file stays in
     the journal; the roll-back reads it as what it is (a step never taken), not as a foreign file."""
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
-    journal = next((out / outputs.STAGING).glob(f"*/{outputs.JOURNAL}"))
+    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
     n = len(list(journal.glob("0*.json")))
     (journal / f".{n:06d}.json.k2x9_q.tmp").write_text('{"half": ')
-    assert outputs.recover(str(out)) is True
+    assert killed_runs.recover(str(out)) is True
     assert results(out) == results(committed_ingest)

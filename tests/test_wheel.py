@@ -69,7 +69,7 @@ def test_the_wheel_holds_every_package_and_the_packaged_files(wheel):
     assert modules <= names, sorted(modules - names)[:10]
     # The models, the demo's sample (its .DS_Store is the "skipped" case), templates and recipes.
     data = [line for prefix in ("model/shipped", "model/fast", "model/templates", "model/recipes",
-                                "beam_pipelines/sample", "beam_pipelines/templates") for line in _tracked(prefix)
+                                "beam_pipelines/sample", "beam_pipelines/report/templates") for line in _tracked(prefix)
             if not line.endswith("/.gitignore")]  # the checkout's, not the package's
     assert data and set(data) <= names, sorted(set(data) - names)[:10]
     assert any(name.endswith("/.DS_Store") for name in data)

@@ -75,10 +75,10 @@ TARGET_ARGUMENT = {"numpy.save": 0, "numpy.savez": 0, "numpy.savez_compressed": 
                    ".savefig()": 0, ".save()": 0, ".to_parquet()": 0, ".to_csv()": 0}
 MEMORY_BUFFERS = {"io.BytesIO", "io.StringIO"}
 # The gate's API: calls on these are checked by the gate itself.
-GATE_FACTORIES = {"model.gate.Gate", "model.gate.ops.Gate", "beam_pipelines.storage.pipeline_gate",
+GATE_FACTORIES = {"model.gate.Gate", "model.gate.ops.Gate", "beam_pipelines.base.storage.pipeline_gate",
                   "model.ownership.model_gate"}
 # Our own helpers that write wherever their caller says: each call of one is a writing site too.
-WRITING_HELPERS = {"beam_pipelines.common.write_bytes", "model.files.local_target"}
+WRITING_HELPERS = {"beam_pipelines.base.files.write_bytes", "model.files.local_target"}
 GATE_ANNOTATIONS = {"Gate", "Transaction", "gate.Gate", "gate.Transaction"}
 
 # =========================================================================== the allowlist
@@ -91,30 +91,30 @@ _TRAINING = ("under --model-dir, held by _train.lock (ownership.TrainingClaim), 
              "_train.json lists")
 ALLOWED: dict[tuple[str, str], str] = {
     # ------------------------------------------------------------------ the pipelines' workers: staging only
-    ("beam_pipelines.common", "write_bytes"):
+    ("beam_pipelines.base.files", "write_bytes"):
         "the workers' one file write (FileSystems.create); every caller below writes " + _STAGING,
     ("beam_pipelines.compare", "write"): "compare's four files, written " + _STAGING + " (plan.write_root)",
-    ("beam_pipelines.evaluation", "WriteEvaluation._write_metrics"): "evaluation tables and plots, written " + _STAGING,
-    ("beam_pipelines.evaluation", "WriteEvaluation.process"): "evaluation plots and slices, written " + _STAGING,
-    ("beam_pipelines.evaluation", "_write_json"): "metrics.json and friends, written " + _STAGING,
-    ("beam_pipelines.ingest", "Ingest.expand"): "Beam's WriteToParquet of rejected/, its prefix " + _STAGING,
-    ("beam_pipelines.ingest_shards", "DedupeAndWriteShard.process"): "one TFRecord shard, written " + _STAGING,
-    ("beam_pipelines.ingest_shards", "WriteEmptyShards.process"): "an empty TFRecord shard, written " + _STAGING,
-    ("beam_pipelines.ingest_shuffle", "Spilled.write"): "spill files of the shuffle, written " + _STAGING,
-    ("beam_pipelines.ingest_stats", "WriteStats.process"): "stats.json and its plot, written " + _STAGING,
-    ("beam_pipelines.predict", "_run_pipeline"): "bigquery/predictions.schema.json under plan.write_root, " + _STAGING,
-    ("beam_pipelines.predict_pipeline", "Predict.expand"):
+    ("beam_pipelines.predict.evaluation", "WriteEvaluation._write_metrics"): "evaluation tables and plots, written " + _STAGING,
+    ("beam_pipelines.predict.evaluation", "WriteEvaluation.process"): "evaluation plots and slices, written " + _STAGING,
+    ("beam_pipelines.predict.evaluation", "_write_json"): "metrics.json and friends, written " + _STAGING,
+    ("beam_pipelines.ingest.launcher", "Ingest.expand"): "Beam's WriteToParquet of rejected/, its prefix " + _STAGING,
+    ("beam_pipelines.ingest.shards", "DedupeAndWriteShard.process"): "one TFRecord shard, written " + _STAGING,
+    ("beam_pipelines.ingest.shards", "WriteEmptyShards.process"): "an empty TFRecord shard, written " + _STAGING,
+    ("beam_pipelines.ingest.shuffle", "Spilled.write"): "spill files of the shuffle, written " + _STAGING,
+    ("beam_pipelines.ingest.stats", "WriteStats.process"): "stats.json and its plot, written " + _STAGING,
+    ("beam_pipelines.predict.launcher", "_run_pipeline"): "bigquery/predictions.schema.json under plan.write_root, " + _STAGING,
+    ("beam_pipelines.predict.pipeline", "Predict.expand"):
         "Beam's Parquet sinks for predictions/ and rejected/, their prefixes " + _STAGING,
-    ("beam_pipelines.predict_pipeline", "WriteSummary.process"): "summary.json, written " + _STAGING,
-    ("beam_pipelines.table", "_WriteFile.process"):
+    ("beam_pipelines.predict.pipeline", "WriteSummary.process"): "summary.json, written " + _STAGING,
+    ("beam_pipelines.table.partitions", "_WriteFile.process"):
         "one table file into the table's own _staging/<run id>/ (TableClaim holds _table.lock); the journaled "
         "commit moves it",
     # ------------------------------------------------------------------ the gate's store for gs://
-    ("beam_pipelines.storage", "BeamStore.delete"):
+    ("beam_pipelines.base.storage", "BeamStore.delete"):
         "the gate's gs:// store: called only by model.gate's Gate after its root check",
-    ("beam_pipelines.storage", "BeamStore.rename"):
+    ("beam_pipelines.base.storage", "BeamStore.rename"):
         "the gate's gs:// store: called only by model.gate's Gate after its root check",
-    ("beam_pipelines.storage", "BeamStore.write"):
+    ("beam_pipelines.base.storage", "BeamStore.write"):
         "the gate's gs:// store: called only by model.gate's Gate after its root check",
     # ------------------------------------------------------------------ the demo (its own --output)
     ("beam_pipelines.demo", "_check_output"):
@@ -480,7 +480,7 @@ NOT_FOUND = {
                       '        self.gate.write_bytes(p, b"")\n'
                       '    def __init__(self, root):\n        self.gate = gate.Gate([root])\n',
     "gate_parameter": 'from model.gate import Gate\ndef f(g: Gate, p):\n    g.makedirs(p)\n',
-    "pipeline_gate": 'from beam_pipelines.storage import pipeline_gate\ndef f(r, p):\n'
+    "pipeline_gate": 'from beam_pipelines.base.storage import pipeline_gate\ndef f(r, p):\n'
                      '    pipeline_gate([r]).write_bytes(p, b"")\n',
     "numpy_into_memory": 'import io\nimport numpy as np\ndef f(a):\n    buf = io.BytesIO()\n    np.savez(buf, a=a)\n',
     "parquet_into_memory": 'import io\nimport pyarrow.parquet as pq\ndef f(t):\n    sink = io.BytesIO()\n'

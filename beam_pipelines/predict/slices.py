@@ -20,7 +20,8 @@ import io
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines.common import UsageError, join
+from beam_pipelines.base.files import join
+from model.errors import UsageError
 
 URI = "uri"
 NONE_VALUE = "(none)"

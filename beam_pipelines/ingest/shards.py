@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING
 
 import apache_beam as beam
 
-from beam_pipelines import progress
-from beam_pipelines.common import join, write_bytes
-from beam_pipelines.ingest_shuffle import Record, hash_unit, load_records, pixels_of
-from beam_pipelines.reading import reject
+from beam_pipelines.base import progress
+from beam_pipelines.base.files import join, write_bytes
+from beam_pipelines.base.reading import reject
+from beam_pipelines.ingest.shuffle import Record, hash_unit, load_records, pixels_of
 from schemas import LABEL_TO_INDEX, SCHEMA_VERSION, eval_split_too_small, min_eval_images
 from schemas.tfrecord import encode_example, tfrecord_frame
 
 if TYPE_CHECKING:
-    from beam_pipelines.ingest_options import IngestOptions
+    from beam_pipelines.ingest.options import IngestOptions
 
 SPLIT_PRIORITY = {"test": 0, "val": 1, "train": 2}  # the evaluation copy of a duplicate wins
 TARGET_SHARD_BYTES = 32 << 20

@@ -17,7 +17,7 @@ Outputs under --output:
   bigquery/predictions.schema.json
 
 The launcher is this module (options, checks, the claims on --output and --table); the pipeline is
-predict_pipeline.py, the incremental join predict_incremental.py, the options predict_options.py.
+pipeline.py, the incremental join incremental.py, the options options.py.
 
 Labels come from folder names (<class>/ or <split>/<class>/, through the alias map) or
 from the TFRecords; elsewhere true_label is null. Preprocessing is the function ingest
@@ -36,31 +36,28 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import inference, progress
-from beam_pipelines.common import (
-    UsageError,
-    check_input,
-    check_max_pixels,
+from beam_pipelines.base import progress
+from beam_pipelines.base.files import check_input, check_max_pixels, check_storage_access, join, write_bytes
+from beam_pipelines.base.listing import escape_glob
+from beam_pipelines.base.outputs import CommitPlan, OutputClaim
+from beam_pipelines.base.reading import listing_total
+from beam_pipelines.base.runner import (
     check_remote_paths,
-    check_storage_access,
     check_unknown_args,
     is_dry_run,
     is_remote_runner,
-    join,
     log,
     pipeline_options,
-    write_bytes,
 )
-from beam_pipelines.listing import escape_glob
-from beam_pipelines.model_check import check_model
-from beam_pipelines.outputs import CommitPlan, OutputClaim
-from beam_pipelines.predict_options import FACES_MODES, ModelInfo, PredictOptions
-from beam_pipelines.predict_pipeline import Classify, Predict, WriteSummary  # noqa: F401 (tests patch them here)
-from beam_pipelines.reading import listing_total
-from beam_pipelines.slices import read_slices
-from beam_pipelines.table import TableClaim, TablePlan, check_apart
+from beam_pipelines.predict import inference
+from beam_pipelines.predict.model_check import check_model
+from beam_pipelines.predict.options import FACES_MODES, ModelInfo, PredictOptions
+from beam_pipelines.predict.pipeline import Classify, Predict, WriteSummary  # noqa: F401 (tests patch them here)
+from beam_pipelines.predict.slices import read_slices
+from beam_pipelines.table.claim import TableClaim, TablePlan, check_apart
 from model import PACKAGED_MODELS
 from model.engines import ENGINES
+from model.errors import UsageError
 from model.gate import check_name
 from model.preprocess import DEFAULT_MAX_PIXELS, FACE_DETECTORS
 from schemas import PREDICTIONS_SCHEMA

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 import apache_beam as beam
 import numpy as np
 
-from beam_pipelines.common import join, write_bytes
-from beam_pipelines.ingest_shards import SPLIT_PRIORITY
-from beam_pipelines.outputs import remove_tree
+from beam_pipelines.base.files import join, write_bytes
+from beam_pipelines.base.manifest import remove_tree
+from beam_pipelines.ingest.shards import SPLIT_PRIORITY
 from model.files import png_bytes, pyplot
 from schemas import LABELS, SCHEMA_VERSION, SPLITS, eval_split_too_small, min_eval_images
 
 if TYPE_CHECKING:
-    from beam_pipelines.ingest_options import IngestOptions
+    from beam_pipelines.ingest.options import IngestOptions
 
 def _mean_std(sums, n):
     if n == 0:

@@ -33,27 +33,24 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
 
-from beam_pipelines import progress
-from beam_pipelines.common import (
-    UsageError,
-    check_input,
-    check_max_pixels,
+from beam_pipelines.base import progress
+from beam_pipelines.base.counts import MergeCounts
+from beam_pipelines.base.files import check_input, check_max_pixels, check_storage_access, join
+from beam_pipelines.base.outputs import CommitOutputs, CommitPlan, OutputClaim
+from beam_pipelines.base.reading import ListInput, listing_total
+from beam_pipelines.base.runner import (
     check_remote_paths,
-    check_storage_access,
     check_unknown_args,
     is_dry_run,
     is_remote_runner,
-    join,
     log,
-    MergeCounts,
     pipeline_options,
 )
-from beam_pipelines.ingest_options import IngestOptions
-from beam_pipelines.ingest_shards import CountKept, DedupeAndWriteShard, WriteEmptyShards, plan_splits, with_shard_plan
-from beam_pipelines.ingest_shuffle import SHUFFLE_MODES, DecodeBatch, shuffle_mode
-from beam_pipelines.ingest_stats import WriteStats
-from beam_pipelines.outputs import CommitOutputs, CommitPlan, OutputClaim
-from beam_pipelines.reading import ListInput, listing_total
+from beam_pipelines.ingest.options import IngestOptions
+from beam_pipelines.ingest.shards import CountKept, DedupeAndWriteShard, WriteEmptyShards, plan_splits, with_shard_plan
+from beam_pipelines.ingest.shuffle import SHUFFLE_MODES, DecodeBatch, shuffle_mode
+from beam_pipelines.ingest.stats import WriteStats
+from model.errors import UsageError
 from model.preprocess import DEFAULT_MAX_PIXELS
 from schemas import REJECTED_SCHEMA
 

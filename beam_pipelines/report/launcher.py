@@ -12,7 +12,7 @@ no scripts and no external references, so it can be mailed or archived as one fi
 Files are read through Beam's FileSystems, so gs:// folders work too.
 
 Here: discovery, the page and the command. The kinds of section (ingest, train, predict, compare),
-each with its marker files, data and template, are report_sections.KINDS; reading the outputs'
+each with its marker files, data and template, are sections.KINDS; reading the outputs'
 files is report_read, the numbers' formatting report_format.
 """
 
@@ -24,11 +24,13 @@ import jinja2
 from apache_beam.io.filesystems import FileSystems
 from markupsafe import Markup
 
-from beam_pipelines.common import OneLineErrors, UsageError, join, log, read_bytes
-from beam_pipelines.report_format import fint, fnum
-from beam_pipelines.report_read import exists, match, read_json
-from beam_pipelines.report_sections import KIND, KINDS, Part, comparison_rows
-from beam_pipelines.storage import pipeline_gate
+from beam_pipelines.base.files import join, read_bytes
+from beam_pipelines.base.runner import OneLineErrors, log
+from beam_pipelines.base.storage import pipeline_gate
+from beam_pipelines.report.filters import fint, fnum
+from beam_pipelines.report.inputs import exists, match, read_json
+from beam_pipelines.report.sections import KIND, KINDS, Part, comparison_rows
+from model.errors import UsageError
 
 REPORT_NAME = "report.html"
 GENERATOR_TAG = "<meta name=generator content=\"emotion report\">"  # marks a page this command may replace
@@ -86,7 +88,7 @@ def discover(root: str) -> list[Part]:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("beam_pipelines", "templates"),
+        loader=jinja2.PackageLoader("beam_pipelines.report", "templates"),
         autoescape=True,  # every {{ value }} is HTML-escaped unless a template marks it safe
         undefined=jinja2.StrictUndefined,  # a misspelt field fails loudly instead of rendering empty
         finalize=lambda value: "" if value is None else value,

@@ -25,14 +25,16 @@ import pyarrow as pa
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.transforms.window import GlobalWindows
 
-from beam_pipelines import evaluation, inference, progress
-from beam_pipelines.common import join, split_and_class_dir, write_bytes
-from beam_pipelines.outputs import CommitOutputs, CommitPlan
-from beam_pipelines.predict_incremental import ListedFile, SkipSeen
-from beam_pipelines.predict_options import ModelInfo, PredictOptions
-from beam_pipelines.reading import ListInput, decode_faces, decode_image, read_file, reject
-from beam_pipelines.slices import slice_pairs
-from beam_pipelines.table import DataFingerprint, TableCommit, TablePlan, WriteTable
+from beam_pipelines.base import progress
+from beam_pipelines.base.files import join, split_and_class_dir, write_bytes
+from beam_pipelines.base.outputs import CommitOutputs, CommitPlan
+from beam_pipelines.base.reading import ListInput, decode_faces, decode_image, read_file, reject
+from beam_pipelines.predict import evaluation, inference
+from beam_pipelines.predict.incremental import ListedFile, SkipSeen
+from beam_pipelines.predict.options import ModelInfo, PredictOptions
+from beam_pipelines.predict.slices import slice_pairs
+from beam_pipelines.table.claim import TablePlan
+from beam_pipelines.table.partitions import DataFingerprint, TableCommit, WriteTable
 from model.preprocess import Face, PreprocessError, resize
 from schemas import FACE_FIELDS, LABELS, PREDICTIONS_SCHEMA, REJECTED_SCHEMA, canonical_label
 

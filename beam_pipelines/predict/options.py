@@ -58,7 +58,7 @@ class PredictOptions:
     min_confidence: float | None = None
     min_margin: float | None = None
     slices: str | None = None
-    model_copies: int = 1  # RunInference's model_copies (beam_pipelines/inference.py)
+    model_copies: int = 1  # RunInference's model_copies (predict/inference.py)
 
     @classmethod
     def resolve(cls, args: argparse.Namespace, metadata: dict) -> PredictOptions:

@@ -12,10 +12,11 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines.common import MergeCounts, extension, split_and_class_dir
-from beam_pipelines.listing import PROBLEMS as LISTING_PROBLEMS
-from beam_pipelines.listing import Unit, list_unit, plan_units, planned_identities
-from beam_pipelines.progress import Counter
+from beam_pipelines.base.counts import MergeCounts
+from beam_pipelines.base.files import extension, split_and_class_dir
+from beam_pipelines.base.listing import PROBLEMS as LISTING_PROBLEMS
+from beam_pipelines.base.listing import Unit, list_unit, plan_units, planned_identities
+from beam_pipelines.base.progress import Counter
 from model.preprocess import IMAGE_EXTENSIONS, PreprocessError, is_non_data, preprocess, preprocess_faces
 
 # The listing's counters (progress.py): work items planned and listed, files found. The total is known

@@ -29,9 +29,9 @@ import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import progress
-from beam_pipelines.common import extension, join
-from beam_pipelines.listing import escape_glob
+from beam_pipelines.base import progress
+from beam_pipelines.base.files import extension, join
+from beam_pipelines.base.listing import escape_glob
 from model.preprocess import IMAGE_EXTENSIONS
 from schemas.tables import TABLE_SEEN_KEYS
 

@@ -34,158 +34,40 @@ run's own folders whatever the manifest or a link says.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime as dt
 import json
 import logging
-import os
 import socket
 import sys
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
+from beam_pipelines.base.files import join
+from beam_pipelines.base.killed_runs import finish_killed_cleanup, roll_back_killed_commit
+from beam_pipelines.base.listing import has_glob_characters, is_local, list_entries
+from beam_pipelines.base.manifest import (
+    JOURNAL,
+    MANIFEST,
+    MANIFEST_VERSION,
+    STAGING,
+    OutputLock,
+    _files_under,
+    _now,
+    _under,
+    _write_json,
+    check_path_room,
+    new_run_id,
+    read_manifest,
+    read_manifest_bytes,
+    release_remote_lock,
+    remove_tree,
+)
+from beam_pipelines.base.storage import pipeline_gate
 from model import gate
-from beam_pipelines.common import join
 from model.errors import UsageError
-from beam_pipelines.storage import pipeline_gate
-from model.gate import Gate, RootLock
-from beam_pipelines.listing import has_glob_characters, is_local, list_entries
-
-MANIFEST = "_run.json"
-LOCK = "_run.lock"
-STAGING = "_staging"
-MANIFEST_VERSION = 1
-JOURNAL = ".journal"  # in the run's staging folder: the commit's steps, for a roll-back after a kill
+from model.gate import Gate
 
 log = logging.getLogger("emotion")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def new_run_id(stage: str) -> str:
-    return gate.new_id(stage)
-
-
-def read_manifest(output: str) -> dict | None:
-    """The output's _run.json, validated (see validate_manifest); None when there is none."""
-    raw = read_manifest_bytes(output)
-    if raw is None:
-        return None
-    path = join(output, MANIFEST)
-    try:
-        manifest = json.loads(raw)
-    except ValueError:
-        manifest = None
-    return validate_manifest(manifest, path)
-
-
-MANIFEST_MAX_BYTES = 256 << 20  # a manifest lists every file of a run: far below this
-
-
-def read_manifest_bytes(output: str) -> bytes | None:
-    """_run.json's bytes (None when absent); locally only a regular file is opened (not a link, a FIFO or
-    a device: those are refused in one line, unopened)."""
-    path = join(output, MANIFEST)
-    if is_local(path):
-        if not os.path.lexists(path):
-            return None
-        try:
-            return pipeline_gate([output]).read_bytes(path, limit=MANIFEST_MAX_BYTES)
-        except gate.PathRefused:
-            raise UsageError(f"{path} is not a manifest this pipeline wrote (a link, a FIFO, a device or a "
-                             "folder); move it away or choose another --output") from None
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path) as f:
-        return f.read()
-
-
-def validate_manifest(manifest, path: str) -> dict:
-    """A manifest is untrusted input: an object whose files are plain relative paths (no '..', not
-    absolute) and whose staging folder, if any, is _staging/<a run id>; UsageError otherwise."""
-    if not isinstance(manifest, dict):
-        raise UsageError(f"{path} is not a manifest this pipeline wrote; move it away or choose another --output")
-    files = manifest.get("files", [])
-    if not isinstance(files, list):
-        raise UsageError(f"{path}: its files are not a list; it was not written by this pipeline (move it away)")
-    for rel in files:
-        gate.check_relative(rel, path)
-        if rel in (MANIFEST, LOCK) or rel.split("/")[0] == STAGING:
-            raise UsageError(f"{path} lists {rel}, which no run writes; it was not written by this pipeline "
-                             "(move it away)")
-    staging = manifest.get("staging")
-    if staging is not None:
-        name = staging[len(STAGING) + 1:] if isinstance(staging, str) and staging.startswith(STAGING + "/") else None
-        if name is None or gate.name_problem(name) or name != manifest.get("run_id"):
-            raise UsageError(f"{path}: staging {str(staging)[:80]!r} is not {STAGING}/<its run id>; it was not "
-                             "written by this pipeline (move it away)")
-    return manifest
-
-
-def _write_json(path: str, value: dict, output: str) -> None:
-    """Written whole or not at all, through the gate (local: a temporary file renamed over it)."""
-    pipeline_gate([output]).write_bytes(path, (json.dumps(value, indent=2) + "\n").encode())
-
-
-def _files_under(output: str, name: str) -> list[str]:
-    """Relative paths of the files at output/name (a file, or everything under a folder)."""
-    path = join(output, name)
-    if FileSystems.exists(path) and not (is_local(path) and os.path.isdir(path)):
-        return [name]
-    if is_local(path) and not os.path.isdir(path):
-        return []
-    prefix = output.rstrip("/") + "/"
-    return [entry.path[len(prefix):] for entry in list_entries(path)]
-
-
-def _under(rel: str, names) -> bool:
-    return any(rel == name or rel.startswith(name + "/") for name in names)
-
-
-# --------------------------------------------------------------------------- the lock
-
-
-class OutputLock(RootLock):
-    """One run per output folder (see the module docstring and gate.RootLock)."""
-
-    def __init__(self, output: str, run_id: str):
-        super().__init__(output, run_id, flag="--output", name=LOCK)
-        self.output = self.root
-
-
-def release_remote_lock(output: str, run_id: str) -> None:
-    """Deletes a gs:// output lock if it is still this run's (a later taker's lock is left alone)."""
-    gate.release_remote_lock(join(output, LOCK), run_id)
-
-
-# --------------------------------------------------------------------------- the claim
-
-# What a run writes below its root at most: _staging/<run id>/<name>/beam-temp-<...>-<uuid>/<uuid>.<suffix>
-DEEPEST_BELOW_ROOT = 320
-
-
-def check_path_room(root: str, flag: str) -> None:
-    """A root so deep that the paths a run writes under it would pass the system's PATH_MAX (or with a
-    folder name past NAME_MAX) is refused in one line before anything is written (else: ENAMETOOLONG
-    from a worker, halfway through)."""
-    if not is_local(root):
-        return
-    path = os.path.abspath(root)
-    limit = 4096
-    with contextlib.suppress(OSError, ValueError):
-        existing = path
-        while not os.path.isdir(existing):
-            existing = os.path.dirname(existing)
-        limit = os.pathconf(existing, "PC_PATH_MAX")
-    if any(len(part.encode()) > 255 for part in path.split("/")):
-        raise UsageError(f"{flag} {root[:120]}...: a folder name longer than 255 bytes; choose a shorter {flag}")
-    if len(gate.canonical(path).encode()) + DEEPEST_BELOW_ROOT > limit:
-        raise UsageError(f"{flag} {root[:120]}... is {len(path.encode())} bytes long: the paths a run writes under it "
-                         f"would pass the system's limit of {limit}; choose a shorter {flag}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,127 +256,6 @@ class OutputClaim:
         remove_tree(self.plan.staging, self.output)
         self._restore_manifest()
         log.info("output: run %s failed; %s left as it was", self.run_id, self.output)
-
-
-def roll_back_killed_commit(output: str, killed_manifest: dict, also_roots=(), overwrite: bool = False) -> bool:
-    """An earlier run was killed inside its commit (kill -9, a lost worker): its journal says which
-    steps it took; they are undone, last first, and _run.json is put back as it was before that run,
-    so the output (and the table it committed into) is whole again before this run does anything.
-
-    The journal is untrusted input bound to the killed manifest (gate.read_journal: the same run id;
-    the header's previous manifest is the one whose digest the committing manifest recorded) and each
-    step is undone only where its digest proves the file is the one it moved or wrote; anything that
-    cannot be proven is refused in one line and nothing changes (with --overwrite: nothing is rolled
-    back, the run goes on and replaces the output's files). Returns False when there is no journal.
-    The caller holds the output's lock (and the table's, for predict: TableClaim is entered first)."""
-    killed = gate.check_name(killed_manifest.get("run_id"), f"{join(output, MANIFEST)} run_id")
-    staging = join(output, STAGING, killed)
-    journal_dir = join(staging, JOURNAL)
-    g = pipeline_gate([output, *also_roots])
-    if not g.exists(journal_dir):
-        return False
-    try:
-        journal = gate.read_journal(g, journal_dir, killed)
-        previous = _previous_manifest(journal.header, killed_manifest, output)
-        roots = {"output": output, **{role: root for root in also_roots for role, recorded in
-                                      journal.header["roots"].items() if role != "output"
-                                      and gate.canonical(root) == recorded}}
-        undone = gate.roll_back(g, journal, roots)
-    except gate.MissingRoot as exc:
-        raise UsageError(
-            f"--output {output}: run {killed} was killed while committing into it and into {exc.recorded}; re-run "
-            f"with --{exc.role} {exc.recorded} so that both can be rolled back") from None
-    except gate.PathRefused as exc:
-        if overwrite:
-            log.warning("output: run %s was killed while committing and %s; --overwrite: its files are replaced",
-                        killed, str(exc)[:300])
-            return False
-        raise UsageError(f"--output {output}: run {killed} was killed while committing, and {exc}: move the "
-                         f"files in {join(staging, '.retired')} back by hand, or pass --overwrite to replace the "
-                         "output's files") from None
-    if previous is not None:
-        g.write_bytes(join(output, MANIFEST), previous)
-    else:
-        g.remove(join(output, MANIFEST))  # there was none before that run (bound: see _previous_manifest)
-    for role, root in roots.items():  # that run's staging folders; every retired file is back in place
-        folder = join(root, journal.header["scratch"].get(role) or f"{STAGING}/{killed}")
-        if g.files(join(folder, ".retired")):
-            log.warning("output: %s still holds files after the roll-back; left for you to look at", folder)
-            continue
-        remove_tree(folder, root)
-    log.warning("output: run %s was killed while committing; %d of its %d journaled step(s) were taken and "
-                "are undone; %s is as it was before it", killed, undone, len(journal.steps), output)
-    return True
-
-
-def _previous_manifest(header: dict, killed_manifest: dict, output: str) -> bytes | None:
-    """The manifest a roll-back writes back: the header's, when its digest is the one the committing
-    manifest recorded (so neither file alone decides) and it is a manifest; PathRefused otherwise."""
-    previous = header.get("previous_manifest")
-    data = previous.encode() if isinstance(previous, str) else None
-    digest = gate.content_digest(data) if data is not None else None
-    if killed_manifest.get("previous_digest", "absent") != digest:
-        raise gate.JournalRefused("its journal's previous manifest is not the one its _run.json recorded; nothing "
-                                  "was rolled back")
-    if data is not None:
-        try:
-            validate_manifest(json.loads(data), join(output, MANIFEST))
-        except (ValueError, UsageError):
-            raise gate.JournalRefused("its journal's previous manifest is not a manifest; nothing was rolled "
-                                      "back") from None
-    return data
-
-
-def finish_killed_cleanup(output: str, manifest: dict, also_roots=()) -> bool:
-    """A run killed after its commit, during its clean-up: its results are in place and its manifest
-    is complete, but what it replaced still waits in its staging folder (and its table's). Removes
-    those folders, which hold only that run's files. True when there was one."""
-    run_id = manifest.get("run_id")
-    if not run_id:
-        return False
-    run_id = gate.check_name(run_id, f"{join(output, MANIFEST)} run_id")
-    found = False
-    for root in (output, *also_roots):
-        g = pipeline_gate([root])
-        leftover = join(root, STAGING, run_id)
-        if g.exists(leftover):
-            remove_tree(leftover, root)
-            found = True
-        elif g.isdir(join(root, STAGING)) and not g.files(join(root, STAGING)):  # killed as it removed it
-            g.remove_empty_dirs(join(root, STAGING), root)
-            found = True
-    return found
-
-
-def recover(output: str, also_roots=()) -> bool:
-    """What the next run into `output` does first (OutputClaim), under the output's lock: a run killed
-    inside its commit is rolled back; one killed after it has its clean-up finished. True when there
-    was something to do."""
-    output, also_roots = output.rstrip("/"), tuple(root for root in also_roots if root)
-    lock = OutputLock(output, new_run_id("recover"))
-    lock.acquire()
-    try:
-        manifest = read_manifest(output)
-        if not manifest:
-            return False
-        if manifest.get("state") == "committing":
-            return roll_back_killed_commit(output, manifest, also_roots)
-        return manifest.get("state") == "complete" and finish_killed_cleanup(output, manifest, also_roots)
-    finally:
-        lock.release()
-
-
-def remove_tree(path: str, root: str) -> None:
-    """Removes the folder `path` inside `root` (through the gate), then root's _staging/ if it is left
-    empty."""
-    g = pipeline_gate([root])
-    g.remove_tree(path)
-    parent = path.rstrip("/").rsplit("/", 1)[0]
-    if parent.rsplit("/", 1)[-1] == STAGING:
-        g.remove_empty_dirs(parent, root)
-
-
-# --------------------------------------------------------------------------- commit
 
 
 def commit(plan: CommitPlan, counts: dict, also=None, also_values=()) -> dict:

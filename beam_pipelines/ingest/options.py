@@ -1,5 +1,5 @@
 """What ingest's steps take from the command line: one frozen value, built by the launcher
-(beam_pipelines/ingest.py) and passed to every DoFn of the stage, so that the steps' modules import
+(ingest/launcher.py) and passed to every DoFn of the stage, so that the steps' modules import
 their options without importing the launcher."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class IngestOptions:
     test_fraction: float
     num_shards: int
     files_per_batch: int
-    shuffle: str  # "spill" or "records", resolved from --shuffle and the runner (ingest_shuffle.shuffle_mode)
+    shuffle: str  # "spill" or "records", resolved from --shuffle and the runner (shuffle.shuffle_mode)
 
     @classmethod
     def from_args(cls, args, staging: str, shuffle: str) -> IngestOptions:

@@ -19,7 +19,7 @@ class BeamStore:
         return self._fs().exists(path)
 
     def files(self, folder):
-        from beam_pipelines.listing import list_entries
+        from beam_pipelines.base.listing import list_entries
 
         return [entry.path for entry in list_entries(folder)]
 

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beam_pipelines.common import join, parquet_bytes, write_bytes
-from beam_pipelines.slices import slice_rows
+from beam_pipelines.base.files import join, parquet_bytes, write_bytes
+from beam_pipelines.predict.slices import slice_rows
 from model.files import png_bytes, pyplot
 from model.metrics import calibration_bins, expected_calibration_error, summarize
 from schemas import (
@@ -456,8 +456,8 @@ class WriteEvaluation(beam.DoFn):
     slices.parquet. Yields what summary.json takes from the evaluation."""
 
     def __init__(self, output: str, model, options=None, slice_columns: tuple[str, ...] = ()):
-        self.output, self.model = output, model  # model: predict_options.ModelInfo
-        self.options, self.slice_columns = options, tuple(slice_columns)  # options: predict_options.PredictOptions
+        self.output, self.model = output, model  # model: options.ModelInfo
+        self.options, self.slice_columns = options, tuple(slice_columns)  # options: options.PredictOptions
 
     def process(self, acc):
         out, plots = join(self.output, "evaluation"), join(self.output, "plots")

@@ -13,7 +13,8 @@ import json
 
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines.common import log, parquet_num_rows, read_parquet
+from beam_pipelines.base.files import parquet_num_rows, read_parquet
+from beam_pipelines.base.runner import log
 
 
 def match(pattern: str) -> list[str]:

@@ -26,7 +26,6 @@ import os
 from collections.abc import Iterator
 from typing import NamedTuple
 
-
 BROKEN_LINK = "broken_link"
 SYMLINK_LOOP = "symlink_loop"
 PROBLEMS = {  # reject reason -> detail

@@ -27,14 +27,15 @@ from typing import TYPE_CHECKING, NamedTuple, Union
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipelines import progress
-from beam_pipelines.common import join, runner_class, split_and_class_dir, write_bytes
-from beam_pipelines.reading import read_image, reject
+from beam_pipelines.base import progress
+from beam_pipelines.base.files import join, split_and_class_dir, write_bytes
+from beam_pipelines.base.reading import read_image, reject
+from beam_pipelines.base.runner import runner_class
 from model.preprocess import PreprocessError, image_metrics
 from schemas import canonical_label
 
 if TYPE_CHECKING:
-    from beam_pipelines.ingest_options import IngestOptions
+    from beam_pipelines.ingest.options import IngestOptions
 
 SHUFFLE_MODES = ("auto", "spill", "records")
 # Runners whose shuffle lives in this machine's memory (by class name, subclasses included):

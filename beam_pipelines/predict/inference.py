@@ -30,7 +30,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, PortableOptions
 
-from beam_pipelines.common import is_remote_runner
+from beam_pipelines.base.runner import is_remote_runner
 from model.errors import UsageError
 
 METRICS_NAMESPACE = "BeamML_Emotion"  # as Beam's own handlers name theirs (BeamML_TF_Numpy, BeamML_Sklearn)

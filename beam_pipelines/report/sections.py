@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from beam_pipelines.common import join
-from beam_pipelines.report_format import (
+from beam_pipelines.base.files import join
+from beam_pipelines.report.filters import (
     SPLIT_ORDER,
     TTA_ORDER,
     by_split,
@@ -24,7 +24,7 @@ from beam_pipelines.report_format import (
     split_and_tta,
     tta_label,
 )
-from beam_pipelines.report_read import count_rows, read, read_csv, read_json, read_tables
+from beam_pipelines.report.inputs import count_rows, read, read_csv, read_json, read_tables
 
 MAX_REJECTED_ROWS = 50
 MAX_DISAGREEMENTS = 20

@@ -114,9 +114,9 @@ from conftest import REPO, SAMPLE, make_split_tree  # noqa: E402
 from test_gate import assert_manifest_lists_exactly_its_files, snapshot  # noqa: E402
 
 from beam_pipelines import compare as compare_stage  # noqa: E402
-from beam_pipelines.ingest import launcher as ingest_stage  # noqa: E402
 from beam_pipelines.base import killed_runs  # noqa: E402
-from beam_pipelines.base import manifest  # noqa: E402
+from beam_pipelines.base import manifest as run_manifest  # noqa: E402
+from beam_pipelines.ingest import launcher as ingest_stage  # noqa: E402
 from beam_pipelines.predict import launcher as predict  # noqa: E402
 from beam_pipelines.table import claim  # noqa: E402
 from model import ownership  # noqa: E402
@@ -136,7 +136,7 @@ ROOT_NAMES = {"ingest": "ingest", "preds_a": "preds_a", "preds_b": "preds [b]", 
               "model": "model"}
 STAGE_NAMES = {"ingest": ingest_stage.OUTPUT_NAMES, "predict": predict.OUTPUT_NAMES,
                "compare": compare_stage.OUTPUT_NAMES}
-LOCKS = {"output": manifest.LOCK, "table": claim.LOCK, "model": ownership.LOCK}
+LOCKS = {"output": run_manifest.LOCK, "table": claim.LOCK, "model": ownership.LOCK}
 # A user's file under a name the stage owns, per attackable root.
 ATTACKS = {"ingest": ("stats.json", b'{"mine": "my own summary, not an ingest output"}\n'),
            "preds_a": ("predictions/mine.parquet", b"not parquet: the user's own file\n"),
@@ -527,7 +527,7 @@ class Harness:
                  f"exit={record['exit']} {record['seconds']}s{' ' + fault_info if fault_info else ''}")
 
     def _manifest_bytes(self, key: str) -> bytes | None:
-        path = self.w[key] / manifest.MANIFEST
+        path = self.w[key] / run_manifest.MANIFEST
         return path.read_bytes() if key != "table" and path.is_file() else None
 
     def _committed_files(self, key: str) -> dict[str, str]:
@@ -740,7 +740,7 @@ class Harness:
         transaction follows at once and takes a few ms); train: `fraction` of 2 s after its export has
         started writing."""
         root = self.w[step.roots[0]]
-        manifest = root / (ownership.MANIFEST if step.stage == "train" else manifest.MANIFEST)
+        manifest = root / (ownership.MANIFEST if step.stage == "train" else run_manifest.MANIFEST)
         before = manifest.read_bytes() if manifest.is_file() else None
         while run.popen.poll() is None:
             if step.stage == "train":
@@ -799,7 +799,7 @@ class Harness:
         kind = step.fault
         if kind == "staging_blocked":
             target_root = self.w["table"] if "table" in step.roots and rng.random() < 0.5 else root
-            blocker = target_root / manifest.STAGING
+            blocker = target_root / run_manifest.STAGING
             if blocker.exists() or blocker.is_symlink():
                 kind = "readonly_dir"  # a killed run's staging is there: block something else
             else:
@@ -834,7 +834,7 @@ class Harness:
             elif key == "model":
                 names = [*ownership.NAMES, ownership.MANIFEST]
             else:
-                names = [*STAGE_NAMES[OUTPUT_ROOTS[key]], manifest.MANIFEST]
+                names = [*STAGE_NAMES[OUTPUT_ROOTS[key]], run_manifest.MANIFEST]
             for name in names:
                 path = root / name
                 if path.is_symlink() or not path.exists():
@@ -997,14 +997,14 @@ class Harness:
         if not root.is_dir():
             return problems
         names = STAGE_NAMES[stage]
-        manifest_path = root / manifest.MANIFEST
+        manifest_path = root / run_manifest.MANIFEST
         manifest = json.loads(manifest_path.read_bytes()) if manifest_path.is_file() else None
         state = manifest.get("state") if manifest else None
         if self.last_ok.get(key):
             if state != "complete":
                 problems.append(("manifest", f"the last run exited 0 but _run.json says {state!r}"))
-            left = [n for n in (manifest.STAGING, manifest.LOCK) if (root / n).exists() or (root / n).is_symlink()]
-            strays = self._strays(key, root, {*names, manifest.MANIFEST})
+            left = [n for n in (run_manifest.STAGING, run_manifest.LOCK) if (root / n).exists() or (root / n).is_symlink()]
+            strays = self._strays(key, root, {*names, run_manifest.MANIFEST})
             if left or strays:
                 problems.append(("left_behind", f"after a successful run: {left + strays}"))
         if state == "complete":
@@ -1167,7 +1167,7 @@ def load_compare(root: pathlib.Path) -> list[str]:
     summary = json.loads((root / "compare" / "comparison.json").read_text())
     for name in ("agreement", "per_class", "disagreements"):
         pq.read_table(root / "compare" / f"{name}.parquet")
-    manifest = json.loads((root / manifest.MANIFEST).read_text())
+    manifest = json.loads((root / run_manifest.MANIFEST).read_text())
     if manifest.get("counts", {}).get("images_in_both") != summary.get("images_in_both"):
         return [f"comparison.json says {summary.get('images_in_both')} images in both, _run.json "
                 f"{manifest.get('counts')}"]

@@ -21,7 +21,7 @@ from test_gate import snapshot
 
 from beam_pipelines import cli
 from beam_pipelines.base import killed_runs
-from beam_pipelines.base import manifest
+from beam_pipelines.base import manifest as run_manifest
 
 # Runs `emotion ARGS` in a child whose commit dies at step DIE_AT (the N-th journaled move; "manifest":
 # just before the final _run.json is written). os._exit: no finally, no atexit, no undo -- a kill.
@@ -62,7 +62,7 @@ def dying_run(die_at: str, *args) -> subprocess.CompletedProcess:
 
 def committed(out: pathlib.Path) -> dict[str, bytes]:
     """The output's files, without the run's own bookkeeping (lock)."""
-    return {k: v for k, v in snapshot(out).items() if k != manifest.LOCK}
+    return {k: v for k, v in snapshot(out).items() if k != run_manifest.LOCK}
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +83,9 @@ def test_an_ingest_killed_inside_its_commit_is_rolled_back_by_the_next_run(tmp_p
     before = committed(out)
     killed = dying_run(die_at, "ingest", "--input", str(second), "--output", str(out), "--quiet")
     assert killed.returncode == 137, killed.stderr[-2000:]
-    manifest = json.loads((out / manifest.MANIFEST).read_text())
+    manifest = json.loads((out / run_manifest.MANIFEST).read_text())
     assert manifest["state"] == "committing"  # the kill landed inside the commit
-    assert (out / manifest["staging"] / manifest.JOURNAL).is_dir()
+    assert (out / manifest["staging"] / run_manifest.JOURNAL).is_dir()
     if die_at != "before-1":
         assert committed(out) != before  # a mixed output, until the next run
 
@@ -100,8 +100,8 @@ def test_an_ingest_killed_inside_its_commit_is_rolled_back_by_the_next_run(tmp_p
 
     # And a run that goes through commits on top of the restored output.
     assert cli.main(["ingest", "--input", str(second), "--output", str(out), "--quiet"]) == 0
-    after = json.loads((out / manifest.MANIFEST).read_text())
-    assert after["state"] == "complete" and not (out / manifest.STAGING).exists()
+    after = json.loads((out / run_manifest.MANIFEST).read_text())
+    assert after["state"] == "complete" and not (out / run_manifest.STAGING).exists()
     assert committed(out) != before
 
 
@@ -130,7 +130,7 @@ sys.exit(main(sys.argv[1:]))
     again = subprocess.run([sys.executable, "-c", cut_short, "ingest", "--input", str(second), "--output", str(out)],
                            cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 137, again.stderr[-2000:]
-    assert json.loads((out / manifest.MANIFEST).read_text())["state"] == "committing"
+    assert json.loads((out / run_manifest.MANIFEST).read_text())["state"] == "committing"
     # A plain run rolls back the rest, then commits: the previous files were whole in between.
     assert cli.main(["ingest", "--input", str(first), "--output", str(out), "--quiet"]) == 0
     assert committed(out).keys() == before.keys()
@@ -146,9 +146,9 @@ def test_a_journal_that_points_outside_the_output_is_refused_and_nothing_moves(t
     (victim / "keep.txt").write_text("precious")
     assert cli.main(["ingest", "--input", str(first), "--output", str(out), "--quiet"]) == 0
     assert dying_run("after-2", "ingest", "--input", str(second), "--output", str(out)).returncode == 137
-    staging = out / json.loads((out / manifest.MANIFEST).read_text())["staging"]
+    staging = out / json.loads((out / run_manifest.MANIFEST).read_text())["staging"]
     entry = {"kind": "move", "a": str(tmp_path / "stolen.txt"), "b": str(victim / "keep.txt"), "created": []}
-    (staging / manifest.JOURNAL / "000099.json").write_text(json.dumps(entry))
+    (staging / run_manifest.JOURNAL / "000099.json").write_text(json.dumps(entry))
     mixed = committed(out)
     capsys.readouterr()
     assert cli.main(["ingest", "--input", str(first), "--output", str(out), "--quiet"]) == 2
@@ -181,7 +181,7 @@ def test_a_predict_killed_while_committing_into_output_and_table_is_rolled_back_
     runs = sorted(p.name for p in (root / "_runs").iterdir())
     assert runs == ["first.parquet", "third.parquet"], runs
     assert not list(root.rglob("run_id=second"))
-    assert not (root / "_staging").exists() and not (out / manifest.STAGING).exists()
+    assert not (root / "_staging").exists() and not (out / run_manifest.STAGING).exists()
 
 
 def test_a_run_killed_after_its_commit_during_its_clean_up_is_finished_by_the_next(tmp_path, two_inputs):
@@ -192,9 +192,9 @@ def test_a_run_killed_after_its_commit_during_its_clean_up_is_finished_by_the_ne
     assert cli.main(["ingest", "--input", str(first), "--output", str(out), "--quiet"]) == 0
     killed = dying_run("cleanup", "ingest", "--input", str(second), "--output", str(out))
     assert killed.returncode == 137, killed.stderr[-2000:]
-    manifest = json.loads((out / manifest.MANIFEST).read_text())
-    assert manifest["state"] == "complete" and (out / manifest.STAGING).is_dir()
+    manifest = json.loads((out / run_manifest.MANIFEST).read_text())
+    assert manifest["state"] == "complete" and (out / run_manifest.STAGING).is_dir()
     results = committed(out)
     assert killed_runs.recover(str(out)) is True
-    assert not (out / manifest.STAGING).exists() and committed(out) == results
+    assert not (out / run_manifest.STAGING).exists() and committed(out) == results
     assert killed_runs.recover(str(out)) is False  # nothing left to do

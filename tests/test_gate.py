@@ -25,13 +25,12 @@ import pytest
 from conftest import REPO, SHIPPED_MODEL, make_split_tree
 
 from beam_pipelines import cli
-from beam_pipelines.base import manifest
+from beam_pipelines.base import manifest as run_manifest
 from beam_pipelines.predict import launcher as predict
 from beam_pipelines.table import claim
-from model import gate
+from model import gate, ownership
 from model.errors import UsageError
 from model.gate import Gate, PathRefused, RootLock
-from model import ownership
 
 
 def snapshot(root: pathlib.Path) -> dict[str, bytes]:
@@ -53,11 +52,11 @@ def one_line_error(capsys, code: int, *needles: str) -> str:
 def assert_manifest_lists_exactly_its_files(out: pathlib.Path, names) -> None:
     """The invariant a fault harness checks after any run: _run.json lists exactly the files under the
     stage's names, and no staging is left behind."""
-    manifest = json.loads((out / manifest.MANIFEST).read_text())
+    manifest = json.loads((out / run_manifest.MANIFEST).read_text())
     present = sorted(str(p.relative_to(out)) for name in names for p in
                      ([out / name] if (out / name).is_file() else (out / name).rglob("*")) if p.is_file())
     assert sorted(f for f in manifest["files"] if f.split("/")[0] in names) == present
-    assert manifest["state"] == "complete" and not (out / manifest.STAGING).exists()
+    assert manifest["state"] == "complete" and not (out / run_manifest.STAGING).exists()
 
 
 @contextlib.contextmanager
@@ -231,7 +230,7 @@ def test_a_manifest_pointing_outside_the_output_is_refused_before_anything_is_re
         manifest = {"run_id": "ingest-x", "stage": "ingest", "state": "complete", "files": [], **manifest}
         manifest["files"] = [f.replace("/VICTIM", str(victim)) for f in manifest["files"]] \
             if isinstance(manifest["files"], list) else manifest["files"]
-    (out / manifest.MANIFEST).write_text(json.dumps(manifest))
+    (out / run_manifest.MANIFEST).write_text(json.dumps(manifest))
     before = snapshot(out)
     code = cli.main(["ingest", "--input", str(raw), "--output", str(out)])
     one_line_error(capsys, code, "not written by this pipeline" if isinstance(manifest, dict) else "not a manifest")
@@ -246,7 +245,7 @@ def test_a_link_planted_under_a_stage_name_is_not_followed_by_a_remove(capsys, t
     (victim / "a.tfrecord").write_bytes(b"precious")
     out.mkdir()
     (out / "tfrecords").symlink_to(victim, target_is_directory=True)
-    (out / manifest.MANIFEST).write_text(json.dumps({"run_id": "ingest-x", "state": "complete",
+    (out / run_manifest.MANIFEST).write_text(json.dumps({"run_id": "ingest-x", "state": "complete",
                                                     "files": ["tfrecords/a.tfrecord"]}))
     code = cli.main(["ingest", "--input", str(raw), "--output", str(out), "--overwrite"])
     one_line_error(capsys, code, "outside this run's folders")
@@ -560,7 +559,7 @@ def test_ctrl_c_during_predict_is_one_line_and_exit_130(faces, tmp_path):
     err = "".join(lines) + proc.stderr.read()
     assert proc.wait(timeout=60) == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "emotion predict: interrupted"
-    assert not out.exists() or sorted(os.listdir(out)) in ([], [manifest.MANIFEST])
+    assert not out.exists() or sorted(os.listdir(out)) in ([], [run_manifest.MANIFEST])
 
 
 def test_a_write_the_file_system_refuses_midway_is_one_line_and_changes_nothing(capsys, first_run, faces, tmp_path):
@@ -574,7 +573,7 @@ def test_a_write_the_file_system_refuses_midway_is_one_line_and_changes_nothing(
                               "cannot", "summary.json")
         assert "Operation not permitted" in line
         assert snapshot(out) == before
-    (out / manifest.STAGING).write_bytes(b"a file where the staging folder goes")
+    (out / run_manifest.STAGING).write_bytes(b"a file where the staging folder goes")
     before = snapshot(out)
     one_line_error(capsys, cli.main(["predict", "--input", str(faces), "--output", str(out)]), "Not a directory")
     assert snapshot(out) == before

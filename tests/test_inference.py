@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
+import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
@@ -13,14 +14,14 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from conftest import SAMPLE, SHIPPED_MODEL, synthetic_face
 
-import apache_beam as beam
+from beam_pipelines.base import progress
 from beam_pipelines.predict import inference
 from beam_pipelines.predict import launcher as predict
-from beam_pipelines.base import progress
+from beam_pipelines.predict.decode import Image, image_batch
 from beam_pipelines.predict.options import ModelInfo, PredictOptions
-from beam_pipelines.predict.pipeline import Classify, Image, image_batch
-from conftest import SAMPLE, SHIPPED_MODEL, synthetic_face
+from beam_pipelines.predict.pipeline import Classify
 from model import engines
 from model.errors import UsageError
 from schemas import LABELS

@@ -13,12 +13,21 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
-
-from beam_pipelines.ingest.shards import CountKept, carved_split, plan_splits, resolve_copies
-from beam_pipelines.ingest.shuffle import DecodeBatch, Metrics, Record, Spilled, SpillRef, hash_unit, load_records, shard_of
-from beam_pipelines.predict.evaluation import MAX_CORRECT, MAX_MISTAKES, EvaluationFn, metrics_from
-from beam_pipelines.base.listing import BROKEN_LINK, PROBLEMS, SYMLINK_LOOP, Entry, escape_glob, list_entries
 from conftest import synthetic_face, write_image
+
+from beam_pipelines.base.listing import BROKEN_LINK, PROBLEMS, SYMLINK_LOOP, Entry, escape_glob, list_entries
+from beam_pipelines.ingest.shards import CountKept, carved_split, plan_splits, resolve_copies
+from beam_pipelines.ingest.shuffle import (
+    DecodeBatch,
+    Metrics,
+    Record,
+    Spilled,
+    SpillRef,
+    hash_unit,
+    load_records,
+    shard_of,
+)
+from beam_pipelines.predict.evaluation import MAX_CORRECT, MAX_MISTAKES, EvaluationFn, metrics_from
 from model.metrics import calibration_bins, confusion, expected_calibration_error, summarize
 from model.preprocess import image_metrics, preprocess
 from schemas import LABELS

@@ -28,10 +28,9 @@ from test_gate import one_line_error, snapshot
 
 from beam_pipelines import cli
 from beam_pipelines.base import killed_runs
-from beam_pipelines.base import manifest
+from beam_pipelines.base import manifest as run_manifest
 from beam_pipelines.predict import launcher as predict
-from beam_pipelines.table import claim
-from beam_pipelines.table import partitions
+from beam_pipelines.table import claim, partitions
 from model import gate
 from model.errors import UsageError
 from model.gate import Gate, RootLock
@@ -45,7 +44,7 @@ def dying_run(die_at: str, *args, cwd=REPO) -> subprocess.CompletedProcess:
 
 
 def results(out: pathlib.Path) -> dict[str, bytes]:
-    return {k: v for k, v in snapshot(out).items() if k != manifest.LOCK}
+    return {k: v for k, v in snapshot(out).items() if k != run_manifest.LOCK}
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +71,14 @@ def killed_in_commit(committed_ingest, inputs, tmp_path, die_at="after-3", cwd=N
     killed = dying_run(die_at, "ingest", "--input", str(inputs[1]), "--output", output or str(out), "--quiet",
                        cwd=cwd or REPO)
     assert killed.returncode == 137, killed.stderr[-2000:]
-    assert json.loads((out / manifest.MANIFEST).read_text())["state"] == "committing"
+    assert json.loads((out / run_manifest.MANIFEST).read_text())["state"] == "committing"
     return out
 
 
 # =========================================================================== L1, L2, L8, L16: lock files
 
 
-@pytest.mark.parametrize("name", [manifest.LOCK, claim.LOCK])
+@pytest.mark.parametrize("name", [run_manifest.LOCK, claim.LOCK])
 def test_L1_a_lock_file_hard_linked_to_a_users_file_is_refused_and_the_file_untouched(tmp_path, name):
     root, victim = tmp_path / "root", tmp_path / "victim.txt"
     root.mkdir()
@@ -95,22 +94,22 @@ def test_L1_through_the_command_line_one_line_and_nothing_written(capsys, tmp_pa
     out, victim = tmp_path / "out", tmp_path / "victim.txt"
     out.mkdir()
     victim.write_text("mine\n")
-    os.link(victim, out / manifest.LOCK)
-    one_line_error(capsys, cli.main(["ingest", "--input", str(inputs[0]), "--output", str(out)]), manifest.LOCK)
-    assert victim.read_text() == "mine\n" and sorted(os.listdir(out)) == [manifest.LOCK]
+    os.link(victim, out / run_manifest.LOCK)
+    one_line_error(capsys, cli.main(["ingest", "--input", str(inputs[0]), "--output", str(out)]), run_manifest.LOCK)
+    assert victim.read_text() == "mine\n" and sorted(os.listdir(out)) == [run_manifest.LOCK]
 
 
 def test_L2_a_users_own_file_named_like_the_lock_is_refused_never_truncated_or_removed(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
-    (root / manifest.LOCK).write_text("my own file, which happens to have this name\n")
+    (root / run_manifest.LOCK).write_text("my own file, which happens to have this name\n")
     with pytest.raises(UsageError, match="not a lock file this tool wrote"):
         RootLock(str(root), "r1").acquire()
-    assert (root / manifest.LOCK).read_text() == "my own file, which happens to have this name\n"
-    (root / manifest.LOCK).write_text("")  # empty: not one of ours either (ours always names its holder)
+    assert (root / run_manifest.LOCK).read_text() == "my own file, which happens to have this name\n"
+    (root / run_manifest.LOCK).write_text("")  # empty: not one of ours either (ours always names its holder)
     with pytest.raises(UsageError, match="not a lock file this tool wrote"):
         RootLock(str(root), "r1").acquire()
-    assert (root / manifest.LOCK).exists()
+    assert (root / run_manifest.LOCK).exists()
 
 
 def test_L2_a_dead_runs_lock_is_taken_over_and_removed_at_the_end(tmp_path):
@@ -118,13 +117,13 @@ def test_L2_a_dead_runs_lock_is_taken_over_and_removed_at_the_end(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
     dead = {"tool": "emotion-pipeline", "run_id": "dead", "host": "h", "pid": 999999, "started": "then"}
-    (root / manifest.LOCK).write_text(json.dumps(dead) + "\n")
+    (root / run_manifest.LOCK).write_text(json.dumps(dead) + "\n")
     lock = RootLock(str(root), "r2")
     lock.acquire()
-    holder = json.loads((root / manifest.LOCK).read_text())
+    holder = json.loads((root / run_manifest.LOCK).read_text())
     assert holder["run_id"] == "r2" and holder["root"] == os.path.realpath(root)  # canonical root
     lock.release()
-    assert not (root / manifest.LOCK).exists()
+    assert not (root / run_manifest.LOCK).exists()
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "folder"])
@@ -144,7 +143,7 @@ def test_L8_a_link_fifo_or_folder_as_the_lock_is_refused_in_one_line_without_ope
 def test_L16_a_lock_held_with_no_readable_holder_says_so_instead_of_none(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
-    path = root / manifest.LOCK
+    path = root / run_manifest.LOCK
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys, time\n"
         f"fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\n"
@@ -174,9 +173,9 @@ def test_L3_a_commit_killed_with_a_relative_output_is_rolled_back_from_another_f
     elsewhere.mkdir()
     before = results(committed_ingest)
     out = killed_in_commit(committed_ingest, inputs, tmp_path, cwd=here, output="../out")
-    header = json.loads(next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}/header.json")).read_text())
+    header = json.loads(next((out / run_manifest.STAGING).glob(f"*/{run_manifest.JOURNAL}/header.json")).read_text())
     assert header["roots"]["output"] == os.path.realpath(out)
-    step = json.loads(next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}/000000.json")).read_text())
+    step = json.loads(next((out / run_manifest.STAGING).glob(f"*/{run_manifest.JOURNAL}/000000.json")).read_text())
     assert step["a"][0] == "output" and not step["a"][1].startswith("/")
     cwd = os.getcwd()
     os.chdir(elsewhere)
@@ -185,7 +184,7 @@ def test_L3_a_commit_killed_with_a_relative_output_is_rolled_back_from_another_f
     finally:
         os.chdir(cwd)
     assert results(out) == {k: v for k, v in before.items()}
-    assert not (out / manifest.STAGING).exists()
+    assert not (out / run_manifest.STAGING).exists()
 
 
 def test_L3_L4_a_predict_killed_in_its_commit_is_rolled_back_through_other_spellings_of_both_roots(tmp_path, capsys):
@@ -209,15 +208,15 @@ def test_L3_L4_a_predict_killed_in_its_commit_is_rolled_back_through_other_spell
 
 
 def plant(out: pathlib.Path, name: str, value) -> None:
-    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
+    journal = next((out / run_manifest.STAGING).glob(f"*/{run_manifest.JOURNAL}"))
     (journal / name).write_text(value if isinstance(value, str) else json.dumps(value))
 
 
 def test_L5_planted_journal_entries_are_not_acted_on(committed_ingest, inputs, tmp_path, capsys):
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
     (out / "NOTES.txt").write_text("the user's notes in the output\n")
-    run_id = json.loads((out / manifest.MANIFEST).read_text())["run_id"]
-    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
+    run_id = json.loads((out / run_manifest.MANIFEST).read_text())["run_id"]
+    journal = next((out / run_manifest.STAGING).glob(f"*/{run_manifest.JOURNAL}"))
     n = len(list(journal.glob("0*.json")))
     # a "new" step naming the user's file, with a digest that is not its content
     plant(out, f"{n:06d}.json", {"run_id": run_id, "seq": n, "kind": "new", "a": ["output", "NOTES.txt"], "b": None,
@@ -235,13 +234,13 @@ def test_L5_a_journal_that_cannot_be_proven_this_runs_own_changes_nothing(commit
                                                                           capsys, planted):
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
     (out / "NOTES.txt").write_text("the user's notes\n")
-    run_id = json.loads((out / manifest.MANIFEST).read_text())["run_id"]
-    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
+    run_id = json.loads((out / run_manifest.MANIFEST).read_text())["run_id"]
+    journal = next((out / run_manifest.STAGING).glob(f"*/{run_manifest.JOURNAL}"))
     n = len(list(journal.glob("0*.json")))
     header = json.loads((journal / "header.json").read_text())
     if planted == "move_of_a_users_file":
         plant(out, f"{n:06d}.json", {"run_id": run_id, "seq": n, "kind": "move", "a": ["output", "NOTES.txt"],
-                                     "b": ["output", f"{manifest.STAGING}/{run_id}/.retired/9/NOTES.txt"],
+                                     "b": ["output", f"{run_manifest.STAGING}/{run_id}/.retired/9/NOTES.txt"],
                                      "created": [], "digest": "f:1:2:3"})
     elif planted == "step_of_another_run":
         step = json.loads((journal / "000000.json").read_text())
@@ -250,37 +249,37 @@ def test_L5_a_journal_that_cannot_be_proven_this_runs_own_changes_nothing(commit
         plant(out, "header.json", {**header, "previous_manifest": None})
     else:
         plant(out, "header.json", {**header, "run_id": "ingest-someone-else"})
-    mixed, manifest = results(out), (out / manifest.MANIFEST).read_bytes()
+    mixed, manifest = results(out), (out / run_manifest.MANIFEST).read_bytes()
     capsys.readouterr()
     line = one_line_error(capsys, cli.main(["ingest", "--input", str(inputs[0]), "--output", str(out)]),
                           "killed while committing")
     assert "nothing was rolled back" in line
-    assert results(out) == mixed and (out / manifest.MANIFEST).read_bytes() == manifest
+    assert results(out) == mixed and (out / run_manifest.MANIFEST).read_bytes() == manifest
     assert (out / "NOTES.txt").read_text() == "the user's notes\n"
 
 
 @pytest.mark.parametrize("header", ["[]", None, "{not json"])
 def test_L6_a_missing_or_malformed_header_does_nothing_and_says_so(committed_ingest, inputs, tmp_path, capsys, header):
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
-    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
+    journal = next((out / run_manifest.STAGING).glob(f"*/{run_manifest.JOURNAL}"))
     if header is None:
         (journal / "header.json").unlink()
     else:
         (journal / "header.json").write_text(header)
-    mixed, manifest = results(out), (out / manifest.MANIFEST).read_bytes()
+    mixed, manifest = results(out), (out / run_manifest.MANIFEST).read_bytes()
     capsys.readouterr()
     line = one_line_error(capsys, cli.main(["ingest", "--input", str(inputs[0]), "--output", str(out)]),
                           "nothing was rolled back")
     assert "header" in line
-    assert results(out) == mixed and (out / manifest.MANIFEST).read_bytes() == manifest  # _run.json kept
+    assert results(out) == mixed and (out / run_manifest.MANIFEST).read_bytes() == manifest  # _run.json kept
     # --overwrite: the user's answer; the run replaces the output's files and commits.
     assert cli.main(["ingest", "--input", str(inputs[0]), "--output", str(out), "--overwrite", "--quiet"]) == 0
-    assert json.loads((out / manifest.MANIFEST).read_text())["state"] == "complete"
+    assert json.loads((out / run_manifest.MANIFEST).read_text())["state"] == "complete"
 
 
 def test_L7_a_fifo_in_the_journal_is_refused_never_opened(committed_ingest, inputs, tmp_path, capsys):
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
-    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
+    journal = next((out / run_manifest.STAGING).glob(f"*/{run_manifest.JOURNAL}"))
     os.mkfifo(journal / "000050.json")
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("code", cli.main(
@@ -304,7 +303,7 @@ def test_L7_the_gate_never_opens_a_fifo_or_device_for_reading(tmp_path):
 
 def test_L8_a_journal_folder_replaced_by_a_link_is_one_line(committed_ingest, inputs, tmp_path, capsys):
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
-    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
+    journal = next((out / run_manifest.STAGING).glob(f"*/{run_manifest.JOURNAL}"))
     elsewhere = tmp_path / "elsewhere"
     shutil.move(journal, elsewhere)
     journal.symlink_to(elsewhere, target_is_directory=True)
@@ -318,10 +317,10 @@ def test_L8_a_journal_folder_replaced_by_a_link_is_one_line(committed_ingest, in
 def test_a_journal_copied_from_another_killed_run_is_refused(committed_ingest, inputs, tmp_path, capsys):
     """Bound to the manifest's run: a journal moved under another run's staging folder is not its."""
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
-    manifest = json.loads((out / manifest.MANIFEST).read_text())
-    (out / manifest["staging"]).rename(out / manifest.STAGING / "ingest-other")
-    (out / manifest.MANIFEST).write_text(json.dumps({**manifest, "run_id": "ingest-other",
-                                                    "staging": f"{manifest.STAGING}/ingest-other"}))
+    manifest = json.loads((out / run_manifest.MANIFEST).read_text())
+    (out / manifest["staging"]).rename(out / run_manifest.STAGING / "ingest-other")
+    (out / run_manifest.MANIFEST).write_text(json.dumps({**manifest, "run_id": "ingest-other",
+                                                    "staging": f"{run_manifest.STAGING}/ingest-other"}))
     mixed = results(out)
     capsys.readouterr()
     one_line_error(capsys, cli.main(["ingest", "--input", str(inputs[0]), "--output", str(out)]),
@@ -517,7 +516,7 @@ def test_a_step_entry_cut_short_by_a_kill_is_a_step_never_taken(committed_ingest
     """Found by the soak: killed inside the write of a journal entry, the gate's temporary file stays in
     the journal; the roll-back reads it as what it is (a step never taken), not as a foreign file."""
     out = killed_in_commit(committed_ingest, inputs, tmp_path)
-    journal = next((out / manifest.STAGING).glob(f"*/{manifest.JOURNAL}"))
+    journal = next((out / run_manifest.STAGING).glob(f"*/{run_manifest.JOURNAL}"))
     n = len(list(journal.glob("0*.json")))
     (journal / f".{n:06d}.json.k2x9_q.tmp").write_text('{"half": ')
     assert killed_runs.recover(str(out)) is True

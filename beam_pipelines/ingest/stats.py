@@ -61,20 +61,7 @@ def finalize_stats(raw: dict, summary: dict, carve: dict, options: IngestOptions
     rejected = dict(sorted(raw.get("rejected", {}).items()))
     n_rejected = sum(rejected.values())
     n_skipped = sum(summary["skipped"].values())
-    image_stats = {}
-    for split, s in raw.get("image_stats", {}).items():
-        b_mean, b_std = _mean_std(s["brightness"], s["n"])
-        c_mean, c_std = _mean_std(s["contrast"], s["n"])
-        ls_mean, ls_std = _mean_std(s["log_sharpness"], s["n"])
-        image_stats[split] = {
-            "images": s["n"],
-            "brightness_mean": b_mean,
-            "brightness_std": b_std,
-            "contrast_mean": c_mean,
-            "contrast_std": c_std,
-            "sharpness_geomean": math.expm1(ls_mean),
-            "log_sharpness_std": ls_std,
-        }
+    image_stats = {split: _image_stats(s) for split, s in raw.get("image_stats", {}).items()}
     dup = raw.get("duplicates", {"groups": 0, "redundant_files": 0, "within_split": 0, "leakage": {}})
     stats = {
         "schema_version": SCHEMA_VERSION,
@@ -113,22 +100,44 @@ def finalize_stats(raw: dict, summary: dict, carve: dict, options: IngestOptions
         "image_stats": image_stats,
         "fingerprint": f"{raw.get('fingerprint', 0) % (1 << 64):016x}-{n_written}",
     }
-    stats["warnings"] = health_warnings(image_stats)
+    stats["warnings"] = _warnings(stats, carve, dup["leakage"])
+    return stats
+
+
+def _image_stats(s: dict) -> dict:
+    """One split's image statistics from its sums (brightness, contrast, log-sharpness)."""
+    b_mean, b_std = _mean_std(s["brightness"], s["n"])
+    c_mean, c_std = _mean_std(s["contrast"], s["n"])
+    ls_mean, ls_std = _mean_std(s["log_sharpness"], s["n"])
+    return {
+        "images": s["n"],
+        "brightness_mean": b_mean,
+        "brightness_std": b_std,
+        "contrast_mean": c_mean,
+        "contrast_std": c_std,
+        "sharpness_geomean": math.expm1(ls_mean),
+        "log_sharpness_std": ls_std,
+    }
+
+
+def _warnings(stats: dict, carve: dict, leakage: dict) -> list[str]:
+    """stats.json's warnings, in this order: data health, carved splits, small splits, leakage, totals."""
+    warnings = health_warnings(stats["image_stats"])
     for split, c in sorted(carve.items()):
-        stats["warnings"].append(
+        warnings.append(
             f"{split} held {c['found']} image(s) after de-duplication, fewer than the {c['needed']} needed to decide "
             f"anything: a fresh {split} of {c['fraction']:.0%} of train was carved by content hash (those images kept too)"
         )
-    stats["warnings"].extend(small_split_warnings(stats["written_per_split"]))
-    if dup["leakage"]:
-        stats["warnings"].append(
+    warnings.extend(small_split_warnings(stats["written_per_split"]))
+    if leakage:
+        warnings.append(
             "pixel-identical images across splits: "
-            + ", ".join(f"{n} {pair}" for pair, n in sorted(dup["leakage"].items()))
+            + ", ".join(f"{n} {pair}" for pair, n in sorted(leakage.items()))
             + " (the training-side copies were dropped)"
         )
     if not stats["totals"]["balanced"]:
-        stats["warnings"].append("input and output totals do not add up")
-    return stats
+        warnings.append("input and output totals do not add up")
+    return warnings
 
 
 def small_split_warnings(per_split: dict) -> list[str]:

@@ -12,7 +12,6 @@ folder carries that folder's label (docs/photo-archives.md).
 
 from __future__ import annotations
 
-import heapq
 import json
 from typing import NamedTuple
 
@@ -22,8 +21,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beam_pipelines.base.files import join, parquet_bytes, write_bytes
+from beam_pipelines.predict.evaluation_plots import (
+    plot_accuracy_coverage,
+    plot_confusion,
+    plot_per_class_metrics,
+    plot_reliability,
+)
+from beam_pipelines.predict.samples import (
+    MAX_CORRECT,
+    MAX_LOW_CONFIDENCE,
+    MAX_MISTAKES,
+    MAX_PER_CLASS,
+    Ranked,
+    hash_rank,
+    offer,
+    plot_low_confidence,
+    plot_predicted_classes,
+    plot_samples,
+    push,
+    sample_of,
+)
 from beam_pipelines.predict.slices import slice_rows
-from model.files import png_bytes, pyplot
 from model.metrics import calibration_bins, expected_calibration_error, summarize
 from schemas import (
     CONFUSION_SCHEMA,
@@ -37,10 +55,6 @@ from schemas import (
 
 CALIBRATION_BINS = 15
 COVERAGE_BINS = 100  # the accuracy-coverage curve's thresholds: 0.00, 0.01, ... 0.99
-MAX_MISTAKES = 24
-MAX_CORRECT = 8
-MAX_LOW_CONFIDENCE = 16
-MAX_PER_CLASS = 6
 
 
 class Scored(NamedTuple):
@@ -49,25 +63,6 @@ class Scored(NamedTuple):
     rows: pa.Table  # PREDICTIONS_SCHEMA columns (those the evaluation reads, at least)
     thumbnails: np.ndarray | None  # (N, S*S) uint8, for the samples plots
     slices: list | None = None  # --slices: each row's values of the slicing columns (None: not listed)
-
-
-class Sample(NamedTuple):
-    """An image of the samples plots."""
-
-    uri: str
-    true_label: str | None
-    predicted_label: str
-    confidence: float
-    thumbnail: bytes  # S*S uint8
-    face_index: int | None = None
-
-
-class Ranked(NamedTuple):
-    """A heap entry: a sample and what ranks it (rank, then uri, so that any runner keeps the same)."""
-
-    rank: float
-    uri: str
-    sample: Sample
 
 
 def _column(rows: pa.Table, name: str, default=None) -> list:
@@ -148,21 +143,21 @@ class EvaluationFn(beam.CombineFn):
         for i, ok in zip(labelled, right):
             uri = columns["uri"][i]
             heap, limit = (acc["correct"], MAX_CORRECT) if ok else (acc["mistakes"], MAX_MISTAKES)
-            rank = _hash_rank(columns, i) if ok else columns["confidence"][i]
+            rank = hash_rank(columns, i) if ok else columns["confidence"][i]
             if len(heap) < limit or (rank, uri) > (heap[0].rank, heap[0].uri):  # build the sample only if kept
-                _push(heap, Ranked(rank, uri, _sample(columns, thumbnails, i)), limit)
+                push(heap, Ranked(rank, uri, sample_of(columns, thumbnails, i)), limit)
 
     @staticmethod
     def _add_overview_samples(acc, columns, thumbnails, predicted, confidence):
         """The batch's candidates only (a few rows, chosen with numpy): its least confident rows, and
         per predicted class its rows of highest hash rank."""
         for i in np.argsort(confidence, kind="stable")[:MAX_LOW_CONFIDENCE]:
-            _offer(acc["low_confidence"], -confidence[i], columns, thumbnails, int(i), MAX_LOW_CONFIDENCE)
-        ranks = np.array([_hash_rank(columns, i) for i in range(len(predicted))], np.float64)
+            offer(acc["low_confidence"], -confidence[i], columns, thumbnails, int(i), MAX_LOW_CONFIDENCE)
+        ranks = np.array([hash_rank(columns, i) for i in range(len(predicted))], np.float64)
         for label in np.unique(predicted):
             members = np.flatnonzero(predicted == label)
             for i in members[np.argsort(-ranks[members], kind="stable")[:MAX_PER_CLASS]]:
-                _offer(acc["per_class"][label], ranks[i], columns, thumbnails, int(i), MAX_PER_CLASS)
+                offer(acc["per_class"][label], ranks[i], columns, thumbnails, int(i), MAX_PER_CLASS)
 
     def _add_slices(self, acc, values_per_row, true, predicted, answered):
         for k, column in enumerate(self.slice_columns):
@@ -189,10 +184,10 @@ class EvaluationFn(beam.CombineFn):
             for key, limit in (("mistakes", MAX_MISTAKES), ("correct", MAX_CORRECT),
                                ("low_confidence", MAX_LOW_CONFIDENCE)):
                 for entry in acc[key]:
-                    _push(out[key], entry, limit)
+                    push(out[key], entry, limit)
             for heap, entries in zip(out["per_class"], acc["per_class"]):
                 for entry in entries:
-                    _push(heap, entry, MAX_PER_CLASS)
+                    push(heap, entry, MAX_PER_CLASS)
             for column, groups in acc["slices"].items():
                 merged = out["slices"].setdefault(column, {})
                 for value, g in groups.items():
@@ -218,29 +213,6 @@ def _coverage_bin(confidence: np.ndarray) -> np.ndarray:
     return np.clip((confidence * COVERAGE_BINS).astype(np.int64), 0, COVERAGE_BINS - 1)
 
 
-def _hash_rank(columns, i) -> float:
-    """A runner-independent pseudo-random rank of row i: from its pixels' hash (and face)."""
-    return float(-(int(columns["content_sha256"][i][:8], 16) ^ (columns["face_index"][i] or 0)))
-
-
-def _sample(columns, thumbnails, i) -> Sample:
-    return Sample(columns["uri"][i], columns["true_label"][i], columns["predicted_label"][i],
-                  columns["confidence"][i], thumbnails[i].tobytes(), columns["face_index"][i])
-
-
-def _offer(heap, rank, columns, thumbnails, i, limit):
-    uri = columns["uri"][i]
-    if len(heap) < limit or (rank, uri) > (heap[0].rank, heap[0].uri):
-        _push(heap, Ranked(float(rank), uri, _sample(columns, thumbnails, i)), limit)
-
-
-def _push(heap, item, limit):
-    if len(heap) < limit:
-        heapq.heappush(heap, item)
-    elif item > heap[0]:
-        heapq.heapreplace(heap, item)
-
-
 def metrics_from(acc) -> dict:
     m = summarize(acc["confusion"])
     count, conf, corr = acc["bins"]
@@ -256,65 +228,6 @@ def metrics_from(acc) -> dict:
         for i in range(CALIBRATION_BINS)
     ]
     return m
-
-
-def plot_confusion(m) -> bytes:
-    plt = pyplot()
-
-    matrix = np.asarray(m["confusion"], np.float64)
-    norm = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
-    # Drawn large (the page shows it at about half its width): the counts stay readable there.
-    fig, ax = plt.subplots(figsize=(7.2, 6.4), dpi=100)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(NUM_CLASSES):
-        for j in range(NUM_CLASSES):
-            ax.text(j, i, f"{int(matrix[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=13,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(NUM_CLASSES), LABELS, rotation=45, ha="right", fontsize=12)
-    ax.set_yticks(range(NUM_CLASSES), LABELS, fontsize=12)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"Confusion (row-normalised) - accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    return png_bytes(fig)
-
-
-def plot_per_class_metrics(m) -> bytes:
-    plt = pyplot()
-
-    x = np.arange(NUM_CLASSES)
-    fig, ax = plt.subplots(figsize=(8, 3.8), dpi=100)
-    for k, key in enumerate(("precision", "recall", "f1")):
-        ax.bar(x + (k - 1) * 0.27, [m["per_class"][c][key] for c in LABELS], 0.27, label=key)
-    ax.set_xticks(x, [f"{c}\n(n={m['per_class'][c]['support']})" for c in LABELS], fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_title("Per-class precision / recall / F1")
-    ax.legend(ncol=3)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return png_bytes(fig)
-
-
-def plot_reliability(m) -> bytes:
-    plt = pyplot()
-
-    bins = [b for b in m["calibration"] if b["count"]]
-    fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=100)
-    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    centres = [(b["bin_low"] + b["bin_high"]) / 2 for b in bins]
-    ax.bar(centres, [b["accuracy"] for b in bins], width=1 / CALIBRATION_BINS, alpha=0.7, edgecolor="black",
-           label="accuracy")
-    ax.plot([b["mean_confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="C3",
-            label="mean confidence")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability - ECE {m['expected_calibration_error']:.3f}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return png_bytes(fig)
 
 
 def coverage_curve(acc) -> list[dict]:
@@ -360,94 +273,6 @@ def overview(acc) -> dict:
         "confidence_histogram": [{"low": i / 20, "high": (i + 1) / 20, "count": int(n)} for i, n in enumerate(hist)],
         "answered": acc["answered"],
     }
-
-
-def plot_accuracy_coverage(curve: list[dict], chosen: float | None) -> bytes:
-    plt = pyplot()
-
-    points = [c for c in curve if c["answered"]]
-    fig, ax = plt.subplots(figsize=(5.6, 4.4), dpi=100)
-    ax.plot([c["coverage"] for c in points], [c["accuracy"] for c in points], "-", color="C0")
-    for c in points:
-        if round(c["min_confidence"] * 10, 6) % 1 == 0:  # label every 0.1
-            ax.plot(c["coverage"], c["accuracy"], "o", color="C0", ms=4)
-            ax.annotate(f"{c['min_confidence']:.1f}", (c["coverage"], c["accuracy"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=9)
-    if chosen is not None:
-        at = curve[min(len(curve) - 1, int(np.floor(chosen * COVERAGE_BINS + 1e-9)))]
-        if at["answered"]:
-            ax.plot(at["coverage"], at["accuracy"], "s", color="C3", ms=8, label=f"--min-confidence {chosen:g}")
-            ax.legend(fontsize=9, loc="lower left")
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("coverage (share of labelled rows answered)")
-    ax.set_ylabel("accuracy of the rows answered")
-    ax.set_title("Accuracy against coverage, by minimum confidence")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return png_bytes(fig)
-
-
-def plot_grid(samples: list[Sample], image_size: int, title: str, caption, cols: int = 8) -> bytes:
-    """Thumbnails in a grid, each with its caption(sample) -> (text, colour)."""
-    plt = pyplot()
-
-    rows = max(1, -(-len(samples) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.35, rows * 1.85), dpi=100, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, s in zip(axes.flat, samples):
-        ax.imshow(np.frombuffer(s.thumbnail, np.uint8).reshape(image_size, image_size), cmap="gray", vmin=0,
-                  vmax=255)
-        text, colour = caption(s)
-        ax.set_title(text, fontsize=7, color=colour)
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    return png_bytes(fig)
-
-
-def _name(s: Sample) -> str:
-    name = s.uri.rsplit("/", 1)[-1][:14]
-    return name if s.face_index is None else f"{name} #{s.face_index}"
-
-
-def plot_samples(acc, image_size: int) -> bytes:
-    mistakes = [entry.sample for entry in sorted(acc["mistakes"], reverse=True)]
-    correct = [entry.sample for entry in sorted(acc["correct"], reverse=True)]
-    return plot_grid(mistakes + correct, image_size,
-                     "Most confident mistakes (red: true->predicted, confidence), then correct samples (green)",
-                     lambda s: (f"{s.true_label}->{s.predicted_label}\n{s.confidence:.2f}",
-                                "C3" if s.true_label != s.predicted_label else "C2"))
-
-
-def plot_low_confidence(acc, image_size: int) -> bytes:
-    samples = [entry.sample for entry in sorted(acc["low_confidence"], reverse=True)]
-    return plot_grid(samples, image_size, "Least confident predictions (predicted class, confidence, file)",
-                     lambda s: (f"{s.predicted_label} {s.confidence:.2f}\n{_name(s)}", "C3"))
-
-
-def plot_predicted_classes(acc, image_size: int) -> bytes | None:
-    """A row of thumbnails per predicted class (classes never predicted are left out)."""
-    samples = []
-    for label, heap in zip(LABELS, acc["per_class"]):
-        chosen = [entry.sample for entry in sorted(heap, reverse=True)]
-        samples += chosen + [None] * (MAX_PER_CLASS - len(chosen)) if chosen else []
-    if not samples:
-        return None
-    filled = [s for s in samples if s is not None]
-    plt = pyplot()
-
-    rows = len(samples) // MAX_PER_CLASS
-    fig, axes = plt.subplots(rows, MAX_PER_CLASS, figsize=(MAX_PER_CLASS * 1.35, rows * 1.55), dpi=100, squeeze=False)
-    for ax, s in zip(axes.flat, samples):
-        ax.axis("off")
-        if s is not None:
-            ax.imshow(np.frombuffer(s.thumbnail, np.uint8).reshape(image_size, image_size), cmap="gray", vmin=0,
-                      vmax=255)
-            ax.set_title(f"{s.predicted_label} {s.confidence:.2f}", fontsize=7)
-    fig.suptitle(f"Predicted as each class ({len(filled)} rows chosen by hash, a row per class)", fontsize=8)
-    fig.tight_layout()
-    return png_bytes(fig)
 
 
 class WriteEvaluation(beam.DoFn):

@@ -29,7 +29,9 @@ from beam_pipelines.base.runner import OneLineErrors, log
 from beam_pipelines.base.storage import pipeline_gate
 from beam_pipelines.report.filters import fint, fnum
 from beam_pipelines.report.inputs import exists, match, read_json
-from beam_pipelines.report.sections import KIND, KINDS, Part, comparison_rows
+from beam_pipelines.report.parts import Part
+from beam_pipelines.report.predict_section import comparison_rows
+from beam_pipelines.report.sections import KIND, KINDS
 from model.errors import UsageError
 
 REPORT_NAME = "report.html"

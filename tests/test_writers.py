@@ -97,7 +97,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("beam_pipelines.predict.evaluation", "WriteEvaluation._write_metrics"): "evaluation tables and plots, written " + _STAGING,
     ("beam_pipelines.predict.evaluation", "WriteEvaluation.process"): "evaluation plots and slices, written " + _STAGING,
     ("beam_pipelines.predict.evaluation", "_write_json"): "metrics.json and friends, written " + _STAGING,
-    ("beam_pipelines.ingest.launcher", "Ingest.expand"): "Beam's WriteToParquet of rejected/, its prefix " + _STAGING,
+    ("beam_pipelines.ingest.pipeline", "Ingest.expand"): "Beam's WriteToParquet of rejected/, its prefix " + _STAGING,
     ("beam_pipelines.ingest.shards", "DedupeAndWriteShard.process"): "one TFRecord shard, written " + _STAGING,
     ("beam_pipelines.ingest.shards", "WriteEmptyShards.process"): "an empty TFRecord shard, written " + _STAGING,
     ("beam_pipelines.ingest.shuffle", "Spilled.write"): "spill files of the shuffle, written " + _STAGING,

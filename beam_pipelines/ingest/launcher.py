@@ -10,16 +10,10 @@ Outputs under --output:
   stats.json                                  counts that add up, duplicates/leakage, data health
   plots/class_distribution.png
 
-Per-element overhead is what makes a Beam job slow on small images, so work travels in
-batches: the listing emits batches of files, each batch is decoded in one call and its
-images are pre-grouped by shard, so the shuffle moves one element per (batch, shard) rather
-than one per image. The shard of an image is derived from its pixel hash, so all copies
-of an image meet in the same shard group, where duplicates and leakage are resolved.
-
-The stage in modules: this one (the parser, the pipeline, the launcher), ingest_options (what the
-steps take from the command line), ingest_shuffle (decoding,
-and the records' way through the shuffle: spilled or carried, --shuffle), ingest_shards
-(de-duplication, carving, shard files), ingest_stats (stats.json, the plot).
+The stage in modules: this one (the parser, the checks, the claim, the run), pipeline (`Ingest`, the
+transform), options (what the steps take from the command line), shuffle (decoding, and the records'
+way through the shuffle: spilled or carried, --shuffle), shards (de-duplication, carving, shard
+files), stats (stats.json, the plot).
 """
 
 from __future__ import annotations
@@ -34,10 +28,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
 
 from beam_pipelines.base import progress
-from beam_pipelines.base.counts import MergeCounts
 from beam_pipelines.base.files import check_input, check_max_pixels, check_storage_access, join
-from beam_pipelines.base.outputs import CommitOutputs, CommitPlan, OutputClaim
-from beam_pipelines.base.reading import ListInput, listing_total
+from beam_pipelines.base.outputs import CommitPlan, OutputClaim
+from beam_pipelines.base.reading import listing_total
 from beam_pipelines.base.runner import (
     check_remote_paths,
     check_unknown_args,
@@ -47,12 +40,10 @@ from beam_pipelines.base.runner import (
     pipeline_options,
 )
 from beam_pipelines.ingest.options import IngestOptions
-from beam_pipelines.ingest.shards import CountKept, DedupeAndWriteShard, WriteEmptyShards, plan_splits, with_shard_plan
-from beam_pipelines.ingest.shuffle import SHUFFLE_MODES, DecodeBatch, shuffle_mode
-from beam_pipelines.ingest.stats import WriteStats
+from beam_pipelines.ingest.pipeline import Ingest
+from beam_pipelines.ingest.shuffle import SHUFFLE_MODES, shuffle_mode
 from model.errors import UsageError
 from model.preprocess import DEFAULT_MAX_PIXELS
-from schemas import REJECTED_SCHEMA
 
 OUTPUT_NAMES = ["tfrecords", "rejected", "stats.json", "plots"]
 
@@ -104,57 +95,6 @@ def parse_args(argv):
     return args, beam_args
 
 
-# --------------------------------------------------------------------------- pipeline
-
-
-class Ingest(beam.PTransform):
-    """Image root -> TFRecord shards + rejected rows + stats (the whole ingest, as one transform)."""
-
-    def __init__(self, options: IngestOptions, plan: CommitPlan):
-        super().__init__()
-        self.options, self.plan = options, plan
-
-    def expand(self, pbegin):
-        a = self.options
-        listing = pbegin | "Start" >> beam.Create([a.input]) | "ListFiles" >> ListInput(a.files_per_batch)
-        summary = beam.pvalue.AsSingleton(listing[ListInput.SUMMARY] | "ShardPlan" >> beam.Map(with_shard_plan, a))
-        decoded = (
-            listing["batches"]
-            | "SpreadBatches" >> beam.Reshuffle()
-            | "DecodeBatches" >> beam.ParDo(DecodeBatch(a), summary).with_outputs("rejected", "stats", main="shards")
-        )
-        grouped = decoded.shards | "GroupByShard" >> beam.GroupByKey()
-        # Known only once duplicates and leakage are resolved: whether val/test are left too small.
-        carve = beam.pvalue.AsSingleton(
-            grouped
-            | "CountKept" >> beam.ParDo(CountKept())
-            | "MergeKept" >> beam.CombineGlobally(MergeCounts())
-            | "PlanSplits" >> beam.Map(plan_splits, summary, a)
-        )
-        written = grouped | "DedupeAndWrite" >> beam.ParDo(DedupeAndWriteShard(a), summary, carve).with_outputs(
-            "stats", "rejected", main="done")
-        # Shards that got no image are written empty, so each split is a complete N-of-N set.
-        empty_shards = (
-            decoded.shards
-            | "ShardIds" >> beam.Keys()
-            | "DistinctShards" >> beam.Distinct()
-            | "AllShardIds" >> beam.combiners.ToList()
-            | "WriteEmptyShards" >> beam.ParDo(WriteEmptyShards(a), summary, carve)
-        )
-        rejected = (decoded.rejected, written.rejected) | "AllRejected" >> beam.Flatten()
-        rejected_files = rejected | "WriteRejected" >> beam.io.WriteToParquet(
-            join(a.staging, "rejected", "rejected"),
-            REJECTED_SCHEMA,
-            file_name_suffix=".parquet",
-        )
-        stats = (
-            (decoded.stats, written.stats)
-            | "AllStats" >> beam.Flatten()
-            | "MergeStats" >> beam.CombineGlobally(MergeCounts())
-            | "WriteStats" >> beam.ParDo(WriteStats(a), summary, carve)
-        )
-        totals = stats | "Totals" >> beam.Map(lambda s: s["totals"])
-        return pbegin | "Commit" >> CommitOutputs(self.plan, totals, after=[empty_shards, rejected_files, stats])
 
 
 def run(argv=None, save_main_session=True) -> dict | None:

@@ -22,6 +22,7 @@ import typing
 from dataclasses import dataclass, field
 
 from model.errors import UsageError
+from schemas import TTA_MODES
 
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")
 PRECISIONS = ("auto", "on", "off")
@@ -127,11 +128,7 @@ def _choices(name: str) -> tuple[str, ...] | None:
 
         return tuple(sorted(PRESETS))
     if name == "tta":
-        try:
-            from model.tta import MODES
-        except ImportError:  # no TensorFlow (the portable trainer, which leaves the TTA to the export)
-            return None
-        return ("auto", *MODES)
+        return ("auto", *TTA_MODES)
     return None
 
 
@@ -202,8 +199,6 @@ def build(recipe_name: str | None = None, **flags) -> TrainConfig:
 def build_parser() -> argparse.ArgumentParser:
     """`emotion train`'s flags. A flag not given is absent from the parse (SUPPRESS), so that TrainConfig's
     defaults and the recipe decide it; the parser itself holds no default."""
-    from model.tta import MODES as TTA_MODES
-
     p = argparse.ArgumentParser(prog="emotion train", description="tf.distribute training on ingest output",
                                 argument_default=argparse.SUPPRESS)
     p.add_argument("--config",

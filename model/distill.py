@@ -35,7 +35,8 @@ TARGETS_FILE = "teacher_targets.npz"
 def compute_targets(teacher_dir: str, data_dir: str, image_size: int) -> dict:
     """The teacher's log-probabilities for every train image: {sha256, log_probs, teacher, fingerprint}."""
     from model import data, resolve_model_dir, tta
-    from model.export import ModelError, load
+    from model.artifact import ModelError
+    from model.loading import load
 
     try:
         teacher, metadata = load(resolve_model_dir(teacher_dir))
@@ -63,10 +64,10 @@ def compute_targets(teacher_dir: str, data_dir: str, image_size: int) -> dict:
 def load_or_compute(model_dir: str, teacher_dir: str, data_dir: str, image_size: int, data_fingerprint) -> dict:
     """MODEL_DIR/teacher_targets.npz when it matches this teacher and data; computed and written otherwise."""
     from model import resolve_model_dir
-    from model.export import read_metadata
+    from model.artifact import read_metadata
 
     path = f"{model_dir}/{TARGETS_FILE}"
-    teacher_version = str(read_metadata(resolve_model_dir(teacher_dir), verify=False)["model_version"])
+    teacher_version = str(read_metadata(resolve_model_dir(teacher_dir))["model_version"])
     if tf.io.gfile.exists(path):
         targets = _read(path)
         if targets is not None and targets["teacher"] == teacher_version and \

@@ -27,14 +27,16 @@ import threading
 
 import numpy as np
 
+# The export's file names, its metadata entry and fitted temperature, and the engines' error are the model
+# directory's (model/artifact.py); this module runs what they describe.
+from model.artifact import EXPORT, INT8_FILE, INT8_KEY, METADATA, EngineError, fitted_temperature
+from model.artifact import read_metadata as read_checked_metadata
+from schemas import TTA_MODES
+
 ENGINES = ("auto", "litert", "keras")
-TTA_MODES = ("none", "flip", "crops")
-INT8_FILE = "model_int8.tflite"
-INT8_KEY = "litert_int8"  # its entry in metadata["engines"]
 CROP_PAD = 3
 AGREEMENT_FLOOR = 0.99  # argmax agreement of an int8 file with the float model on val, one view
 PROBABILITY_TOLERANCE = 0.05  # the largest |p_int8 - p_float| allowed on any image and class
-TEMPERATURE_RANGE = (0.05, 20.0)  # a fitted temperature outside it is a hand-edited metadata file
 
 
 def tta_views(pixels: np.ndarray, mode: str) -> list[np.ndarray]:
@@ -66,20 +68,6 @@ def mean_probabilities(logits_fn, pixels: np.ndarray, mode: str, temperature: fl
     logits = logits_fn(np.concatenate(views) if len(views) > 1 else pixels)
     probs = softmax(logits.astype(np.float64) / temperature).reshape(len(views), len(pixels), -1)
     return probs.mean(axis=0)
-
-
-def fitted_temperature(metadata: dict) -> float:
-    """The temperature an export's engines divide logits by (1.0: none was fitted). Read from disk, so
-    checked: a number within TEMPERATURE_RANGE, or an EngineError."""
-    calibration = metadata.get("calibration")
-    if calibration is None:
-        return 1.0
-    value = calibration.get("temperature") if isinstance(calibration, dict) else None
-    low, high = TEMPERATURE_RANGE
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise EngineError(f"metadata.json: calibration.temperature {str(value)[:40]!r} is not a number in "
-                          f"{low}-{high}: a hand-edited metadata file; re-export the model")
-    return float(value)
 
 
 # LiteRT announces its XNNPACK delegate ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.") on the
@@ -193,10 +181,6 @@ class KerasEngine:
         return mean_probabilities(self._logits, pixels, self.tta, self.temperature)
 
 
-class EngineError(ValueError):
-    """An engine that cannot run this export (missing or altered file); one line for the user."""
-
-
 def available(metadata: dict) -> list[str]:
     """The engines an export supports, best first."""
     return (["litert"] if INT8_KEY in (metadata.get("engines") or {}) else []) + ["keras"]
@@ -217,11 +201,11 @@ def read_int8(model_dir: str, metadata: dict) -> bytes:
     """The export's int8 file, after checking it is the one metadata.json describes (its SHA-256)."""
     entry = (metadata.get("engines") or {}).get(INT8_KEY)
     if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-        raise EngineError(f"{model_dir}/metadata.json has no valid engines.{INT8_KEY} entry: re-export the model")
-    path = f"{model_dir.rstrip('/')}/export/{INT8_FILE}"
+        raise EngineError(f"{model_dir}/{METADATA} has no valid engines.{INT8_KEY} entry: re-export the model")
+    path = f"{model_dir.rstrip('/')}/{EXPORT}/{INT8_FILE}"
     content = _read_bytes(path)
     if hashlib.sha256(content).hexdigest() != entry["sha256"]:
-        raise EngineError(f"{path} does not match {model_dir}/metadata.json (SHA-256 differs): an interrupted or "
+        raise EngineError(f"{path} does not match {model_dir}/{METADATA} (SHA-256 differs): an interrupted or "
                           f"hand-edited export; re-export it")
     return content
 
@@ -245,11 +229,10 @@ def _read_bytes(path: str) -> bytes:
 def load(model_dir: str, engine: str = "auto", tta: str = "none", threads: int | None = None):
     """(engine, metadata) for an exported model directory, after every check its engine needs."""
     from model import resolve_model_dir
-    from model.export import load as load_keras
-    from model.export import read_metadata
+    from model.loading import load as load_keras
 
     root = resolve_model_dir(model_dir).rstrip("/")
-    metadata = read_metadata(root, verify=False)
+    metadata = read_checked_metadata(root)
     chosen = resolve(engine, metadata)
     scale = fitted_temperature(metadata)
     if chosen == "litert":
@@ -262,8 +245,8 @@ def load(model_dir: str, engine: str = "auto", tta: str = "none", threads: int |
 
 def check_int8_shapes(engine: LiteRTEngine, metadata: dict, model_dir: str) -> None:
     """The int8 file is the model metadata.json describes: its input is image_size square, one channel,
-    and it outputs one score per label (as model.export.check_model holds model.keras)."""
-    path, metadata_path = f"{model_dir}/export/{INT8_FILE}", f"{model_dir}/metadata.json"
+    and it outputs one score per label (as model.loading.check_model holds model.keras)."""
+    path, metadata_path = f"{model_dir}/{EXPORT}/{INT8_FILE}", f"{model_dir}/{METADATA}"
     size = int(metadata["image_size"])
     inputs, outputs = engine.shapes()
     if inputs != (size, size, 1):

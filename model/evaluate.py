@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 
 from model import metrics
-from schemas import LABELS
+from schemas import LABELS, TTA_MODES
 
 # TensorFlow (with model.data and model.tta) is imported where it is used: `python -m model.evaluate`
 # imports it quietly first (model/quiet.py), so that its refusals stay one line.
@@ -87,9 +87,7 @@ def metric_name(split: str, mode: str) -> str:
 
 def evaluate_all(logits_fn, data_dir: str, splits, image_size: int) -> tuple[dict, dict]:
     """(metrics by name, Scored by name) for every split (train, val) and TTA mode."""
-    from model import tta
-
-    scored = {metric_name(s, m): score_split(logits_fn, data_dir, s, image_size, m) for s in splits for m in tta.MODES}
+    scored = {metric_name(s, m): score_split(logits_fn, data_dir, s, image_size, m) for s in splits for m in TTA_MODES}
     return {name: summarize(s) for name, s in scored.items()}, scored
 
 
@@ -102,21 +100,17 @@ TTA_RULE = f"the cheapest mode within {TTA_TOLERANCE} of the best val macro-F1"
 def best_tta(results: dict, tolerance: float = TTA_TOLERANCE) -> str:
     """The cheapest TTA mode within `tolerance` of the best val macro-F1 (never chosen on test);
     'none' without val."""
-    from model import tta
-
     if "val" not in results:
         return "none"
-    scores = {m: results[metric_name("val", m)]["macro_f1"] for m in tta.MODES}  # MODES: cheapest first
+    scores = {m: results[metric_name("val", m)]["macro_f1"] for m in TTA_MODES}  # cheapest first
     best = max(scores.values())
-    return next(m for m in tta.MODES if scores[m] >= best - tolerance)
+    return next(m for m in TTA_MODES if scores[m] >= best - tolerance)
 
 
 def tta_record(rule: str, results: dict) -> dict:
     """metadata.json's "tta": the mode and how it was decided, as it happened: `rule` is the recipe's
     tta ("auto": chosen on val, where there is a val split; a mode: fixed by the recipe)."""
-    from model import tta
-
-    scores = {m: results[metric_name("val", m)]["macro_f1"] for m in tta.MODES if metric_name("val", m) in results}
+    scores = {m: results[metric_name("val", m)]["macro_f1"] for m in TTA_MODES if metric_name("val", m) in results}
     if rule != "auto":
         return {"mode": rule, "decided": "fixed by the recipe", "recipe_tta": rule, "val_macro_f1": scores}
     if "val" not in results:
@@ -193,9 +187,9 @@ def _final(root: str, data_dir: str, again: bool) -> dict:
 
     from model import test_scoring
     from model.config import command_line
-    from model.engines import fitted_temperature
+    from model.artifact import fitted_temperature, write_metadata, write_model_card
     from model.errors import UsageError
-    from model.export import load, write_metadata, write_model_card
+    from model.loading import load
 
     model, meta = load(root)
     _check_same_data(meta, data_dir)
@@ -257,7 +251,7 @@ def run(argv=None, prog: str = "emotion evaluate") -> None:
     UsageError (one line, exit 2)."""
     from model import resolve_model_dir
     from model.errors import UsageError
-    from model.export import ModelError
+    from model.artifact import ModelError
 
     args = build_parser(prog).parse_args(argv)
     root = resolve_model_dir(args.model).rstrip("/")
@@ -295,7 +289,8 @@ def main(argv=None) -> None:
 
 
 def _choose(root: str, args) -> None:
-    from model.export import load, write_metadata, write_model_card
+    from model.artifact import write_metadata, write_model_card
+    from model.loading import load
 
     model, meta = load(root)
     results, scored = evaluate_all(_logits_fn(model), args.data, args.splits, int(meta["image_size"]))

@@ -14,11 +14,13 @@ export (or the running training) wrote, and records what it committed in DIR/_tr
 (model/ownership.py); every remove and rename goes through model/gate/. Loading checks that export/model.keras is
 the model metadata.json describes (weights fingerprint, input size, classes) and that its labels and
 schema are this code's; every problem is a ModelError with one line that says what to do.
+
+The directory's layout, metadata.json and the model card are model/artifact.py's (no TensorFlow there);
+reading model.keras back and holding it to metadata.json is model/loading.py's.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import uuid
 
@@ -26,31 +28,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.gate import name_problem
 from model import ownership, preprocess, serving, tta
 from model.archs import weights_fingerprint
+from model.artifact import (EXPORT, INT8_FILE, INT8_KEY, KERAS_FILE, METADATA, RETIRED_PREFIX, STAGING_PREFIX,
+                            ModelError, checked_temperature, leftovers, metadata_text, write_file, write_model_card)
 from model.config import command_line
-from model.files import local_copy, local_target, read_json_object
+from model.files import local_target
+from model.loading import load, load_keras
+# Until beam_pipelines/model_check.py imports them from model.artifact (ModelError) and model.loading
+# (read_metadata), where they live.
+from model.loading import read_metadata  # noqa: F401
 from schemas import LABELS, LABELS_VERSION, SCHEMA_VERSION
-
-METADATA = "metadata.json"
-EXPORT = "export"
-KERAS_FILE = "model.keras"
-STAGING_PREFIX = ".export-staging-"  # a new export being written
-RETIRED_PREFIX = ".export-old-"  # the previous export, between the two commit renames
-
-
-class ModelError(ValueError):
-    """A model directory that cannot be used as it is; the message is one line that says what to do."""
-
-
-class ModelMismatchError(ModelError):
-    """The model on disk was made for other labels or another schema version, or its files disagree
-    (model.keras is not the model metadata.json describes)."""
-
-
-class ModelNotFoundError(ModelError, FileNotFoundError):
-    """metadata.json or export/model.keras is missing: not an exported model, or an interrupted export."""
 
 
 def versions() -> dict:
@@ -131,10 +119,10 @@ def export(model: keras.Model, model_dir: str, metadata: dict, engine_data: str 
     try:
         tf.io.gfile.makedirs(staging)
         _save_keras(model, f"{staging}/{KERAS_FILE}")
-        if weights_fingerprint(_load_keras(f"{staging}/{KERAS_FILE}")) != fingerprint:
+        if weights_fingerprint(load_keras(f"{staging}/{KERAS_FILE}")) != fingerprint:
             raise ModelError(f"{staging}/{KERAS_FILE} does not read back as the model just saved; export again")
         _serving_module(model, image_size, metadata.get("recommended_tta", "none"),
-                        _temperature(metadata, root)).write_out(f"{staging}/saved_model", verbose=False)
+                        checked_temperature(metadata, root)).write_out(f"{staging}/saved_model", verbose=False)
         if engine_data:
             metadata["engines"] = _write_engines(model, staging, engine_data)
     except BaseException:
@@ -151,36 +139,26 @@ def _carried_test_scoring(root: str, metadata: dict) -> dict:
     the metadata.json this export replaces, so that re-exporting never resets the count. An unreadable
     previous metadata.json carries nothing (it is replaced)."""
     from model import test_scoring
+    from model.artifact import read_metadata as read_checked_metadata
     from model.errors import UsageError
 
     records = [test_scoring.read(metadata)]
     try:
-        records.append(test_scoring.read(_read_metadata(root), f"{root}/{METADATA}"))
+        records.append(test_scoring.read(read_checked_metadata(root), f"{root}/{METADATA}"))
     except (ModelError, UsageError):
         pass
     return test_scoring.merge(*records)
 
 
-def _temperature(metadata: dict, where: str) -> float:
-    """metadata's fitted temperature (model/engines.py), a hand-edited one refused as a ModelMismatchError."""
-    from model.engines import EngineError, fitted_temperature
-
-    try:
-        return fitted_temperature(metadata)
-    except EngineError as exc:
-        raise ModelMismatchError(f"{where}/{exc}") from None
-
-
 def _write_engines(model: keras.Model, staging: str, data_dir: str) -> dict:
     """The faster engines' files beside model.keras; their metadata entries (empty when none passes its check)."""
     from model import quantize
-    from model.engines import INT8_FILE, INT8_KEY
 
     result = quantize.int8_engine(model, data_dir)
     if result is None:
         return {}
     content, entry = result
-    _write_file(f"{staging}/{INT8_FILE}", content)
+    write_file(f"{staging}/{INT8_FILE}", content)
     return {INT8_KEY: entry}
 
 
@@ -200,7 +178,7 @@ def _commit(root: str, staging: str, metadata: dict) -> None:
     g = ownership.model_gate(root)
     try:
         ownership.check_export_owned(root)  # a user's files under export/ are never replaced
-        _write_file(pending, json.dumps(metadata, indent=2) + "\n")
+        write_file(pending, metadata_text(metadata))
     except BaseException:
         _remove(staging)
         _remove(pending)
@@ -232,43 +210,11 @@ def _commit(root: str, staging: str, metadata: dict) -> None:
     ownership.record(root, adopt=(EXPORT, METADATA), create=True)
 
 
-def write_metadata(model_dir: str, metadata: dict) -> None:
-    """Replaces DIR/metadata.json in one step (a rename), e.g. to add metrics; the model is unchanged."""
-    _write_file(f"{model_dir.rstrip('/')}/{METADATA}", json.dumps(metadata, indent=2) + "\n", atomic=True)
-    ownership.record(model_dir, adopt=(METADATA,))
-
-
-def write_model_card(model_dir: str, metadata: dict) -> str:
-    """DIR/MODEL_CARD.md from the metadata (model/templates/model_card.md.j2); returns its path."""
-    import jinja2
-
-    env = jinja2.Environment(loader=jinja2.PackageLoader("model", "templates"), autoescape=False,
-                             undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
-    mode = metadata.get("recommended_tta", "none")
-    per_class = [name for name in (f"val{'' if mode == 'none' else f'_{mode}_tta'}",
-                                   f"test{'' if mode == 'none' else f'_{mode}_tta'}")
-                 if name in metadata.get("metrics", {})]
-    card = env.get_template("model_card.md.j2").render(
-        m=metadata, imported=metadata.get("training", {}).get("imported_run"), per_class_splits=per_class,
-        test_scoring=metadata.get("test_scoring") or {"count": 0, "events": []})
-    path = f"{model_dir.rstrip('/')}/MODEL_CARD.md"
-    _write_file(path, card, atomic=True)
-    ownership.record(model_dir, adopt=("MODEL_CARD.md",))
-    return path
-
-
 # --------------------------------------------------------------------------- file helpers
 
 
 def _is_local(path: str) -> bool:
     return "://" not in path
-
-
-def _write_file(path: str, text: str | bytes, atomic: bool = False) -> None:
-    """Writes text (or bytes) through the gate: locally always to a fresh temporary name beside it,
-    renamed over it (a link there is replaced, never written through); gs://, one upload."""
-    head = path.rsplit("/", 1)[0] if "/" in path else "."
-    ownership.model_gate(head).write_bytes(path, text.encode() if isinstance(text, str) else text)
 
 
 # The names an export removes on its own in a model directory (or in export/, for main's rebuild).
@@ -296,127 +242,14 @@ def _copy_tree(src: str, dst: str) -> None:
             tf.io.gfile.copy(f"{folder}/{name}", f"{target}/{name}", overwrite=True)
 
 
-def _leftovers(root: str) -> list[str]:
-    """What interrupted exports left in a model directory."""
-    patterns = (f"{STAGING_PREFIX}*", f"{RETIRED_PREFIX}*", f".{METADATA}.*")
-    return sorted(p for pattern in patterns for p in tf.io.gfile.glob(f"{root}/{pattern}"))
-
-
 def _remove_leftovers(root: str) -> None:
-    for path in _leftovers(root):
+    for path in leftovers(root):
         _remove(path)
 
 
 def _save_keras(model: keras.Model, path: str) -> None:
     with local_target(path) as local:  # Keras writes .keras files through a local path
         model.save(local)
-
-
-def _load_keras(path: str) -> keras.Model:
-    import zipfile
-
-    local = None
-    try:
-        with local_copy(path) as local:  # Keras reads .keras files through a local path
-            if not zipfile.is_zipfile(local):
-                raise ValueError("not a .keras zip archive")
-            return keras.models.load_model(local, compile=False, safe_mode=True)
-    except Exception as exc:  # a truncated zip, a file from another Keras, a non-model: all one answer
-        message = str(exc).replace(local, path) if local else str(exc)
-        reason = (message.strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelError(f"{path} cannot be read as a Keras model ({reason}): a damaged or partly copied "
-                         f"export; re-export it") from None
-
-
-# =========================================================================== reading and checking
-
-
-def read_metadata(model_dir: str, verify: bool = True) -> dict:
-    """metadata.json of an exported model directory, after the checks load() makes (verify=False:
-    only those that need no model.keras read: metadata present and readable, labels, schema)."""
-    if verify:
-        return load(model_dir)[1]
-    return _read_metadata(model_dir.rstrip("/"))
-
-
-def _interrupted(root: str) -> str:
-    return " (an export into it was interrupted)" if _leftovers(root) else ""
-
-
-def _read_metadata(root: str) -> dict:
-    path = f"{root}/{METADATA}"
-    if not tf.io.gfile.exists(path):
-        if not tf.io.gfile.exists(root):
-            raise ModelNotFoundError(f"model directory {root} does not exist")
-        raise ModelNotFoundError(f"no {METADATA} in {root}{_interrupted(root)}: not an exported model "
-                                 f"directory; export or re-export it")
-    try:
-        metadata = read_json_object(path, "a model's metadata")
-    except ValueError as exc:
-        raise ModelError(f"{exc}: re-export the model") from None
-    check_compatible(metadata, root)
-    for key, kind in (("model_fingerprint", str), ("image_size", int)):
-        if not isinstance(metadata.get(key), kind):
-            raise ModelMismatchError(f"{path} has no valid {key}: a hand-edited or foreign metadata file; "
-                                     f"re-export the model")
-    # Read back from disk, so untrusted: the version names a table partition, the TTA a code path.
-    if "model_version" in metadata and name_problem(metadata["model_version"]):
-        raise ModelMismatchError(f"{path}: model_version {str(metadata['model_version'])[:60]!r} is not a safe name "
-                                 f"({name_problem(metadata['model_version'])}): a hand-edited metadata file; "
-                                 f"re-export the model")
-    if metadata.get("recommended_tta", "none") not in tta.MODES:
-        raise ModelMismatchError(f"{path}: recommended_tta {str(metadata.get('recommended_tta'))[:40]!r} is none of "
-                                 f"{', '.join(tta.MODES)}: a hand-edited metadata file; re-export the model")
-    if not 8 <= metadata["image_size"] <= 512:
-        raise ModelMismatchError(f"{path}: image_size {metadata['image_size']} is outside 8-512: a hand-edited "
-                                 f"metadata file; re-export the model")
-    _temperature(metadata, root)
-    return metadata
-
-
-def check_compatible(metadata: dict, where: str = "model") -> None:
-    if tuple(metadata.get("labels", ())) != LABELS:
-        raise ModelMismatchError(
-            f"{where} was trained for labels {metadata.get('labels')}, this code uses {list(LABELS)}: "
-            f"use a model trained on these labels"
-        )
-    if metadata.get("schema_version") != SCHEMA_VERSION:
-        raise ModelMismatchError(
-            f"{where} has schema version {metadata.get('schema_version')}, this code reads {SCHEMA_VERSION}: "
-            f"use a model exported by this version"
-        )
-
-
-def check_model(model: keras.Model, metadata: dict, model_dir: str = "model") -> None:
-    """model.keras is the model metadata.json describes: same weights, input size and classes."""
-    root = model_dir.rstrip("/")
-    keras_path, metadata_path = f"{root}/{EXPORT}/{KERAS_FILE}", f"{root}/{METADATA}"
-    stored, actual = metadata["model_fingerprint"], weights_fingerprint(model)
-    if stored != actual:
-        raise ModelMismatchError(
-            f"{keras_path} does not match {metadata_path} (fingerprint {actual[:12]} vs {stored[:12]}): "
-            f"an interrupted or hand-edited export; re-export it")
-    size = int(metadata["image_size"])
-    shape = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else None
-    if shape != (size, size, 1):
-        raise ModelMismatchError(
-            f"{keras_path} takes inputs of shape {shape}, {metadata_path} says image_size {size}: "
-            f"a hand-edited export; re-export it")
-    if model.output_shape[-1] != len(LABELS):
-        raise ModelMismatchError(f"{keras_path} outputs {model.output_shape[-1]} classes, expected {len(LABELS)}: "
-                                 f"re-export it")
-
-
-def load(model_dir: str) -> tuple[keras.Model, dict]:
-    """(Keras model, metadata) of an exported model directory, after every check; ModelError if any fails."""
-    root = model_dir.rstrip("/")
-    metadata = _read_metadata(root)
-    path = f"{root}/{EXPORT}/{KERAS_FILE}"
-    if not tf.io.gfile.exists(path):
-        raise ModelNotFoundError(f"{path} is missing{_interrupted(root)}: re-export the model")
-    model = _load_keras(path)
-    check_model(model, metadata, root)
-    return model, metadata
 
 
 def main(argv=None) -> None:
@@ -436,7 +269,7 @@ def main(argv=None) -> None:
     staging = f"{root}/{EXPORT}/.saved_model-{uuid.uuid4().hex[:12]}"
     try:
         _serving_module(model, int(metadata["image_size"]), metadata.get("recommended_tta", "none"),
-                        _temperature(metadata, root)).write_out(staging, verbose=False)
+                        checked_temperature(metadata, root)).write_out(staging, verbose=False)
         _remove(target, root)
         if _is_local(root):
             ownership.model_gate(root).move(staging, target)

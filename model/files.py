@@ -1,9 +1,11 @@
 """Keras and matplotlib write through local files; models and plots may live on gs://. One place for
-the local-copy dance, and for rendering a matplotlib figure to PNG bytes (Agg, no display)."""
+the local-copy dance, for reading a file that may be local or on gs:// (local: the standard library;
+gs://: tf.io.gfile, imported only then), and for rendering a matplotlib figure to PNG bytes (Agg, no display)."""
 
 from __future__ import annotations
 
 import contextlib
+import glob as _glob
 import io
 import json
 import os
@@ -33,14 +35,44 @@ def local_target(path: str) -> Iterator[str]:
         tf.io.gfile.copy(local, path, overwrite=True)
 
 
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def exists(path: str) -> bool:
+    """Whether a file or folder is at `path` (local: links followed; gs://: an object or a prefix)."""
+    if _is_local(path):
+        return os.path.exists(path)
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(path)
+
+
+def glob(pattern: str) -> list[str]:
+    """The paths matching `pattern` (local or gs://), sorted."""
+    if _is_local(pattern):
+        return sorted(_glob.glob(pattern))
+    import tensorflow as tf
+
+    return sorted(tf.io.gfile.glob(pattern))
+
+
+def _read_text(path: str) -> str:
+    """A file's content as UTF-8 text (strict: a byte that is not UTF-8 is a UnicodeDecodeError)."""
+    if _is_local(path):
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8")
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path) as f:
+        return f.read()
+
+
 def read_json_object(path: str, what: str) -> dict:
     """The JSON object in `path` (local or gs://); ValueError with one line when the file is not valid
     JSON or holds something other than an object (`what` names what it should be)."""
-    import tensorflow as tf
-
     try:
-        with tf.io.gfile.GFile(path) as f:
-            value = json.load(f)
+        value = json.loads(_read_text(path))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(value, dict):

@@ -28,6 +28,7 @@ import logging
 
 import numpy as np
 
+from model.artifact import EXPORT, INT8_FILE
 from model.engines import AGREEMENT_FLOOR, PROBABILITY_TOLERANCE
 
 log = logging.getLogger("emotion")
@@ -102,7 +103,7 @@ def int8_engine(model, data_dir: str, mode: str = "dynamic-range") -> tuple[byte
     calibration = split_pixels(data_dir, "train", CALIBRATION_IMAGES, seed=0) if mode == "full-integer" else None
     content = convert_int8(model, calibration)
     check = agreement(model, content, split_pixels(data_dir, "val"))
-    entry = {"file": "export/model_int8.tflite", "sha256": hashlib.sha256(content).hexdigest(),
+    entry = {"file": f"{EXPORT}/{INT8_FILE}", "sha256": hashlib.sha256(content).hexdigest(),
              "bytes": len(content), "runtime": "LiteRT (ai-edge-litert), XNNPACK",
              "mode": mode, "quantization": _DESCRIPTIONS[mode],
              "check": {"split": "val", "tta": "none", "floor": AGREEMENT_FLOOR, "tolerance": PROBABILITY_TOLERANCE,
@@ -145,7 +146,7 @@ def main(argv=None) -> None:
         p.exit(2, f"{p.prog}: error: {exc}\n")
     if entry is None:
         p.exit(1, f"{p.prog}: the int8 file disagrees with the float model on val; nothing written\n")
-    print(f"wrote {root}/export/{entry['file'].rsplit('/', 1)[1]} ({entry['bytes']:,} bytes, {entry['mode']}); "
+    print(f"wrote {root}/{EXPORT}/{entry['file'].rsplit('/', 1)[1]} ({entry['bytes']:,} bytes, {entry['mode']}); "
           f"val agreement {entry['check']['argmax_agreement']:.4f}, max probability difference "
           f"{entry['check']['max_probability_difference']:.3f}")
 
@@ -153,20 +154,20 @@ def main(argv=None) -> None:
 def _add_engine(root: str, data_dir: str, mode: str) -> dict | None:
     """Under the directory's lock: the int8 file written through the gate, then metadata.json and the card."""
     from model import ownership
-    from model.engines import INT8_FILE, INT8_KEY
-    from model.export import load, write_metadata, write_model_card
+    from model.artifact import INT8_KEY, METADATA, MODEL_CARD, write_metadata, write_model_card
+    from model.loading import load
 
     model, metadata = load(root)
-    _check_replaced_owned(root, (f"export/{INT8_FILE}", "metadata.json", "MODEL_CARD.md"))
+    _check_replaced_owned(root, (f"{EXPORT}/{INT8_FILE}", METADATA, MODEL_CARD))
     result = int8_engine(model, data_dir, mode)
     if result is None:
         return None
     content, entry = result
-    ownership.model_gate(root).write_bytes(f"{root}/export/{INT8_FILE}", content)
+    ownership.model_gate(root).write_bytes(f"{root}/{EXPORT}/{INT8_FILE}", content)
     metadata["engines"] = {**(metadata.get("engines") or {}), INT8_KEY: entry}
     write_metadata(root, metadata)
     write_model_card(root, metadata)
-    ownership.record(root, adopt=(f"export/{INT8_FILE}",))
+    ownership.record(root, adopt=(f"{EXPORT}/{INT8_FILE}",))
     return entry
 
 

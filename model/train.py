@@ -254,12 +254,12 @@ def _train(cfg: config.TrainConfig, stats: dict, claim) -> dict:
 def previous_export(model_dir: str, claim) -> dict | None:
     """The metadata.json of the export this run will replace, when it is training's own and readable
     (what it records about how its weights were trained and how often test was scored carries over)."""
-    from model.export import ModelError, read_metadata
+    from model.artifact import ModelError, read_metadata
 
     if "metadata.json" in claim.replaced:  # a user's file, made this run's by --overwrite: not a record
         return None
     try:
-        return read_metadata(model_dir, verify=False)
+        return read_metadata(model_dir)
     except (ModelError, FileNotFoundError):
         return None
 

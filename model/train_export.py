@@ -108,14 +108,14 @@ def lineage_test_scoring(config: TrainConfig, previous: dict | None) -> dict:
     """The test scorings of this model line so far: those the replaced export recorded and those of the
     exported model training started from (--init-weights)."""
     from model import test_scoring
-    from model.export import ModelError, read_metadata
+    from model.artifact import ModelError, read_metadata
 
     records = [test_scoring.read(previous)] if previous else []
     if config.init_weights and not config.init_weights.endswith(".h5"):
         from model import resolve_model_dir
 
         try:
-            records.append(test_scoring.read(read_metadata(resolve_model_dir(config.init_weights), verify=False)))
+            records.append(test_scoring.read(read_metadata(resolve_model_dir(config.init_weights))))
         except (ModelError, FileNotFoundError):
             pass  # weights without an export's metadata: no record to carry
     return test_scoring.merge(*records) if records else test_scoring.empty()

@@ -128,13 +128,13 @@ def init_source(config: TrainConfig) -> dict | None:
     if not config.init_weights:
         return None
     from model import resolve_model_dir
-    from model.export import ModelError, read_metadata
+    from model.artifact import ModelError, read_metadata
 
     source = resolve_model_dir(config.init_weights)
     version = None
     if not source.endswith(".weights.h5"):
         try:
-            version = str(read_metadata(source, verify=False)["model_version"])
+            version = str(read_metadata(source)["model_version"])
         except (ModelError, KeyError):
             pass  # gone or changed since the run started: the path alone is recorded
     return {"from": config.init_weights, "model_version": version}
@@ -143,7 +143,8 @@ def init_source(config: TrainConfig) -> dict | None:
 def init_from(model, source: str) -> None:
     """Loads weights from an exported model directory (its model.keras) or a .weights.h5 file."""
     from model import resolve_model_dir
-    from model.export import ModelError, load
+    from model.artifact import ModelError
+    from model.loading import load
 
     source = resolve_model_dir(source)
     if source.endswith(".weights.h5"):

@@ -42,7 +42,7 @@ import zipfile
 
 import numpy as np
 
-from model import config, gate
+from model import artifact, config, gate
 from model.config import TrainConfig
 from model.errors import UsageError
 from schemas import LABELS
@@ -225,11 +225,7 @@ def _model_version(model_dir: str) -> str | None:
     """An exported model's version from its metadata.json (no TensorFlow needed); None when not at hand."""
     from model import resolve_model_dir
 
-    try:
-        with open(os.path.join(resolve_model_dir(model_dir), "metadata.json")) as f:
-            return str(json.load(f)["model_version"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    return artifact.unchecked_value(resolve_model_dir(model_dir), "model_version")
 
 
 def loss_and_accuracy(cfg: TrainConfig, num_classes: int):
@@ -410,13 +406,11 @@ def _init_from(net, source: str) -> None:
 
     path, stored = resolve_model_dir(source), None
     if not path.endswith(".weights.h5"):
-        try:
-            with open(os.path.join(path, "metadata.json")) as f:
-                stored = str(json.load(f)["model_fingerprint"])
-        except (OSError, ValueError, KeyError, TypeError):
+        stored = artifact.unchecked_value(path, "model_fingerprint")
+        if stored is None:
             raise UsageError(f"--init-weights {source}: neither a .weights.h5 file nor an exported model "
-                             f"directory with a readable metadata.json") from None
-        path = os.path.join(path, "export", "model.keras")  # model/export.py's EXPORT/KERAS_FILE
+                             f"directory with a readable {artifact.METADATA}")
+        path = os.path.join(path, artifact.EXPORT, artifact.KERAS_FILE)
     if not os.path.isfile(path):
         raise UsageError(f"--init-weights {source}: {path} does not exist")
     try:

@@ -1,21 +1,19 @@
-"""Test-time augmentation: average class probabilities over views of each image.
-
-    none   the image
-    flip   the image and its mirror (2 views)
-    crops  the image, four 3-pixel shifted crops of its reflect-padded copy, and all their mirrors (10 views)
+"""Test-time augmentation in TensorFlow: average class probabilities over views of each image, for each
+of schemas.TTA_MODES (what each mode's views are is said there; model/engines.py computes the same views in
+numpy).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-MODES = ("none", "flip", "crops")
+from schemas import TTA_MODES
 
 
 def views(pixels: tf.Tensor, mode: str) -> list[tf.Tensor]:
     """The views of a (B, S, S, 1) batch for a TTA mode."""
-    if mode not in MODES:
-        raise ValueError(f"unknown TTA mode {mode!r}; choose from {MODES}")
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown TTA mode {mode!r}; choose from {TTA_MODES}")
     base = [pixels]
     if mode == "crops":
         pad = 3

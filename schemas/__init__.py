@@ -14,6 +14,7 @@ from schemas.labels import (  # noqa: F401
     canonical_split,
 )
 from schemas.splits import MIN_EVAL_IMAGES, eval_split_too_small, min_eval_images  # noqa: F401
+from schemas.tta import TTA_MODES  # noqa: F401
 from schemas.tfrecord import (  # noqa: F401
     SCHEMA_VERSION,
     FEATURES,

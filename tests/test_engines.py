@@ -14,6 +14,7 @@ import tensorflow as tf
 from conftest import SAMPLE, SHIPPED_MODEL, run_cli
 from model import engines, quantize, tta
 from model.preprocess import PreprocessError, preprocess
+from schemas import TTA_MODES
 
 
 def sample_pixels(limit: int = 256) -> np.ndarray:
@@ -26,7 +27,7 @@ def sample_pixels(limit: int = 256) -> np.ndarray:
     return np.stack(images)[..., None].astype(np.float32)
 
 
-@pytest.mark.parametrize("mode", tta.MODES)
+@pytest.mark.parametrize("mode", TTA_MODES)
 def test_numpy_views_equal_the_tensorflow_views(mode):
     pixels = np.random.default_rng(0).uniform(0, 255, (3, 48, 48, 1)).astype(np.float32)
     ours = engines.tta_views(pixels, mode)
@@ -59,9 +60,9 @@ def test_int8_default_keeps_the_stated_contract_with_the_float_model():
     pixels = sample_pixels()
     flipped = pixels[:, :, ::-1, :]  # more images of the same kind: the mirrors
     pixels = np.concatenate([pixels, flipped])
-    from model.export import read_metadata
+    from model.artifact import read_metadata
 
-    mode = read_metadata(str(SHIPPED_MODEL), verify=False).get("recommended_tta", "none")
+    mode = read_metadata(str(SHIPPED_MODEL)).get("recommended_tta", "none")
     litert, metadata = engines.load("shipped", "litert", mode)
     keras_engine, _ = engines.load("shipped", "keras", mode)
     p_int8, p_float = litert.probabilities(pixels), keras_engine.probabilities(pixels)
@@ -174,7 +175,7 @@ def test_predict_records_the_engine_it_ran_and_both_engines_agree(tmp_path):
 
 def test_quantize_converts_a_trained_model_and_checks_it_on_val(tiny_model, tiny_ingest):
     """The export path: an int8 file from a freshly trained model, its agreement measured on val."""
-    from model.export import load
+    from model.loading import load
 
     model, _ = load(str(tiny_model))
     content = quantize.convert_int8(model)

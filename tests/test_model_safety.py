@@ -16,7 +16,7 @@ import pytest
 from beam_pipelines import cli
 from model.errors import UsageError
 from conftest import synthetic_face
-from model import SHIPPED_MODEL, export
+from model import SHIPPED_MODEL, artifact, export, loading
 from schemas import LABELS, SCHEMA_VERSION, encode_example, min_eval_images
 from schemas.tfrecord import tfrecord_frame
 
@@ -70,11 +70,11 @@ def test_export_leaves_no_staging_and_loads(exported):
     model_dir = exported["a"]
     assert _leftovers(model_dir) == []
     assert sorted(p.name for p in (model_dir / "export").iterdir()) == ["model.keras", "saved_model"]
-    model, meta = export.load(str(model_dir))
+    model, meta = loading.load(str(model_dir))
     fingerprint = export.weights_fingerprint(exported["models"]["a"])
     assert meta["model_fingerprint"] == fingerprint == export.weights_fingerprint(model)
     assert meta["image_size"] == 48
-    assert export.read_metadata(str(model_dir)) == meta
+    assert loading.read_metadata(str(model_dir)) == meta
 
 
 def test_reexport_replaces_the_whole_model(exported, tmp_path):
@@ -82,14 +82,14 @@ def test_reexport_replaces_the_whole_model(exported, tmp_path):
     (model_dir / ".export-staging-0123456789ab").mkdir()  # left by an export killed earlier
     meta = export.export(exported["models"]["b"], str(model_dir), EXTRA)
     assert _leftovers(model_dir) == []
-    model, loaded = export.load(str(model_dir))
+    model, loaded = loading.load(str(model_dir))
     assert loaded == meta
     assert export.weights_fingerprint(model) == export.weights_fingerprint(exported["models"]["b"])
     assert (model_dir / "export" / "model.keras").read_bytes() != (exported["a"] / "export" / "model.keras").read_bytes()
 
 
 def test_shipped_model_loads_and_matches_its_metadata():
-    model, meta = export.load(SHIPPED_MODEL)
+    model, meta = loading.load(SHIPPED_MODEL)
     assert export.weights_fingerprint(model) == meta["model_fingerprint"]
 
 
@@ -100,8 +100,8 @@ def test_new_model_with_old_metadata_is_refused(exported, tmp_path, capsys):
     a, b = (json.loads((exported[k] / "metadata.json").read_text())["model_fingerprint"] for k in ("a", "b"))
     expected = (f"{model_dir}/export/model.keras does not match {model_dir}/metadata.json "
                 f"(fingerprint {b[:12]} vs {a[:12]}): an interrupted or hand-edited export; re-export it")
-    for check in (export.load, export.read_metadata):
-        with pytest.raises(export.ModelMismatchError) as info:
+    for check in (loading.load, loading.read_metadata):
+        with pytest.raises(artifact.ModelMismatchError) as info:
             check(str(model_dir))
         assert str(info.value) == expected
     with pytest.raises(SystemExit) as info:
@@ -115,18 +115,18 @@ def test_export_moved_aside_is_refused_as_interrupted(exported, tmp_path):
     """A kill after the old export/ was moved aside, before the new one took its place."""
     model_dir = _copy(exported["a"], tmp_path)
     (model_dir / "export").rename(model_dir / ".export-old-0123456789ab")
-    with pytest.raises(export.ModelNotFoundError, match=r"export/model.keras is missing \(an export into it was "
+    with pytest.raises(artifact.ModelNotFoundError, match=r"export/model.keras is missing \(an export into it was "
                                                         r"interrupted\): re-export the model"):
-        export.load(str(model_dir))
+        loading.load(str(model_dir))
 
 
 @pytest.mark.parametrize("damage, error, message", [
-    ("no_metadata", export.ModelNotFoundError, r"no metadata.json in .*: not an exported model directory"),
-    ("no_keras", export.ModelNotFoundError, r"export/model.keras is missing: re-export the model"),
-    ("image_size", export.ModelMismatchError, r"takes inputs of shape \(48, 48, 1\), .*metadata.json says image_size 40"),
-    ("garbage_keras", export.ModelError, r"model.keras cannot be read as a Keras model \(.*\): a damaged"),
-    ("bad_json", export.ModelError, r"metadata.json is not valid JSON"),
-    ("no_fingerprint", export.ModelMismatchError, r"metadata.json has no valid model_fingerprint"),
+    ("no_metadata", artifact.ModelNotFoundError, r"no metadata.json in .*: not an exported model directory"),
+    ("no_keras", artifact.ModelNotFoundError, r"export/model.keras is missing: re-export the model"),
+    ("image_size", artifact.ModelMismatchError, r"takes inputs of shape \(48, 48, 1\), .*metadata.json says image_size 40"),
+    ("garbage_keras", artifact.ModelError, r"model.keras cannot be read as a Keras model \(.*\): a damaged"),
+    ("bad_json", artifact.ModelError, r"metadata.json is not valid JSON"),
+    ("no_fingerprint", artifact.ModelMismatchError, r"metadata.json has no valid model_fingerprint"),
 ])
 def test_damaged_model_directory_is_refused_in_one_line(exported, tmp_path, damage, error, message):
     model_dir = _copy(exported["a"], tmp_path)
@@ -147,8 +147,8 @@ def test_damaged_model_directory_is_refused_in_one_line(exported, tmp_path, dama
         del meta["model_fingerprint"]
         meta_path.write_text(json.dumps(meta))
     with pytest.raises(error, match=message) as info:
-        export.load(str(model_dir))
-    assert isinstance(info.value, export.ModelError) and "\n" not in str(info.value)
+        loading.load(str(model_dir))
+    assert isinstance(info.value, artifact.ModelError) and "\n" not in str(info.value)
     if damage == "no_metadata":  # predict and demo catch FileNotFoundError today
         assert isinstance(info.value, FileNotFoundError)
 
@@ -165,7 +165,7 @@ def test_failed_export_leaves_the_previous_model_as_it_was(exported, tmp_path, m
         export.export(exported["models"]["b"], str(model_dir), EXTRA)
     assert _tree(model_dir) == before
     assert _leftovers(model_dir) == []
-    model, _ = export.load(str(model_dir))
+    model, _ = loading.load(str(model_dir))
     assert export.weights_fingerprint(model) == export.weights_fingerprint(exported["models"]["a"])
 
 
@@ -187,7 +187,7 @@ def test_export_failing_at_the_last_rename_puts_the_previous_model_back(exported
     monkeypatch.undo()
     assert _tree(model_dir) == before
     assert _leftovers(model_dir) == []
-    export.load(str(model_dir))
+    loading.load(str(model_dir))
 
 
 def test_object_store_commit_takes_metadata_away_while_export_is_copied(exported, tmp_path, monkeypatch):
@@ -206,7 +206,7 @@ def test_object_store_commit_takes_metadata_away_while_export_is_copied(exported
     export.export(exported["models"]["b"], str(model_dir), EXTRA)
     assert seen == [False]
     assert _leftovers(model_dir) == []
-    model, _ = export.load(str(model_dir))
+    model, _ = loading.load(str(model_dir))
     assert export.weights_fingerprint(model) == export.weights_fingerprint(exported["models"]["b"])
 
 
@@ -330,8 +330,8 @@ def test_init_weights_are_recorded_with_the_version_they_came_from(exported, ing
     version = json.loads((source / "metadata.json").read_text())["model_version"]
     assert meta["training"]["init_weights"] == {"from": str(source), "model_version": version}
     # lr ~0: the exported weights are the source's (weight decay and BN statistics aside, the kernels match)
-    trained, _ = export.load(str(model_dir))
-    source_model, _ = export.load(str(source))
+    trained, _ = loading.load(str(model_dir))
+    source_model, _ = loading.load(str(source))
     kernels = [i for i, w in enumerate(source_model.weights) if "kernel" in w.path]
     assert kernels
     for i in kernels:

@@ -138,7 +138,7 @@ def test_portable_trainer_round_trip(tiny_ingest, tmp_path):
     assert {"val", "val_flip_tta"} <= set(meta["metrics"]) and not [m for m in meta["metrics"] if m.startswith("test")]
     assert meta["trained_with"]["source"] == "the imported run's run.json"
     from model import archs
-    from model.export import load
+    from model.loading import load
 
     exported, _ = load(str(model_dir))
     reference = archs.build("vgg_xs", 48, 7)

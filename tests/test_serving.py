@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from beam_pipelines.predict import launcher as predict
 from conftest import SAMPLE, SHIPPED_MODEL, jpeg_with_orientation
-from model import export, serving
+from model import export, loading, serving
 from model.preprocess import preprocess
 from schemas import LABELS
 
@@ -98,7 +98,7 @@ def test_serve_signature_matches_predict(exported, corpus, tmp_path):
     """The same float model both sides (--engine keras): what differs is only the preprocessing path.
     The int8 engine's own tolerance against the float model is tests/test_engines.py's."""
     root, files = corpus
-    meta = export.read_metadata(str(exported))
+    meta = loading.read_metadata(str(exported))
     out = tmp_path / "pred"
     summary = predict.run(["--input", str(root), "--output", str(out), "--model", str(exported),
                            "--engine", "keras"])

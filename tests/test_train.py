@@ -149,7 +149,7 @@ def test_exported_model_agrees_with_weights_and_serving_signature(tiny_model):
     import tensorflow as tf
 
     from model import archs
-    from model.export import load
+    from model.loading import load
 
     model, meta = load(str(tiny_model))
     reference = archs.build(meta["arch"], meta["image_size"], 7)
@@ -172,7 +172,8 @@ def test_exported_model_agrees_with_weights_and_serving_signature(tiny_model):
 
 
 def test_label_or_schema_mismatch_is_refused(tiny_model, tmp_path):
-    from model.export import ModelMismatchError, load
+    from model.artifact import ModelMismatchError
+    from model.loading import load
 
     for field, value, message in (("labels", ["happy", "sad"], "labels"), ("schema_version", 99, "schema version")):
         bad = tmp_path / field

@@ -103,11 +103,14 @@ class ClassifiedBatch(NamedTuple):
     file_sha256: list[str | None]
 
 
-def table_rows(batch: ClassifiedBatch, options: PredictOptions) -> list[dict]:
-    """The rows of a batch as the table stores them (schemas.TABLE_SCHEMA's extra columns added)."""
-    extra = {"tta": options.tta, "preprocessing": options.preprocessing}
-    return [{**row, **extra, "file_sha256": digest}
-            for row, digest in zip(batch.rows.to_pylist(), batch.file_sha256)]
+def table_rows(batch: ClassifiedBatch, options: PredictOptions) -> pa.Table:
+    """The rows of a batch as the table stores them: its Arrow rows with schemas.TABLE_SEEN_FIELDS added
+    (how each row was predicted, and its file's hash)."""
+    n = batch.rows.num_rows
+    return (batch.rows
+            .append_column("tta", pa.array([options.tta] * n, pa.string()))
+            .append_column("preprocessing", pa.array([options.preprocessing] * n, pa.string()))
+            .append_column("file_sha256", pa.array(batch.file_sha256, pa.string())))
 
 
 class Classify(beam.PTransform):
@@ -275,7 +278,7 @@ class Predict(beam.PTransform):
         if self.table is None:
             return pbegin | "Commit" >> CommitOutputs(self.plan, run_totals, after=after)
         # With --table, the table is committed in the output's transaction: both, or neither.
-        rows = classified | "TableRows" >> beam.FlatMap(table_rows, o)
+        rows = classified | "TableRows" >> beam.Map(table_rows, o)
         table_files = rows | "WriteTable" >> WriteTable(self.table)
         fingerprint = rows | "DataFingerprint" >> DataFingerprint()
         also = TableCommit(self.table, o.output, self.run_timestamp, remote_lock="://" in self.table.root)

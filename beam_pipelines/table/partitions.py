@@ -11,7 +11,9 @@ import math
 import zlib
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from beam_pipelines.base.files import join, parquet_bytes, write_bytes
 from beam_pipelines.base.listing import list_entries
@@ -55,39 +57,62 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 class _WriteFile(beam.DoFn):
-    """One file's rows (all rows of one shard) -> one sorted ZSTD Parquet file in the staging folder."""
+    """One file of the table: its rows (Arrow tables of any batches) sorted, written whole."""
 
     def __init__(self, plan: TablePlan):
         self.plan = plan
 
     def process(self, element):
-        shard, rows = element
+        shard, tables = element
         schema = with_schema_version(TABLE_SCHEMA)
-        rows = sorted(rows, key=lambda r: (*(r[k] for k in TABLE_SORT_KEYS), r["uri"]))
-        table = pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
+        table = pa.concat_tables(list(tables)).select(schema.names)
+        # A stable sort, so rows equal on every key keep their order (as Python's sorted keeps it).
+        order = pc.sort_indices(table, sort_keys=[(k, "ascending") for k in (*TABLE_SORT_KEYS, "uri")])
+        table = table.take(order).cast(schema).combine_chunks()
         path = join(self.plan.staging, f"part-{shard:05d}.parquet")
         write_bytes(path, _parquet_bytes(table))
         yield path
 
 
+def _file_of_rows(rows: pa.Table, files: int):
+    """(file index, the rows going there) for each file this batch's rows go to: a row's file is a hash of
+    its uri, so that every face of an image lands in one file."""
+    index = np.array([zlib.crc32(uri.encode()) % files for uri in rows["uri"].to_pylist()], np.int64)
+    for shard in np.unique(index):
+        yield int(shard), rows.filter(pa.array(index == shard))
+
+
 class WriteTable(beam.PTransform):
-    """Prediction rows -> sorted Parquet files of at most TABLE_ROWS_PER_FILE rows in the run's
-    staging folder; the output is the list of files written (for the commit to wait on)."""
+    """Prediction rows (Arrow tables) -> sorted Parquet files of at most TABLE_ROWS_PER_FILE rows in the
+    run's staging folder; the output is the list of files written (for the commit to wait on)."""
 
     def __init__(self, plan: TablePlan):
         super().__init__()
         self.plan = plan
 
-    def expand(self, rows):
+    def expand(self, tables):
         files = beam.pvalue.AsSingleton(
-            rows | "Count" >> beam.combiners.Count.Globally()
+            tables
+            | "Count" >> beam.Map(lambda rows: rows.num_rows)
+            | "Sum" >> beam.CombineGlobally(sum)
             | "Files" >> beam.Map(lambda n: max(1, math.ceil(n / TABLE_ROWS_PER_FILE))))
         return (
-            rows
-            | "ToShard" >> beam.Map(lambda row, n: (zlib.crc32(row["uri"].encode()) % n, row), files)
+            tables
+            | "ToFiles" >> beam.FlatMap(_file_of_rows, files)
             | "GroupByFile" >> beam.GroupByKey()
             | "WriteFiles" >> beam.ParDo(_WriteFile(self.plan))
         )
+
+
+def _digest_pair(rows: pa.Table) -> tuple[int, int]:
+    """(sum of the images' pixel hashes mod 2**60, images) of a batch: an image counts once, however many
+    faces it has (face rows after the first are left out)."""
+    faces = rows["face_index"].to_pylist() if "face_index" in rows.column_names else [None] * rows.num_rows
+    total = count = 0
+    for digest, face in zip(rows["content_sha256"].to_pylist(), faces):
+        if not face:
+            total, count = (total + int(digest[:15], 16)) % (1 << 60), count + 1
+    return total, count
 
 
 def _sum_pairs(pairs) -> tuple[int, int]:
@@ -98,15 +123,13 @@ def _sum_pairs(pairs) -> tuple[int, int]:
 
 
 class DataFingerprint(beam.PTransform):
-    """Rows -> one string that changes when the set of predicted images (their pixels) changes:
-    the sum of the pixel hashes (order-free, so any runner gives the same) and the count."""
+    """Rows (Arrow tables) -> one string that changes when the set of predicted images (their pixels)
+    changes: the sum of the pixel hashes (order-free, so any runner gives the same) and the count."""
 
-    def expand(self, rows):
+    def expand(self, tables):
         return (
-            rows
-            # An image counts once, however many faces it has (face rows after the first are left out).
-            | "Digest" >> beam.FlatMap(
-                lambda row: [] if row.get("face_index") else [(int(row["content_sha256"][:15], 16), 1)])
+            tables
+            | "Digest" >> beam.Map(_digest_pair)
             | "Sum" >> beam.CombineGlobally(_sum_pairs)
             | "Format" >> beam.Map(lambda s: f"{s[0]:015x}-{s[1]}")
         )

@@ -5,9 +5,8 @@ back only to confirm what the in-memory checks saw.
 Both composites start from the pipeline (they list their --input themselves) and end in the output's
 commit, so each test does what the launcher does first: it claims the output under tmp_path
 (`OutputClaim`, whose CommitPlan the composite commits) and builds the frozen options from the stage's
-own parser. A composite returns one element, the committed manifest (its `counts` are the run's totals);
-the PCollections inside it (the stats, the summary, the classified rows, the rejected rows) are reached
-by their step labels (`step_output`), since the composites do not return them.
+own parser. A composite returns its PCollections by name: "committed" (one element, the committed manifest, whose
+`counts` are the run's totals) and the stats, summary, classified and rejected rows it wrote.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.pipeline import PipelineVisitor
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from conftest import SAMPLE, SHIPPED_MODEL, make_split_tree, write_image
@@ -52,25 +50,6 @@ SAMPLE_NON_DATA = {".DS_Store"}
 
 def direct_pipeline() -> test_pipeline.TestPipeline:
     return test_pipeline.TestPipeline(options=PipelineOptions(["--runner", RUNNER]))
-
-
-class _Steps(PipelineVisitor):
-    def __init__(self):
-        self.outputs = {}
-
-    def enter_composite_transform(self, node):
-        self.visit_transform(node)
-
-    def visit_transform(self, node):
-        self.outputs[node.full_label] = dict(node.outputs)
-
-
-def step_output(pipeline, label: str, tag: str | None = None) -> beam.PCollection:
-    """The PCollection a step of an applied composite produced (`tag`: one of its tagged outputs)."""
-    steps = _Steps()
-    pipeline.visit(steps)
-    assert label in steps.outputs, f"no step {label!r} in the pipeline (renamed?)"
-    return steps.outputs[label][tag]
 
 
 def relative(root, uri: str) -> str:
@@ -128,7 +107,8 @@ def test_ingest_writes_or_rejects_every_input_and_its_counts_add_up(ingest_input
     claim = OutputClaim(args.output, "ingest", ingest_launcher.OUTPUT_NAMES, description={"input": args.input})
     with claim as plan, direct_pipeline() as p:
         options = IngestOptions.from_args(args, staging=plan.write_root, shuffle=shuffle_mode("auto", RUNNER))
-        committed = p | "Ingest" >> Ingest(options, plan)
+        result = p | "Ingest" >> Ingest(options, plan)
+        committed = result["committed"]
 
         def is_committed(manifest):
             assert manifest["run_id"] == plan.run_id and manifest["state"] == "complete", manifest
@@ -150,9 +130,9 @@ def test_ingest_writes_or_rejects_every_input_and_its_counts_add_up(ingest_input
             assert d["conflicting_label_files"] == 0
             assert stats["splits_carved_from_train"] == {} and stats["split_source"] == "folders"
 
-        assert_that(step_output(p, "Ingest/WriteStats"), only(stats_say_what_happened), label="Stats")
+        assert_that(result["stats"], only(stats_say_what_happened), label="Stats")
 
-        rejected = step_output(p, "Ingest/AllRejected")
+        rejected = result["rejected"]
         assert_that(rejected | "Reasons" >> beam.Map(lambda r: (relative(raw, r["uri"]), r["reason"], r["stage"])),
                     equal_to([(rel, reason, "ingest") for rel, reason in expected_rejected.items()]),
                     label="EveryRejectWithItsReason")
@@ -189,9 +169,9 @@ def predict_claim(options: PredictOptions, model: ModelInfo) -> OutputClaim:
                        description={"input": options.input, "model": options.model, **model.names()})
 
 
-def classified_rows(pipeline) -> beam.PCollection:
+def classified_rows(classified: beam.PCollection) -> beam.PCollection:
     """Predict's rows as Classify yields them (one Arrow table per batch), one dict per row."""
-    return step_output(pipeline, "Predict/Classify") | "AsRows" >> beam.FlatMap(lambda b: b.rows.to_pylist())
+    return classified | "AsRows" >> beam.FlatMap(lambda b: b.rows.to_pylist())
 
 
 def probabilities(row) -> np.ndarray:
@@ -210,7 +190,8 @@ def test_predict_classifies_every_decodable_image_once_and_rejects_the_rest(tmp_
     options, model, pattern = predict_setup(SAMPLE, out, "--files-per-batch", "64")
     assert pattern is None  # an image folder
     with predict_claim(options, model) as plan, direct_pipeline() as p:
-        committed = p | "Predict" >> Predict(options, model, RUN_TIMESTAMP, plan, pattern)
+        result = p | "Predict" >> Predict(options, model, RUN_TIMESTAMP, plan, pattern)
+        committed = result["committed"]
 
         def is_committed(manifest):
             assert manifest["run_id"] == plan.run_id and manifest["state"] == "complete", manifest
@@ -220,7 +201,7 @@ def test_predict_classifies_every_decodable_image_once_and_rejects_the_rest(tmp_
 
         assert_that(committed, only(is_committed), label="Committed")
 
-        rows = classified_rows(p)
+        rows = classified_rows(result["classified"])
         assert_that(rows | "Uris" >> beam.Map(lambda r: relative(SAMPLE, r["uri"])), equal_to(predicted),
                     label="OneRowPerImage")
 
@@ -240,7 +221,7 @@ def test_predict_classifies_every_decodable_image_once_and_rejects_the_rest(tmp_
 
         assert_that(rows, rows_are_predictions, label="RowsArePredictions")
 
-        rejected = step_output(p, "Predict/DecodeImages", "rejected")
+        rejected = result["rejected"]
         assert_that(rejected | "Reasons" >> beam.Map(lambda r: (relative(SAMPLE, r["uri"]), r["reason"], r["stage"])),
                     equal_to([(rel, reason, "predict") for rel, reason in SAMPLE_REJECTED.items()]),
                     label="UndecodableRejectedWithReason")
@@ -254,7 +235,7 @@ def test_predict_classifies_every_decodable_image_once_and_rejects_the_rest(tmp_
             assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["macro_f1"] <= 1
             assert (summary["input"], summary["model_fingerprint"]) == (options.input, model.model_fingerprint)
 
-        assert_that(step_output(p, "Predict/WriteSummary"), only(summary_adds_up), label="Summary")
+        assert_that(result["summary"], only(summary_adds_up), label="Summary")
 
     # The committed predictions are the rows checked above: as many, under the output.
     committed_rows = pq.ParquetDataset(sorted(str(f) for f in (out / "predictions").glob("*.parquet"))).read()
@@ -307,10 +288,11 @@ def test_predict_faces_all_gives_a_row_per_face_and_counts_images_and_faces(tmp_
     options, model, pattern = predict_setup(root, out, "--faces", "all")
     assert options.face_crop and options.preprocessing.startswith("faces=all")
     with predict_claim(options, model) as plan, direct_pipeline() as p:
-        committed = p | "Predict" >> Predict(options, model, RUN_TIMESTAMP, plan, pattern)
+        result = p | "Predict" >> Predict(options, model, RUN_TIMESTAMP, plan, pattern)
+        committed = result["committed"]
         assert_that(committed | "Counts" >> beam.Map(lambda m: m["counts"]), equal_to([totals]), label="Committed")
 
-        rows = classified_rows(p)
+        rows = classified_rows(result["classified"])
         assert_that(rows | "Faces" >> beam.Map(lambda r: (relative(root, r["uri"]), r["face_index"], (
             r["face_x"], r["face_y"], r["face_width"], r["face_height"]))), equal_to(face_rows), label="RowPerFace")
 
@@ -321,8 +303,8 @@ def test_predict_faces_all_gives_a_row_per_face_and_counts_images_and_faces(tmp_
                 assert row["true_label"] == "happy"
 
         assert_that(rows, face_rows_are_predictions, label="FaceRowsArePredictions")
-        assert_that(step_output(p, "Predict/DecodeImages", "rejected") | beam.Map(lambda r: (
+        assert_that(result["rejected"] | beam.Map(lambda r: (
             relative(root, r["uri"]), r["reason"])), equal_to([("sad/wall.png", "no_face")]), label="NoFace")
-        assert_that(step_output(p, "Predict/WriteSummary") | "SummaryCounts" >> beam.Map(
+        assert_that(result["summary"] | "SummaryCounts" >> beam.Map(
             lambda s: (s["totals"], s["rejected"], s["faces"])), equal_to([(totals, {"no_face": 1}, "all")]),
             label="Summary")

@@ -29,7 +29,10 @@ from schemas import REJECTED_SCHEMA
 
 
 class Ingest(beam.PTransform):
-    """Image root -> TFRecord shards + rejected rows + stats (the whole ingest, as one transform)."""
+    """Image root -> TFRecord shards + rejected rows + stats (the whole ingest, as one transform).
+
+    Returns its PCollections by name: "committed" (the committed manifest, one element), "stats" (stats.json
+    as written) and "rejected" (the dead-letter rows)."""
 
     def __init__(self, options: IngestOptions, plan: CommitPlan):
         super().__init__()
@@ -75,4 +78,5 @@ class Ingest(beam.PTransform):
             | "WriteStats" >> beam.ParDo(WriteStats(a), summary, carve)
         )
         totals = stats | "Totals" >> beam.Map(lambda s: s["totals"])
-        return pbegin | "Commit" >> CommitOutputs(self.plan, totals, after=[empty_shards, rejected_files, stats])
+        committed = pbegin | "Commit" >> CommitOutputs(self.plan, totals, after=[empty_shards, rejected_files, stats])
+        return {"committed": committed, "stats": stats, "rejected": rejected}

@@ -250,7 +250,8 @@ class WriteSummary(beam.DoFn):
 
 class Predict(beam.PTransform):
     """Input root/glob -> predictions, rejected rows, evaluation and summary, committed (with --table,
-    the table too)."""
+    the table too). Returns its PCollections by name: "committed" (the committed manifest, one element),
+    "summary" (summary.json as written), "classified" (ClassifiedBatch) and "rejected" (dead-letter rows)."""
 
     def __init__(self, options: PredictOptions, model: ModelInfo, run_timestamp: dt.datetime, plan: CommitPlan,
                  pattern: str | None, table: TablePlan | None = None, slice_columns: tuple[str, ...] = ()):
@@ -275,15 +276,17 @@ class Predict(beam.PTransform):
         summary = self._summarize(pbegin, classified, inputs)
         run_totals = summary | "Totals" >> beam.Map(lambda s: s["totals"])
         after = [prediction_files, rejected_files, summary]
+        outputs = {"summary": summary, "classified": classified, "rejected": inputs.rejected}
         if self.table is None:
-            return pbegin | "Commit" >> CommitOutputs(self.plan, run_totals, after=after)
+            return {"committed": pbegin | "Commit" >> CommitOutputs(self.plan, run_totals, after=after), **outputs}
         # With --table, the table is committed in the output's transaction: both, or neither.
         rows = classified | "TableRows" >> beam.Map(table_rows, o)
         table_files = rows | "WriteTable" >> WriteTable(self.table)
         fingerprint = rows | "DataFingerprint" >> DataFingerprint()
         also = TableCommit(self.table, o.output, self.run_timestamp, remote_lock="://" in self.table.root)
-        return pbegin | "Commit" >> CommitOutputs(self.plan, run_totals, after=[*after, table_files], also=also,
-                                                  also_inputs=(summary, fingerprint))
+        committed = pbegin | "Commit" >> CommitOutputs(self.plan, run_totals, after=[*after, table_files], also=also,
+                                                       also_inputs=(summary, fingerprint))
+        return {"committed": committed, **outputs}
 
     def _read_tfrecords(self, pbegin) -> Inputs:
         # Matched by the launcher already (a --dry_run does not look at storage at all).

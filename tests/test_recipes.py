@@ -189,7 +189,7 @@ def test_portable_loss_is_emotion_trains_loss():
     import tensorflow as tf
 
     from model import config, distill
-    from model.train_portable import loss_and_accuracy
+    from model.train_portable_loop import loss_and_accuracy
 
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(16, 7)).astype(np.float32) * 3

@@ -152,9 +152,9 @@ ALLOWED: dict[tuple[str, str], str] = {
         "opens os.devnull for writing to silence TensorFlow's start-up: no file is created",
     ("model.train_portable", "load_arrays"):
         "a NamedTemporaryFile in TMPDIR for an unpacked .xz, size-capped and removed when closed",
-    ("model.train_portable", "OutFolder.save_weights"):
+    ("model.train_portable_loop", "OutFolder.save_weights"):
         "Keras writes into this run's gate-made temp folder; the bytes reach --out by gate.write_bytes",
-    ("model.train_portable", "train.Track.on_epoch_end"):
+    ("model.train_portable_loop", "select_on_val.Track.on_epoch_end"):
         "calls OutFolder.save_weights (ours, through the gate under _portable.lock), not Keras'",
 }
 

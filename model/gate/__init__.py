@@ -53,7 +53,8 @@ the next run removes what their manifest names).
 from model.gate.locks import RootLock, new_id, release_remote_lock, writable_folder
 from model.gate.names import (NAME_MAX, REFUSED_ERRNOS, PathRefused, canonical, check_name, check_relative, is_local,
                               name_problem, refusal, regular_file, relative_problem, resolve, within)
-from model.gate.ops import Gate, NoRemoteStore, TensorFlowStore, Transaction, content_digest, identity
+from model.gate.ops import Gate, NoRemoteStore, TensorFlowStore
+from model.gate.transaction import Transaction, content_digest, identity
 from model.gate.recovery import Journal, JournalRefused, MissingRoot, plan_roll_back, read_journal, roll_back
 
 __all__ = ["NAME_MAX", "REFUSED_ERRNOS", "Gate", "Journal", "JournalRefused", "MissingRoot", "NoRemoteStore",

@@ -1,6 +1,6 @@
 """Roll-back after a kill: a killed transaction's journal, read as untrusted input (bound to the killed
 run, every step checked against its recorded digest and roots), and the steps undone in reverse. The
-journal is written by ops.Transaction; see the package docstring."""
+journal is written by transaction.Transaction; see the package docstring."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import os
 import re
 
 from model.gate.names import PathRefused, canonical, is_local, name_problem, relative_problem
-from model.gate.ops import JOURNAL_HEADER, JOURNAL_VERSION, Gate, content_digest, identity
+from model.gate.ops import Gate
+from model.gate.transaction import JOURNAL_HEADER, JOURNAL_VERSION, content_digest, identity
 
 JOURNAL_MAX_BYTES = 64 << 20  # the header holds the previous manifest; a step is a few hundred bytes
 _ENTRY = re.compile(r"\d{6}\.json")

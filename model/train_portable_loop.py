@@ -1,0 +1,349 @@
+"""The portable trainer's fit (`python -m model.train_portable train`, model/train_portable.py): the recipe's
+network trained on the arrays file on any Keras 3 backend, with `emotion train`'s loss (distillation
+included), schedule and augmentation; the epoch with the best val macro-F1 kept in --out
+(best.weights.h5, history.csv, run.json), written through the gate under --out's lock.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+
+import numpy as np
+
+from model import artifact, config, gate
+from model.config import TrainConfig
+from model.errors import UsageError
+from schemas import LABELS
+
+OUT_FILES = ("best.weights.h5", "history.csv", "run.json")  # what `train` writes in --out
+OUT_LOCK = "_portable.lock"
+
+
+def macro_f1(model, pixels: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
+    """(accuracy, macro-F1) of the model's argmax (no TTA, as `emotion train` selects epochs)."""
+    from model import metrics
+
+    logits = model.predict(pixels, batch_size=batch_size, verbose=0)
+    summary = metrics.summarize(metrics.confusion(labels, np.argmax(logits, -1)))
+    return summary["accuracy"], summary["macro_f1"]
+
+
+def teacher_targets(cfg: TrainConfig, arrays: dict, info: dict, arrays_path: str) -> np.ndarray | None:
+    """The teacher's log-probabilities per train row when the recipe distils (None otherwise), after
+    checking the arrays file holds them, for the teacher the recipe names when its metadata is at hand."""
+    if not cfg.teacher:
+        return None
+    held = info.get("teacher")
+    if "train_teacher_log_probs" not in arrays or not held:
+        raise UsageError(f"the recipe distils from {cfg.teacher}, and {arrays_path} holds no teacher targets: "
+                         f"write it with export-arrays --teacher {cfg.teacher}")
+    wanted = _model_version(cfg.teacher)
+    if wanted is not None and wanted != held["teacher"]:
+        raise UsageError(f"the recipe distils from {cfg.teacher} ({wanted}); {arrays_path} holds the targets of "
+                         f"{held['teacher']}: write it again with export-arrays --teacher {cfg.teacher}")
+    targets = arrays["train_teacher_log_probs"].astype(np.float32)
+    if targets.shape != (len(arrays["train_labels"]), len(LABELS)) or not np.isfinite(targets).all():
+        raise UsageError(f"{arrays_path}: train_teacher_log_probs is not one finite row per train image")
+    return targets
+
+
+def _model_version(model_dir: str) -> str | None:
+    """An exported model's version from its metadata.json (no TensorFlow needed); None when not at hand."""
+    from model import resolve_model_dir
+
+    return artifact.unchecked_value(resolve_model_dir(model_dir), "model_version")
+
+
+def loss_and_accuracy(cfg: TrainConfig, num_classes: int):
+    """The loss of `emotion train`'s step (model/train_loop.py) as a Keras loss, with the accuracy metric.
+    y_true packs, per example: the one-hot label, its class weight, then (distilling) the teacher's
+    log-probabilities. The class weight applies to the label's term only, as there."""
+    import keras
+    from keras import ops
+
+    smoothing, alpha, temperature = cfg.label_smoothing, cfg.distill_alpha, cfg.distill_temperature
+
+    def loss(y_true, logits):
+        logits = ops.cast(logits, "float32")
+        onehot, weight = y_true[:, :num_classes], y_true[:, num_classes]
+        smoothed = onehot * (1.0 - smoothing) + smoothing / num_classes
+        per_example = keras.losses.categorical_crossentropy(smoothed, logits, from_logits=True) * weight
+        if cfg.teacher:
+            soft = ops.softmax(y_true[:, num_classes + 1:] / temperature, axis=-1)
+            distilled = keras.losses.categorical_crossentropy(soft, logits / temperature, from_logits=True)
+            per_example = (1.0 - alpha) * per_example + alpha * distilled * temperature**2
+        return per_example
+
+    def accuracy(y_true, logits):
+        return ops.cast(ops.equal(ops.argmax(y_true[:, :num_classes], -1), ops.argmax(logits, -1)), "float32")
+
+    return loss, keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")
+
+
+def train(cfg: TrainConfig, args, arrays: dict, info: dict) -> dict:
+    """Fits the recipe's network to the arrays' train split on this Keras backend, keeping in --out the
+    weights of the epoch with the best val macro-F1 (with its history.csv and run.json); returns the run
+    record. `args`: the command's --arrays, --out, --seed, --steps-per-execution and --max-seconds."""
+    import keras
+
+    from model import optimization
+
+    batch, epochs = cfg.batch_size, cfg.epochs
+    x_train = arrays["train_pixels"].astype(np.float32)
+    y_train = arrays["train_labels"].astype(np.int32)
+    x_val, y_val = arrays["val_pixels"].astype(np.float32), arrays["val_labels"].astype(np.int32)
+    size = int(info["image_size"])
+
+    device = keras.config.backend()
+    has_accelerator = device == "jax" and _jax_platform() != "cpu"
+    policy = "float32" if cfg.mixed_precision == "off" else ("mixed_bfloat16" if has_accelerator else "float32")
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(cfg.seed)
+
+    steps_per_epoch = len(x_train) // batch
+    peak = optimization.peak_lr(cfg.optimizer, cfg.lr, batch)
+    y_packed = packed_targets(cfg, arrays, info, args.arrays, y_train)
+    net, trainer = build_trainer(cfg, size)
+    loss, accuracy = loss_and_accuracy(cfg, len(LABELS))
+
+    def compile_for(n_epochs: int):
+        schedule = optimization.WarmupCosine(peak, int(cfg.warmup_epochs * steps_per_epoch), steps_per_epoch * n_epochs)
+        trainer.compile(
+            optimizer=optimization.build_optimizer(cfg.optimizer, schedule, cfg.weight_decay),
+            loss=loss, metrics=[accuracy], steps_per_execution=args.steps_per_execution,
+        )
+
+    started = time.time()
+    if args.max_seconds:
+        epochs = _epochs_that_fit(trainer, compile_for, x_train, y_packed, batch, epochs, args.max_seconds)
+    compile_for(epochs)
+
+    # ---------------------------------------------------------------- train, select on val
+    out = OutFolder(args.out)
+    selection = Selection(epochs=epochs, steps_per_epoch=steps_per_epoch, batch=batch, patience=cfg.patience,
+                          max_seconds=args.max_seconds, started=started)
+    with out:
+        trainer.fit(x_train, y_packed, batch_size=batch, epochs=epochs, shuffle=True, verbose=0,
+                    callbacks=[select_on_val(trainer, net, x_val, y_val, out, selection)])
+        run = {
+            "trainer": "model/train_portable.py", "backend": device, "device": _device_name(),
+            "precision_policy": policy, "config": args.config,
+            "recipe": {**cfg.recipe, **({"seed": args.seed} if args.seed is not None else {})},
+            **selection.record(), "global_batch": batch, "peak_lr": peak,
+            "train_seconds": round(time.time() - started, 1), "data_fingerprint": info.get("fingerprint"),
+            "examples": info["examples"], "keras": keras.__version__, "command": config.command_line(),
+            **({"distillation": {**info["teacher"], "alpha": cfg.distill_alpha, "temperature": cfg.distill_temperature}}
+               if cfg.teacher else {}),
+            **({"init_weights": {"from": cfg.init_weights, "model_version": _model_version(cfg.init_weights)}}
+               if cfg.init_weights else {}),
+        }
+        out.write("run.json", (json.dumps(run, indent=2) + "\n").encode())
+    return run
+
+
+def packed_targets(cfg: TrainConfig, arrays: dict, info: dict, arrays_path: str, y_train: np.ndarray) -> np.ndarray:
+    """y_true of the loss (loss_and_accuracy), one row per train image: its one-hot label, its class weight,
+    then (distilling) the teacher's log-probabilities."""
+    from model import optimization
+
+    class_w = optimization.class_weights(info["train_counts"], cfg.class_weight_power)[y_train]
+    targets = teacher_targets(cfg, arrays, info, arrays_path)
+    return np.concatenate([np.eye(len(LABELS), dtype=np.float32)[y_train], class_w[:, None].astype(np.float32),
+                           *([targets] if targets is not None else [])], axis=1)
+
+
+def build_trainer(cfg: TrainConfig, size: int):
+    """(net, trainer): the recipe's architecture (from --init-weights when given), and the model `fit`
+    trains: the augmentation in front of it."""
+    import keras
+
+    from model import archs, augment
+
+    net = archs.build(cfg.arch, size, len(LABELS))
+    if cfg.init_weights:
+        _init_from(net, cfg.init_weights)
+    trainer = keras.Sequential([keras.Input((size, size, 1)), augment.RandomAugment(cfg.augment, seed=cfg.seed), net])
+    return net, trainer
+
+
+@dataclasses.dataclass
+class Selection:
+    """The epochs as they go: each one's history row, the best val macro-F1 so far, and when to stop
+    (--max-seconds spent, or --patience epochs without a gain)."""
+
+    epochs: int
+    steps_per_epoch: int
+    batch: int
+    patience: int
+    max_seconds: float
+    started: float
+    history: list = dataclasses.field(default_factory=list)
+    best_f1: float = -1.0
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    def record(self) -> dict:
+        """run.json's fields about the epochs."""
+        return {"epochs_planned": self.epochs, "epochs_run": len(self.history), "best_epoch": self.best_epoch,
+                "best_val_macro_f1": self.best_f1, "stopped_early": self.stopped_early}
+
+
+def select_on_val(trainer, net, x_val: np.ndarray, y_val: np.ndarray, out: OutFolder, selection: Selection):
+    """The Keras callback that, after each epoch, scores `net` on val, writes history.csv, keeps the best
+    epoch's weights in --out, prints the epoch's line and stops the fit when `selection` says so."""
+    import keras
+
+    s = selection
+
+    class Track(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            elapsed = time.time() - self.t0
+            acc, f1 = macro_f1(net, x_val, y_val)
+            lr = float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate))
+            s.history.append({"epoch": epoch + 1, "step": (epoch + 1) * s.steps_per_epoch, "lr": lr,
+                              "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
+                              "images_per_s": s.steps_per_epoch * s.batch / max(elapsed, 1e-9),
+                              "epoch_seconds": elapsed, "val_accuracy": acc, "val_macro_f1": f1})
+            if f1 > s.best_f1:
+                s.best_f1, s.best_epoch = f1, epoch + 1
+                out.save_weights(net)
+            out.write("history.csv", _history_csv(s.history))
+            print(f"epoch {epoch + 1}/{s.epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
+                  f"val acc {acc:.4f}  val macro-F1 {f1:.4f}  {elapsed:.1f}s", flush=True)
+            if s.max_seconds and time.time() - s.started > s.max_seconds:
+                print("max-seconds reached: stopping", flush=True)
+                self.model.stop_training = True
+            if s.patience and epoch + 1 - s.best_epoch >= s.patience:
+                print(f"no val macro-F1 gain in {s.patience} epochs: stopping", flush=True)
+                s.stopped_early = self.model.stop_training = True
+
+    return Track()
+
+
+class OutFolder:
+    """--out, owned while `train` runs: its lock (gate.RootLock, one writer), and every file written
+    whole through the gate (temporary file + rename; never through a link). Files of OUT_FILES that an
+    earlier portable run did not write (its run.json says so) are a user's: refused in one line."""
+
+    def __init__(self, path: str):
+        self.root = path.rstrip("/") or path
+        self.gate = gate.Gate([self.root])
+        self.lock = gate.RootLock(self.root, gate.new_id("portable"), flag="--out", name=OUT_LOCK)
+        self._scratch: str | None = None
+
+    def __enter__(self) -> OutFolder:
+        self.lock.acquire()
+        try:
+            self._check_owned()
+            self._scratch = self.gate.make_temp_dir(prefix="emotion-portable-")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._scratch:
+                self.gate.remove_temp_dir(self._scratch)
+        finally:
+            self.lock.release()
+
+    def _check_owned(self) -> None:
+        present = [name for name in OUT_FILES if os.path.lexists(os.path.join(self.root, name))]
+        if not present:
+            return
+        try:
+            earlier = json.loads(self.gate.read_bytes(os.path.join(self.root, "run.json"), limit=1 << 20))
+        except (OSError, ValueError, UnicodeDecodeError, gate.PathRefused):
+            earlier = None
+        if not (isinstance(earlier, dict) and earlier.get("trainer") == "model/train_portable.py"):
+            raise UsageError(f"--out {self.root} already holds {', '.join(present)}, which no portable run wrote: "
+                             "move them away or choose another --out")
+
+    def write(self, name: str, data: bytes) -> None:
+        self.gate.write_bytes(os.path.join(self.root, name), data)
+
+    def save_weights(self, net) -> None:
+        """Keras writes the .h5 file itself: into this run's temp folder, then whole into --out."""
+        local = os.path.join(self._scratch, "best.weights.h5")
+        net.save_weights(local)
+        with open(local, "rb") as f:
+            self.write("best.weights.h5", f.read())
+
+
+def _init_from(net, source: str) -> None:
+    """--init-weights: a .weights.h5 file, or an exported model (a directory or a packaged name) whose
+    export/model.keras is checked against its metadata.json's fingerprint, as `emotion train` checks it."""
+    from model import resolve_model_dir
+    from model.archs import weights_fingerprint
+
+    path, stored = resolve_model_dir(source), None
+    if not path.endswith(".weights.h5"):
+        stored = artifact.unchecked_value(path, "model_fingerprint")
+        if stored is None:
+            raise UsageError(f"--init-weights {source}: neither a .weights.h5 file nor an exported model "
+                             f"directory with a readable {artifact.METADATA}")
+        path = os.path.join(path, artifact.EXPORT, artifact.KERAS_FILE)
+    if not os.path.isfile(path):
+        raise UsageError(f"--init-weights {source}: {path} does not exist")
+    try:
+        net.load_weights(path)
+    except Exception as exc:  # not a weights file, or another architecture's weights
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(f"--init-weights {source} cannot be loaded into {net.name} ({reason})") from None
+    if stored is not None and weights_fingerprint(net) != stored:
+        raise UsageError(f"--init-weights {source}: {path} does not match its metadata.json (fingerprint): "
+                         f"an interrupted or hand-edited export; re-export it")
+
+
+def _epochs_that_fit(trainer, compile_for, x_train, y_packed, batch: int, epochs: int, max_seconds: float) -> int:
+    """--max-seconds: a short probe measures the step time; the epochs are cut to what fits. The trainer's
+    weights are put back as they were."""
+    started = time.time()
+    initial = trainer.get_weights()
+    compile_for(epochs)
+    probe = min(len(x_train), 40 * batch)
+    fit_kw = dict(batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    trainer.fit(x_train[:probe], y_packed[:probe], **fit_kw)  # compiles
+    t0 = time.time()
+    trainer.fit(x_train[:probe], y_packed[:probe], **fit_kw)
+    steps_per_epoch = len(x_train) // batch
+    epoch_seconds = (time.time() - t0) / (probe // batch) * steps_per_epoch * 1.25 + 1.0  # +val, +slack
+    left = max_seconds - (time.time() - started) - 30  # 30 s: recompile and saving
+    fitting = max(1, int(left // epoch_seconds))
+    print(f"probe: {epoch_seconds:.2f} s/epoch; {fitting} epochs fit in {left:.0f} s", flush=True)
+    trainer.set_weights(initial)
+    return min(epochs, fitting)
+
+
+def _history_csv(rows: list[dict]) -> bytes:
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return text.getvalue().encode()
+
+
+def _jax_platform() -> str:
+    import jax
+
+    return jax.devices()[0].platform
+
+
+def _device_name() -> str:
+    try:
+        import jax
+
+        return str(jax.devices()[0].device_kind)
+    except ImportError:
+        import platform
+
+        return platform.processor() or "cpu"

@@ -187,10 +187,10 @@ def run(argv=None) -> dict:
     check_report_is_ours(output)
     if args.shipped_model is not None:
         shipped = _absolute(args.shipped_model)
-        shipped_meta = check_model(shipped, what="--shipped-model")
+        shipped_meta, _ = check_model(shipped, what="--shipped-model")
     elif os.path.exists(os.path.join(args.default_shipped, "metadata.json")):
         shipped = args.default_shipped
-        shipped_meta = check_model(shipped, what="the shipped model")
+        shipped_meta, _ = check_model(shipped, what="the shipped model")
     else:
         shipped, shipped_meta = None, None
 

@@ -158,8 +158,8 @@ def predict_setup(input_root, out, *flags) -> tuple[PredictOptions, ModelInfo, s
     resolved (its engine loaded once, as check_model does), the model's names, the TFRecord pattern."""
     args, _ = predict_launcher.parse_args(
         ["--input", str(input_root), "--output", str(out), "--model", str(SHIPPED_MODEL), *flags])
-    metadata = check_model(args.model, args.engine)
-    options = PredictOptions.resolve(args, metadata)
+    metadata, engine = check_model(args.model, args.engine)
+    options = PredictOptions.resolve(args, metadata, engine)
     return options, ModelInfo.from_metadata(metadata), predict_launcher.tfrecord_pattern(options.input)
 
 

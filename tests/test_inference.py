@@ -20,6 +20,7 @@ from beam_pipelines.base import progress
 from beam_pipelines.predict import inference
 from beam_pipelines.predict import launcher as predict
 from beam_pipelines.predict.decode import Image, image_batch
+from beam_pipelines.predict.model_check import check_model
 from beam_pipelines.predict.options import ModelInfo, PredictOptions
 from beam_pipelines.predict.pipeline import Classify
 from model import engines
@@ -44,8 +45,8 @@ def work_items(sizes: list[int]) -> list:
 def run_options(*flags: str) -> tuple[PredictOptions, ModelInfo, dict]:
     """The options `emotion predict` resolves for these flags, the model's names, its metadata."""
     args, _ = predict.parse_args(["--input", "/unused", "--output", "/unused", "--model", MODEL, *flags])
-    metadata = engines.load(MODEL)[1]
-    return PredictOptions.resolve(args, metadata), ModelInfo.from_metadata(metadata), metadata
+    metadata, engine = check_model(MODEL, args.engine)
+    return PredictOptions.resolve(args, metadata, engine), ModelInfo.from_metadata(metadata), metadata
 
 
 def inference_metrics(result) -> dict[str, object]:

@@ -167,9 +167,9 @@ def run(argv=None, save_main_session=True) -> dict | None:
                        **({"slices": args.slices} if args.slices else {}))
     dry_run = is_dry_run(beam_options)
     # Everything that can be checked is checked before the output is touched.
-    metadata = check_model(args.model, args.engine, load_weights=not dry_run) \
-        if not (dry_run and "://" in args.model) else {}
-    options, model = PredictOptions.resolve(args, metadata), ModelInfo.from_metadata(metadata)
+    metadata, engine = check_model(args.model, args.engine, load_weights=not dry_run) \
+        if not (dry_run and "://" in args.model) else ({}, None)
+    options, model = PredictOptions.resolve(args, metadata, engine), ModelInfo.from_metadata(metadata)
     check_name(model.model_version, f"the model_version in {options.model}'s metadata.json")
     pattern = _check_input(options, dry_run)
     if options.table:

@@ -10,19 +10,20 @@ from __future__ import annotations
 from model.errors import UsageError
 
 
-def check_model(model: str, engine: str = "auto", *, load_weights: bool = True, what: str = "") -> dict:
-    """The model's metadata.json, after loading its engine the way workers will (load_weights=False:
-    after reading its metadata and resolving the engine only, as a dry run does). A model that cannot
-    be used stops the run here, with one line, before any output is touched; `what` names it in that
-    line (e.g. "--shipped-model")."""
+def check_model(model: str, engine: str = "auto", *, load_weights: bool = True, what: str = "") -> tuple[dict, str]:
+    """(the model's metadata.json, the engine a run will use), read and resolved once, after loading that
+    engine the way workers will (load_weights=False: after reading its metadata and resolving the engine
+    only, as a dry run does). A model that cannot be used stops the run here, with one line, before any
+    output is touched; `what` names it in that line (e.g. "--shipped-model")."""
     from model import engines, resolve_model_dir
-    from model.export import ModelError, read_metadata
+    from model.artifact import ModelError
+    from model.loading import read_metadata
 
     try:
         if load_weights:
-            return engines.load(model, engine)[1]
+            loaded, metadata = engines.load(model, engine)
+            return metadata, loaded.name
         metadata = read_metadata(resolve_model_dir(model))
-        engines.resolve(engine, metadata)
-        return metadata
+        return metadata, engines.resolve(engine, metadata)
     except (FileNotFoundError, ModelError, engines.EngineError) as exc:
         raise UsageError(f"{what}: {exc}" if what else str(exc)) from None

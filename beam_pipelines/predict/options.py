@@ -61,10 +61,11 @@ class PredictOptions:
     model_copies: int = 1  # RunInference's model_copies (predict/inference.py)
 
     @classmethod
-    def resolve(cls, args: argparse.Namespace, metadata: dict) -> PredictOptions:
+    def resolve(cls, args: argparse.Namespace, metadata: dict, engine: str | None = None) -> PredictOptions:
         """The parsed arguments, with what they leave open taken from the model's metadata.json
         (empty for a dry run of a gs:// model): the face crop it was trained with, the TTA it
-        recommends, the engine `auto` picks for it."""
+        recommends, and `engine`, the one the workers will run (as check_model resolved it; recorded
+        as such, not "auto")."""
         values = vars(args).copy()
         if values.get("faces") == "all":  # every face is found, cropped and predicted
             if values["face_crop"] is False:
@@ -77,10 +78,8 @@ class PredictOptions:
         if values["tta"] not in TTA_MODES:
             raise UsageError(f"{args.model}: its metadata.json recommends TTA {str(values['tta'])[:40]!r}, which is "
                              "none of none, flip, crops: re-export the model or pass --tta")
-        if metadata:  # the engine the workers will run, recorded as such (not "auto")
-            from model.engines import resolve
-
-            values["engine"] = resolve(values["engine"], metadata)
+        if engine:
+            values["engine"] = engine
         return cls(**values)
 
     @property

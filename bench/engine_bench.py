@@ -172,7 +172,7 @@ class Sources:
 
     def __init__(self, model_dir: str, data_dir: str, threads: int):
         from model import resolve_model_dir
-        from model.export import load
+        from model.loading import load
 
         self.root = resolve_model_dir(model_dir).rstrip("/")
         self.model, self.metadata = load(self.root)

@@ -107,7 +107,7 @@ def in_process_scores(frames_dir: pathlib.Path, detectors: dict, margins, model_
     import tensorflow as tf
 
     from model import tta
-    from model.export import load
+    from model.loading import load
 
     model, meta = load(model_dir)
     size, mode = int(meta["image_size"]), meta.get("recommended_tta", "none")

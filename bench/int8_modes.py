@@ -44,7 +44,7 @@ def images_per_second(engine, pixels: np.ndarray, batch: int) -> float:
 
 
 def main(argv=None) -> dict:
-    from model.export import load
+    from model.loading import load
 
     p = argparse.ArgumentParser(prog="bench/int8_modes.py")
     p.add_argument("--model", default="shipped")

@@ -23,7 +23,7 @@ import tensorflow as tf  # noqa: E402
 
 from beam_pipelines.predict import launcher as predict  # noqa: E402
 from model import SHIPPED_MODEL  # noqa: E402
-from model.export import load  # noqa: E402
+from model.loading import load  # noqa: E402
 from model.metrics import confusion, summarize  # noqa: E402
 from model.preprocess import preprocess  # noqa: E402
 from schemas import LABELS, canonical_label  # noqa: E402

@@ -35,9 +35,6 @@ from model.artifact import (EXPORT, INT8_FILE, INT8_KEY, KERAS_FILE, METADATA, R
 from model.config import command_line
 from model.files import local_target
 from model.loading import load, load_keras
-# Until beam_pipelines/model_check.py imports them from model.artifact (ModelError) and model.loading
-# (read_metadata), where they live.
-from model.loading import read_metadata  # noqa: F401
 from schemas import LABELS, LABELS_VERSION, SCHEMA_VERSION
 
 

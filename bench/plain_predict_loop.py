@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 from model.preprocess import PreprocessError, preprocess  # noqa: E402  (before cv2: it sets the pixel ceiling)
+from schemas import TTA_MODES  # noqa: E402
 
 
 def main():
@@ -26,7 +27,7 @@ def main():
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--model", default="shipped")
-    p.add_argument("--tta", default="flip", choices=["none", "flip", "crops"])
+    p.add_argument("--tta", default="flip", choices=TTA_MODES)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--engine", default="keras", choices=["keras", "litert"])
     args = p.parse_args()

@@ -163,7 +163,7 @@ def test_stages_import_only_what_they_use():
     training = modules_after("import beam_pipelines.cli, model.train, model.export, model.evaluate, "
                              "model.train_portable, model.recipe")
     assert "tensorflow" in training and "apache_beam" not in training
-    ingest = modules_after("import beam_pipelines.ingest, model.preprocess")
+    ingest = modules_after("import beam_pipelines.ingest.launcher, beam_pipelines.ingest.pipeline, model.preprocess")
     assert "apache_beam" in ingest and "tensorflow" not in ingest and "keras" not in ingest
 
 

@@ -60,7 +60,7 @@ from model.engines import ENGINES
 from model.errors import UsageError
 from model.gate import check_name
 from model.preprocess import DEFAULT_MAX_PIXELS, FACE_DETECTORS
-from schemas import PREDICTIONS_SCHEMA
+from schemas import PREDICTIONS_SCHEMA, TTA_MODES
 from schemas.tables import bigquery_schema_json
 
 METRICS_NAMESPACE = progress.NAMESPACE  # Beam counters: the job page on Dataflow, the final summary here
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", default=None, metavar="FILE",
                    help="CSV or Parquet with a uri column and any others (site, camera, session...): the evaluation "
                         "reports accuracy, macro-F1 and 95%% intervals per value of each (evaluation/slices.parquet)")
-    p.add_argument("--tta", choices=["none", "flip", "crops"], default=None,
+    p.add_argument("--tta", choices=TTA_MODES, default=None,
                    help="test-time augmentation: flip (2 views), crops (10 shifted/mirrored views); "
                         "default: as the model's metadata recommends")
     p.add_argument("--engine", choices=ENGINES, default="auto",

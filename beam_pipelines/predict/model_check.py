@@ -1,7 +1,7 @@
 """The start-up check of an exported model, shared by the stages that run one (predict, demo).
 
-Its own module rather than base/files.py: it imports model.export and model.engines, which load
-TensorFlow or LiteRT, and base/ runs on ingest workers, which never do
+Its own module rather than base/files.py: it imports model.loading and model.engines, which load
+Keras or LiteRT, and base/ runs on ingest workers, which never do
 (tests/test_architecture.py's TENSORFLOW_FREE).
 """
 

@@ -11,8 +11,8 @@ import argparse
 import dataclasses
 
 from model.errors import UsageError
+from schemas import TTA_MODES
 
-TTA_MODES = ("none", "flip", "crops")
 FACES_MODES = ("largest", "all")  # one row per image (its largest face, or the whole image), or per face
 
 
@@ -77,7 +77,7 @@ class PredictOptions:
             values["tta"] = metadata.get("recommended_tta", "none")
         if values["tta"] not in TTA_MODES:
             raise UsageError(f"{args.model}: its metadata.json recommends TTA {str(values['tta'])[:40]!r}, which is "
-                             "none of none, flip, crops: re-export the model or pass --tta")
+                             f"none of {', '.join(TTA_MODES)}: re-export the model or pass --tta")
         if engine:
             values["engine"] = engine
         return cls(**values)

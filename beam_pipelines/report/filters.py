@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import math
 
+from schemas import TTA_MODES
+
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
-TTA_ORDER = {"none": 0, "flip": 1, "crops": 2}  # cheapest first, as model/tta.py MODES
+TTA_ORDER = {mode: i for i, mode in enumerate(TTA_MODES)}  # cheapest first, as schemas.TTA_MODES
 
 
 # --------------------------------------------------------------------------- template filters

@@ -112,7 +112,7 @@ class LiteRTEngine:
     batching hands over batches of every size: so there is one interpreter per power-of-two batch size
     (planned once, on first use), and a batch is run in chunks of the largest size, its tail padded up to
     the next power of two. The interpreters are not thread-safe and predict's RunInference
-    (beam_pipelines/inference.py) shares one engine between a worker's threads: calls are serialised (each
+    (beam_pipelines/predict/inference.py) shares one engine between a worker's threads: calls are serialised (each
     already uses every core)."""
 
     name = "litert"

@@ -1,5 +1,5 @@
 """Ingest's decoding and its way through the shuffle: a batch of files -> per shard, the records of
-its decoded images, grouped by shard for de-duplication (ingest_shards).
+its decoded images, grouped by shard for de-duplication (shards.py).
 
 Each batch pre-groups its images by shard, so the shuffle moves one element per (batch, shard)
 rather than one per image. What that element holds depends on where the runner keeps its shuffle

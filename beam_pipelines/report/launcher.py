@@ -13,7 +13,7 @@ Files are read through Beam's FileSystems, so gs:// folders work too.
 
 Here: discovery, the page and the command. The kinds of section (ingest, train, predict, compare),
 each with its marker files, data and template, are sections.KINDS; reading the outputs'
-files is report_read, the numbers' formatting report_format.
+files is inputs.py, the numbers' formatting filters.py.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ by the run itself, under its --output or --table root) through Beam's sinks; tho
 place only through a Transaction of this module.
 
 Beam-free and TensorFlow-free on import: beam_pipelines/ and model/ both use it. Remote (gs://)
-operations go through the store its owner passes: Beam's FileSystems (beam_pipelines.storage, the
+operations go through the store its owner passes: Beam's FileSystems (beam_pipelines.base.storage, the
 pipelines) or tf.io.gfile (TensorFlowStore, training and export: the training image has no Beam). Local operations are
 os/shutil calls, literal (no globbing), here and nowhere else: tests/test_gate.py fails when code
 outside this module calls shutil.rmtree, os.remove/unlink/rename/replace/rmdir, FileSystems.delete/
@@ -24,7 +24,7 @@ rename or tf.io.gfile.remove/rmtree/rename.
 
 The API (every path is local or gs://):
 
-    gate = Gate([output, table_root], store=BeamStore())  (beam_pipelines.storage.pipeline_gate)
+    gate = Gate([output, table_root], store=BeamStore())  (beam_pipelines.base.storage.pipeline_gate)
     gate.inside(path)                  the checked path, or PathRefused
     gate.remove(path)                  one file or link (absent: nothing)
     gate.remove_tree(path)             a folder and everything under it (a link: only the link)

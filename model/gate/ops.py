@@ -82,7 +82,7 @@ class Gate:
     """The run's roots, and every operation that changes a file under them (see the module docstring)."""
 
     def __init__(self, roots, store=None):
-        """`store` acts on gs:// paths: Beam's FileSystems in the pipelines (beam_pipelines.storage),
+        """`store` acts on gs:// paths: Beam's FileSystems in the pipelines (beam_pipelines.base.storage),
         tf.io.gfile in training and export (TensorFlowStore); none, and gs:// paths are only checked."""
         self.roots: list[str] = []
         self._temps: set[str] = set()

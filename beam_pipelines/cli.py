@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import signal
@@ -116,6 +117,16 @@ STORAGE_REFUSALS = REFUSED_ERRNOS
 FRAMEWORKS = {"tensorflow", "keras", "apache_beam", "matplotlib", "ai_edge_litert", "mtcnn", "google", "tensorboard"}
 
 
+# What each install extra must make importable for its commands to start (checked before the command's
+# module is imported, so that even its --help names the extra to install rather than half-working).
+EXTRA_FRAMEWORKS = {"pipelines": ("apache_beam",), "training": ("tensorflow",), "all": ("apache_beam", "tensorflow")}
+
+
+def _absent_framework(extra: str) -> str | None:
+    """The first framework `extra` brings that this install cannot import (found without importing it)."""
+    return next((name for name in EXTRA_FRAMEWORKS.get(extra, ()) if importlib.util.find_spec(name) is None), None)
+
+
 def _missing_framework(exc: BaseException) -> str | None:
     """The top-level name of a framework the install lacks, when that is why exc was raised."""
     while exc is not None:
@@ -197,18 +208,17 @@ def run_command(command: str, argv: list[str], quiet_logs: bool = True) -> int:
     of `emotion` and of the Dataflow launcher (flex_main.py). A user's mistake (UsageError) or a refusal
     by the file system is one line and 2; after a Ctrl-C, "interrupted" and 130; anything else is a bug,
     raised with its traceback. quiet_logs=False keeps the caller's logging as it is (the launcher's)."""
+    extra = COMMANDS[command].extra
+    missing = _absent_framework(extra)
     try:
-        if quiet_logs:
-            _quiet_logs(command, asks_for_help=bool({"-h", "--help"} & set(argv)))
-        importlib.import_module(COMMANDS[command].module).run(argv)
+        if missing is None:
+            if quiet_logs:
+                _quiet_logs(command, asks_for_help=bool({"-h", "--help"} & set(argv)))
+            importlib.import_module(COMMANDS[command].module).run(argv)
     except ModuleNotFoundError as exc:
         missing = _missing_framework(exc)
         if missing is None:
             raise
-        extra = COMMANDS[command].extra
-        print(f"emotion {command}: error: needs {missing}, which this install lacks: "
-              f'pip install "emotion-pipeline[{extra}]"', file=sys.stderr)
-        return 2
     except UsageError as exc:
         print(f"emotion {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -226,6 +236,10 @@ def run_command(command: str, argv: list[str], quiet_logs: bool = True) -> int:
             raise
         # The stage's claim has already put everything back (a failed run leaves every output as it was).
         print(f"emotion {command}: error: cannot write: {refused}; nothing was changed", file=sys.stderr)
+        return 2
+    if missing is not None:
+        print(f"emotion {command}: error: needs {missing}, which this install lacks: "
+              f'pip install "emotion-pipeline[{extra}]"', file=sys.stderr)
         return 2
     return 0
 

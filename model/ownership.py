@@ -28,7 +28,6 @@ import socket
 import sys
 
 from model import gate
-from model.errors import UsageError
 
 MANIFEST = "_train.json"
 LOCK = "_train.lock"
@@ -43,71 +42,23 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _under(rel: str, names) -> bool:
-    return any(rel == name or rel.startswith(name + "/") for name in names)
-
-
 def model_gate(root: str) -> gate.Gate:
     return gate.Gate([root], store=gate.TensorFlowStore())
 
 
 def present(root: str, names=NAMES) -> list[str]:
     """Relative paths of the files under `names` in root."""
-    root = root.rstrip("/")
-    g = model_gate(root)
-    prefix = (os.path.realpath(root) if gate.is_local(root) else gate.resolve(root)) + "/"
-    found = []
-    for name in names:
-        for path in g.files(f"{root}/{name}"):
-            found.append(path[len(prefix):] if path.startswith(prefix) else path[len(root) + 1:])
-    return sorted(found)
+    return TrainingClaim(root).present(names)
 
 
 def read_manifest(root: str) -> dict | None:
     """DIR/_train.json, validated; None when there is none."""
-    import tensorflow as tf
-
-    path = f"{root.rstrip('/')}/{MANIFEST}"
-    if gate.is_local(path) and os.path.lexists(path):  # only a regular file: not a link, a FIFO or a device
-        try:
-            raw = model_gate(root).read_bytes(path, limit=256 << 20)
-        except gate.PathRefused:
-            raise UsageError(f"{path} is not a manifest training wrote (a link, a FIFO or a device); move it "
-                             "away or choose another --model-dir") from None
-    elif not tf.io.gfile.exists(path):
-        return None
-    else:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            raw = f.read()
-    try:
-        manifest = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        manifest = None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", []), list):
-        raise UsageError(f"{path} is not a manifest training wrote; move it away or choose another --model-dir")
-    for rel in manifest.get("files", []):
-        gate.check_relative(rel, path)
-        if not _under(rel, NAMES):
-            raise UsageError(f"{path} lists {rel}, which training does not write; move the manifest away")
-    return manifest
+    return TrainingClaim(root).read_manifest()
 
 
 def owned(root: str, manifest: dict | None, names=NAMES) -> set[str]:
     """The files under `names` that are training's (see the module docstring)."""
-    here = set(present(root, names))
-    if manifest is None:
-        legacy = here if {"metadata.json", "export/model.keras"} <= here else set()
-        return {rel for rel in legacy if any(rel == p or (p.endswith("/") and rel.startswith(p)) or
-                                             (rel.startswith("export/") and rel.endswith(".tflite")) for p in _LEGACY)}
-    if manifest.get("state") == "running":
-        return here
-    return set(manifest.get("files", []))
-
-
-def _foreign_message(root: str, foreign: list[str], flag_hint: str) -> str:
-    shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-    return (f"--model-dir {root} already holds {len(foreign)} file(s) no training or export wrote ({shown}); "
-            f"choose another --model-dir, move them away{flag_hint}")
+    return TrainingClaim(root).owned(manifest, names)
 
 
 def _write(root: str, manifest: dict) -> None:
@@ -132,10 +83,8 @@ def record(root: str, adopt=(), create: bool = False) -> None:
 def check_export_owned(root: str) -> None:
     """Before an export replaces export/, metadata.json and MODEL_CARD.md: they are an earlier
     export's (or a running training's), or a UsageError names the files that are not."""
-    root = root.rstrip("/")
-    foreign = sorted(set(present(root, EXPORT_NAMES)) - owned(root, read_manifest(root), EXPORT_NAMES))
-    if foreign:
-        raise UsageError(_foreign_message(root, foreign, " (emotion train --overwrite replaces them)"))
+    claim = TrainingClaim(root)
+    claim.foreign(claim.read_manifest(), hint=" (emotion train --overwrite replaces them)", names=EXPORT_NAMES)
 
 
 def is_chief_task() -> bool:
@@ -153,49 +102,61 @@ def is_chief_task() -> bool:
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in cluster
 
 
-class TrainingClaim:
-    """Lock, check and manifest of a training run into --model-dir (see the module docstring).
-    `replaced`: the files --overwrite made this run's (training does not read them as its own)."""
+class TrainingClaim(gate.RootClaim):
+    """Lock, check and manifest of a training run into --model-dir (see the module docstring): a
+    gate.RootClaim with training's names and words. `replaced`: the files --overwrite made this run's
+    (training does not read them as its own)."""
+
+    FLAG, MANIFEST, LOCK, NAMES = "--model-dir", MANIFEST, LOCK, NAMES
+    UNREADABLE = ("{path} is not a manifest training wrote (a link, a FIFO or a device); move it away or choose "
+                  "another {flag}")
+    NOT_MANIFEST = "{path} is not a manifest training wrote; move it away or choose another {flag}"
+    UNLISTED = "{path} lists {rel}, which training does not write; move the manifest away"
+    FOREIGN = ("{flag} {root} already holds {n} file(s) no training or export wrote ({shown}); choose another "
+               "{flag}, move them away{hint}")
 
     def __init__(self, model_dir: str, overwrite: bool = False, chief: bool = True, run_id: str | None = None):
-        self.root = model_dir.rstrip("/")
+        super().__init__(model_dir, run_id or gate.new_id("train"), store=gate.TensorFlowStore())
         self.overwrite, self.chief = overwrite, chief
-        self.run_id = run_id or gate.new_id("train")
-        self.lock = gate.RootLock(self.root, self.run_id, flag="--model-dir", name=LOCK)
         self.replaced: set[str] = set()
         self.previous: dict | None = None
 
+    def owned(self, manifest: dict | None, names=None) -> set[str]:
+        """The files under `names` (all of training's by default) that are training's: those the
+        manifest lists; a killed run's ("running"): all of them; no manifest: a legacy export's."""
+        here = set(self.present(names))
+        if manifest is None:
+            legacy = here if {"metadata.json", "export/model.keras"} <= here else set()
+            return {rel for rel in legacy if any(rel == p or (p.endswith("/") and rel.startswith(p)) or
+                                                 (rel.startswith("export/") and rel.endswith(".tflite"))
+                                                 for p in _LEGACY)}
+        if manifest.get("state") == "running":
+            return here
+        return set(manifest.get("files", []))
+
     def __enter__(self) -> TrainingClaim:
-        if not self.chief:
-            return self
-        self.lock.acquire()
-        try:
-            self.previous = read_manifest(self.root)
-            ours = owned(self.root, self.previous)
-            foreign = sorted(set(present(self.root)) - ours)
-            if foreign and not self.overwrite:
-                raise UsageError(_foreign_message(self.root, foreign, ", or pass --overwrite to replace them"))
-            self.replaced = set(foreign)
-            self.manifest = {
-                "manifest_version": 1, "stage": "train", "run_id": self.run_id, "started": _now(),
-                "host": socket.gethostname(), "command": " ".join(["emotion", *sys.argv[1:]]),
-                "names": list(NAMES), "previous": (self.previous or {}).get("run_id"),
-            }
-            _write(self.root, {**self.manifest, "state": "running", "files": sorted(ours | self.replaced)})
-        except BaseException:
-            self.lock.release()
-            raise
-        return self
+        return super().__enter__() if self.chief else self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self.chief:
-            return
-        try:
-            files = present(self.root)
-            if not files and self.previous is None:  # nothing written: leave no trace
-                model_gate(self.root).remove(f"{self.root}/{MANIFEST}")
-            else:
-                state = "complete" if exc_type is None or (exc_type is SystemExit and not exc.code) else "failed"
-                _write(self.root, {**self.manifest, "state": state, "finished": _now(), "files": files})
-        finally:
-            self.lock.release()
+        if self.chief:
+            super().__exit__(exc_type, exc, tb)
+
+    def claim(self) -> TrainingClaim:
+        self.previous = self.read_manifest()
+        ours = self.owned(self.previous)
+        self.replaced = set(self.foreign(self.previous, self.overwrite, ", or pass --overwrite to replace them"))
+        self.manifest = {
+            "manifest_version": 1, "stage": "train", "run_id": self.run_id, "started": _now(),
+            "host": socket.gethostname(), "command": " ".join(["emotion", *sys.argv[1:]]),
+            "names": list(NAMES), "previous": (self.previous or {}).get("run_id"),
+        }
+        _write(self.root, {**self.manifest, "state": "running", "files": sorted(ours | self.replaced)})
+        return self
+
+    def end(self, exc_type, exc) -> None:
+        files = self.present()
+        if not files and self.previous is None:  # nothing written: leave no trace
+            model_gate(self.root).remove(f"{self.root}/{MANIFEST}")
+        else:
+            state = "complete" if exc_type is None or (exc_type is SystemExit and not exc.code) else "failed"
+            _write(self.root, {**self.manifest, "state": state, "finished": _now(), "files": files})

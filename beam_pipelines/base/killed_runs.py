@@ -12,11 +12,9 @@ from beam_pipelines.base.manifest import (
     JOURNAL,
     MANIFEST,
     STAGING,
-    OutputLock,
+    OutputRoot,
     new_run_id,
-    read_manifest,
     remove_tree,
-    validate_manifest,
 )
 from beam_pipelines.base.storage import pipeline_gate
 from model import gate
@@ -87,7 +85,7 @@ def _previous_manifest(header: dict, killed_manifest: dict, output: str) -> byte
                                   "was rolled back")
     if data is not None:
         try:
-            validate_manifest(json.loads(data), join(output, MANIFEST))
+            OutputRoot.validate_manifest(json.loads(data), join(output, MANIFEST))
         except (ValueError, UsageError):
             raise gate.JournalRefused("its journal's previous manifest is not a manifest; nothing was rolled "
                                       "back") from None
@@ -120,14 +118,10 @@ def recover(output: str, also_roots=()) -> bool:
     inside its commit is rolled back; one killed after it has its clean-up finished. True when there
     was something to do."""
     output, also_roots = output.rstrip("/"), tuple(root for root in also_roots if root)
-    lock = OutputLock(output, new_run_id("recover"))
-    lock.acquire()
-    try:
-        manifest = read_manifest(output)
+    with OutputRoot(output, new_run_id("recover")) as root:
+        manifest = root.read_manifest()
         if not manifest:
             return False
         if manifest.get("state") == "committing":
             return roll_back_killed_commit(output, manifest, also_roots)
         return manifest.get("state") == "complete" and finish_killed_cleanup(output, manifest, also_roots)
-    finally:
-        lock.release()

@@ -1,6 +1,7 @@
-"""An output folder's own files: `_run.json` (the manifest, read back as untrusted input), `_run.lock`
-(one run at a time) and the names of the staging folder and its journal; where a run's paths would
-pass PATH_MAX; removing a tree through the gate. `outputs.py` tells the life of a run that uses them."""
+"""An output folder's own files: `OutputRoot` (the output as a gate.RootClaim: `_run.json`, the
+manifest, read back as untrusted input; `_run.lock`, one run at a time) and the names of the staging
+folder and its journal; where a run's paths would pass PATH_MAX; removing a tree through the gate.
+`outputs.py` tells the life of a run that uses them."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines.base.files import join
 from beam_pipelines.base.listing import is_local, list_entries
-from beam_pipelines.base.storage import pipeline_gate
+from beam_pipelines.base.storage import BeamStore, pipeline_gate
 from model import gate
 from model.errors import UsageError
 from model.gate import RootLock
+from model.gate.claim import remove_staging
 
 MANIFEST = "_run.json"
 
@@ -41,60 +43,39 @@ def new_run_id(stage: str) -> str:
     return gate.new_id(stage)
 
 
-def read_manifest(output: str) -> dict | None:
-    """The output's _run.json, validated (see validate_manifest); None when there is none."""
-    raw = read_manifest_bytes(output)
-    if raw is None:
-        return None
-    path = join(output, MANIFEST)
-    try:
-        manifest = json.loads(raw)
-    except ValueError:
-        manifest = None
-    return validate_manifest(manifest, path)
+class OutputRoot(gate.RootClaim):
+    """--output as a root the pipelines own (gate.RootClaim): _run.json, _run.lock, _staging/;
+    outputs.OutputClaim is the claim a run makes on it."""
 
+    FLAG, MANIFEST, LOCK, STAGING = "--output", MANIFEST, LOCK, STAGING
+    UNREADABLE = ("{path} is not a manifest this pipeline wrote (a link, a FIFO, a device or a folder); move it "
+                  "away or choose another {flag}")
+    NOT_MANIFEST = "{path} is not a manifest this pipeline wrote; move it away or choose another {flag}"
+    FILES_NOT_LIST = "{path}: its files are not a list; it was not written by this pipeline (move it away)"
+    UNLISTED = "{path} lists {rel}, which no run writes; it was not written by this pipeline (move it away)"
+    FOREIGN = ("{flag} {root} already holds {n} file(s) no earlier run of this pipeline wrote ({shown}); choose "
+               "another {flag}, move them away, or pass --overwrite to replace them")
 
-MANIFEST_MAX_BYTES = 256 << 20  # a manifest lists every file of a run: far below this
+    def __init__(self, output: str, run_id: str = "", remote: bool = False):
+        super().__init__(output, run_id, store=BeamStore(), remote=remote)
 
+    @classmethod
+    def may_list(cls, rel: str) -> bool:
+        return not (rel in (MANIFEST, LOCK) or rel.split("/")[0] == STAGING)
 
-def read_manifest_bytes(output: str) -> bytes | None:
-    """_run.json's bytes (None when absent); locally only a regular file is opened (not a link, a FIFO or
-    a device: those are refused in one line, unopened)."""
-    path = join(output, MANIFEST)
-    if is_local(path):
-        if not os.path.lexists(path):
-            return None
-        try:
-            return pipeline_gate([output]).read_bytes(path, limit=MANIFEST_MAX_BYTES)
-        except gate.PathRefused:
-            raise UsageError(f"{path} is not a manifest this pipeline wrote (a link, a FIFO, a device or a "
-                             "folder); move it away or choose another --output") from None
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path) as f:
-        return f.read()
+    @classmethod
+    def check_manifest(cls, manifest: dict, path: str) -> None:
+        """Its staging folder, if any, is _staging/<its run id>."""
+        staging = manifest.get("staging")
+        if staging is not None:
+            name = staging[len(STAGING) + 1:] if isinstance(staging, str) and staging.startswith(STAGING + "/") else None
+            if name is None or gate.name_problem(name) or name != manifest.get("run_id"):
+                raise UsageError(f"{path}: staging {str(staging)[:80]!r} is not {STAGING}/<its run id>; it was not "
+                                 "written by this pipeline (move it away)")
 
-
-def validate_manifest(manifest, path: str) -> dict:
-    """A manifest is untrusted input: an object whose files are plain relative paths (no '..', not
-    absolute) and whose staging folder, if any, is _staging/<a run id>; UsageError otherwise."""
-    if not isinstance(manifest, dict):
-        raise UsageError(f"{path} is not a manifest this pipeline wrote; move it away or choose another --output")
-    files = manifest.get("files", [])
-    if not isinstance(files, list):
-        raise UsageError(f"{path}: its files are not a list; it was not written by this pipeline (move it away)")
-    for rel in files:
-        gate.check_relative(rel, path)
-        if rel in (MANIFEST, LOCK) or rel.split("/")[0] == STAGING:
-            raise UsageError(f"{path} lists {rel}, which no run writes; it was not written by this pipeline "
-                             "(move it away)")
-    staging = manifest.get("staging")
-    if staging is not None:
-        name = staging[len(STAGING) + 1:] if isinstance(staging, str) and staging.startswith(STAGING + "/") else None
-        if name is None or gate.name_problem(name) or name != manifest.get("run_id"):
-            raise UsageError(f"{path}: staging {str(staging)[:80]!r} is not {STAGING}/<its run id>; it was not "
-                             "written by this pipeline (move it away)")
-    return manifest
+    def files_under(self, name: str, g=None) -> list[str]:
+        """The Beam listing's files at output/name (links to folders followed, as the pipelines list)."""
+        return _files_under(self.root, name)
 
 
 def _write_json(path: str, value: dict, output: str) -> None:
@@ -111,10 +92,6 @@ def _files_under(output: str, name: str) -> list[str]:
         return []
     prefix = output.rstrip("/") + "/"
     return [entry.path[len(prefix):] for entry in list_entries(path)]
-
-
-def _under(rel: str, names) -> bool:
-    return any(rel == name or rel.startswith(name + "/") for name in names)
 
 
 class OutputLock(RootLock):
@@ -157,8 +134,4 @@ def check_path_room(root: str, flag: str) -> None:
 def remove_tree(path: str, root: str) -> None:
     """Removes the folder `path` inside `root` (through the gate), then root's _staging/ if it is left
     empty."""
-    g = pipeline_gate([root])
-    g.remove_tree(path)
-    parent = path.rstrip("/").rsplit("/", 1)[0]
-    if parent.rsplit("/", 1)[-1] == STAGING:
-        g.remove_empty_dirs(parent, root)
+    remove_staging(pipeline_gate([root]), path, root, STAGING)

@@ -50,15 +50,12 @@ from beam_pipelines.base.manifest import (
     MANIFEST,
     MANIFEST_VERSION,
     STAGING,
-    OutputLock,
+    OutputRoot,
     _files_under,
     _now,
-    _under,
     _write_json,
     check_path_room,
     new_run_id,
-    read_manifest,
-    read_manifest_bytes,
     release_remote_lock,
     remove_tree,
 )
@@ -66,6 +63,7 @@ from beam_pipelines.base.storage import pipeline_gate
 from model import gate
 from model.errors import UsageError
 from model.gate import Gate
+from model.gate.claim import under
 
 log = logging.getLogger("emotion")
 
@@ -118,67 +116,55 @@ class CommitPlan:
             g.remove_empty_root(self.temp_root)
 
 
-class OutputClaim:
-    """The launcher's side of a run into --output: lock, check, stage; abort on failure."""
+class OutputClaim(OutputRoot):
+    """The launcher's side of a run into --output: lock, check, stage; abort on failure (a
+    gate.RootClaim on the output, see manifest.OutputRoot)."""
 
     def __init__(self, output: str, stage: str, names: list[str], overwrite: bool = False,
                  description: dict | None = None, run_id: str | None = None, also_roots: tuple = ()):
         """`also_roots`: the other roots this run commits into with the output (predict's --table), which
         a roll-back of an earlier killed commit may also have to put back."""
-        self.output, self.stage, self.names, self.overwrite = output.rstrip("/"), stage, tuple(names), overwrite
+        description = description or {}
+        super().__init__(output, gate.check_name(run_id, "--run-id") if run_id else new_run_id(stage),
+                         remote=bool(description.get("remote")))
+        self.output, self.stage, self.names, self.overwrite = self.root, stage, tuple(names), overwrite
         self.also_roots = tuple(root for root in also_roots if root)
-        self.run_id = gate.check_name(run_id, "--run-id") if run_id else new_run_id(stage)
-        self.description = description or {}
-        self.lock = OutputLock(self.output, self.run_id)
+        self.description = description
         self.previous = None
         self.previous_raw: bytes | None = None
         self.plan: CommitPlan | None = None
 
-    def __enter__(self) -> CommitPlan:
+    def check_root(self) -> None:
         if not is_local(self.output) and has_glob_characters(self.output):
             raise UsageError(f"--output {self.output}: a gs:// output may not contain *, ? or [ (Beam's file "
                              "sinks read them as patterns); choose another name")
         check_path_room(self.output, "--output")
-        self.lock.acquire()
+
+    def claim(self) -> CommitPlan:
+        self.plan = self._check()
+        self._write_running_manifest()
         try:
-            self.plan = self._check()
-            self._write_running_manifest()
-            try:
-                self.plan = self.plan.with_write_root()
-            except BaseException:
-                self.abort()
-                raise
+            self.plan = self.plan.with_write_root()
         except BaseException:
-            self.lock.release()
+            self.abort()
             raise
         return self.plan
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is not None:
-                self.abort()
-        finally:
-            if exc_type is not None or is_local(self.output) or not self.description.get("remote"):
-                self.lock.release()
+    def end(self, exc_type, exc) -> None:
+        if exc_type is not None:
+            self.abort()
 
     def _check(self) -> CommitPlan:
         g = pipeline_gate([self.output])
-        self.previous = read_manifest(self.output)
+        self.previous = self.read_manifest()
         if self.previous and self.previous.get("state") == "committing" and \
                 roll_back_killed_commit(self.output, self.previous, self.also_roots, self.overwrite):
-            self.previous = read_manifest(self.output)
-        self.previous_raw = read_manifest_bytes(self.output)
-        owned = set(self.previous.get("files", [])) if self.previous else set()
-        ours_before = sorted(rel for rel in owned if _under(rel, self.names))
+            self.previous = self.read_manifest()
+        self.previous_raw = self.read_manifest_bytes()
+        owned = self.owned(self.previous)
+        ours_before = sorted(rel for rel in owned if under(rel, self.names))
         keep = sorted(owned - set(ours_before))
-        present = [rel for name in self.names for rel in _files_under(self.output, name)]
-        foreign = sorted(set(present) - owned)
-        if foreign and not self.overwrite:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise UsageError(
-                f"--output {self.output} already holds {len(foreign)} file(s) no earlier run of this pipeline wrote "
-                f"({shown}); choose another --output, move them away, or pass --overwrite to replace them"
-            )
+        foreign = self.foreign(self.previous, self.overwrite)
         remove = tuple(sorted(set(ours_before) | set(foreign)))
         for rel in remove:  # before anything changes: each lies inside --output, links resolved
             g.inside(join(self.output, rel))
@@ -193,8 +179,7 @@ class OutputClaim:
                     f"files it replaced are in {retired}: move them back, or pass --overwrite to discard them")
         # Leftovers of a killed run are ours: the (validated) manifest names its staging folder.
         if self.previous and self.previous.get("staging"):
-            g.remove_tree(join(self.output, self.previous["staging"]))
-            g.remove_empty_dirs(join(self.output, STAGING), self.output)
+            self.remove_staging(join(self.output, self.previous["staging"]))
         elif self.previous and self.previous.get("state") == "complete" and self.previous.get("run_id") != self.run_id:
             finish_killed_cleanup(self.output, self.previous, self.also_roots)  # (a re-used run id: its own)
         manifest = {
@@ -221,7 +206,7 @@ class OutputClaim:
 
     def _committed(self) -> bool:
         try:
-            current = read_manifest(self.output)
+            current = self.read_manifest()
         except (UsageError, ValueError, OSError):
             return False
         return bool(current) and current.get("run_id") == self.run_id and current.get("state") == "complete"
@@ -268,7 +253,7 @@ def commit(plan: CommitPlan, counts: dict, also=None, also_values=()) -> dict:
     g = plan.gate()
     prefix = plan.staging + "/"
     staged = sorted(entry.path[len(prefix):] for entry in list_entries(plan.staging))
-    staged = [rel for rel in staged if _under(rel, plan.names)]  # not scratch (.spill, beam-temp)
+    staged = [rel for rel in staged if under(rel, plan.names)]  # not scratch (.spill, beam-temp)
     manifest_path = join(plan.output, MANIFEST)
     trash = {plan.output: join(plan.staging, ".retired")}
     if also is not None:

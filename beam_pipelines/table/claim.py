@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 
 from beam_pipelines.base.files import join
 from beam_pipelines.base.listing import is_local
-from beam_pipelines.base.manifest import check_path_room, remove_tree
-from beam_pipelines.base.storage import pipeline_gate
+from beam_pipelines.base.manifest import check_path_room
+from beam_pipelines.base.storage import BeamStore, pipeline_gate
 from model import gate
 from model.errors import UsageError
 from schemas.tables import bigquery_external_table
@@ -106,33 +106,10 @@ def check_apart(root: str, input_path: str) -> None:
                          "outside the input")
 
 
-def read_table_manifest(root: str) -> dict | None:
-    """ROOT/_table.json, validated as untrusted input: the files the tool wrote there (plain relative
-    paths under the table's own names); None when absent."""
-    path = join(root, MANIFEST)
-    g = pipeline_gate([root])
-    if not g.exists(path):
-        return None
-    try:
-        manifest = json.loads(g.read_bytes(path, limit=256 << 20))
-    except gate.PathRefused:
-        raise UsageError(f"{path} is not a manifest this table wrote (a link, a FIFO or a device): move it away")
-    except (ValueError, UnicodeDecodeError):
-        manifest = None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, list):
-        raise UsageError(f"{path} is not a manifest this table wrote: move it away or choose another --table")
-    for rel in files:
-        gate.check_relative(rel, path)
-        if not reserved(rel) or rel == MANIFEST:
-            raise UsageError(f"{path} lists {rel[:80]}, which the table does not write: move it away")
-    return manifest
-
-
 def table_files(root: str) -> set[str]:
     """The files the tool wrote under the table's own names: its manifest's, or a legacy table's."""
-    manifest = read_table_manifest(root)
-    return set(manifest["files"]) if manifest is not None else _legacy_owned(root, _present(root))
+    claim = TableClaim(root, "")
+    return claim.owned(claim.read_manifest())
 
 
 def write_table_manifest(root: str, files, tx: gate.Transaction) -> None:
@@ -143,10 +120,7 @@ def write_table_manifest(root: str, files, tx: gate.Transaction) -> None:
 
 def _present(root: str) -> list[str]:
     """Relative paths of the files under the table's own names (not its staging, lock or manifest)."""
-    g = pipeline_gate([root])
-    prefix = gate.canonical(root).rstrip("/") + "/"
-    rels = [path[len(prefix):] if path.startswith(prefix) else path for path in g.files(root)]
-    return sorted(rel for rel in rels if reserved(rel) and rel != MANIFEST)
+    return TableClaim(root, "").present()
 
 
 def _legacy_owned(root: str, present: list[str]) -> set[str]:
@@ -181,11 +155,11 @@ def _no_usage_error():
         pass
 
 
-class TableClaim:
-    """The launcher's side of a run into --table: checks that the root can take a run (a folder, or
-    absent under a writable folder; its own names _runs/, _staging/, _bigquery/ folders, writable),
-    then holds ROOT/_table.lock until the run ends. A refusal is one line (exit 2), before anything
-    is written; a root this claim created is removed again if the run leaves it empty.
+class TableClaim(gate.RootClaim):
+    """The launcher's side of a run into --table (a gate.RootClaim): checks that the root can take a run
+    (a folder, or absent under a writable folder; its own names _runs/, _staging/, _bigquery/ folders,
+    writable), then holds ROOT/_table.lock until the run ends. A refusal is one line (exit 2), before
+    anything is written; a root this claim created is removed again if the run leaves it empty.
 
     The root is owned like an output: ROOT/_table.json (written by each commit, inside its
     transaction) lists every file the tool wrote under the table's names (_runs/, _bigquery/, the
@@ -194,47 +168,54 @@ class TableClaim:
     folder of a run that died before its commit is removed (one that holds the files a killed commit
     retired is left for that commit's roll-back, which its --output's next run makes)."""
 
+    FLAG, MANIFEST, LOCK, STAGING = "--table", MANIFEST, LOCK, STAGING
+    FILES_REQUIRED = True
+    UNREADABLE = "{path} is not a manifest this table wrote (a link, a FIFO or a device): move it away"
+    NOT_MANIFEST = "{path} is not a manifest this table wrote: move it away or choose another {flag}"
+    UNLISTED = "{path} lists {rel:.80}, which the table does not write: move it away"
+    FOREIGN = ("{flag} {root} holds {n} file(s) under the table's own names that it did not write ({shown}): move "
+               "them away or choose another {flag}")
+
     def __init__(self, root: str, run_id: str, remote: bool = False):
-        self.root, self.run_id, self.remote = root.rstrip("/"), run_id, remote
-        self.lock = gate.RootLock(self.root, run_id, flag="--table", name=LOCK)
+        super().__init__(root, run_id, store=BeamStore(), remote=remote)
 
-    def __enter__(self) -> TableClaim:
+    @classmethod
+    def may_list(cls, rel: str) -> bool:
+        return reserved(rel) and rel != MANIFEST
+
+    def present(self, names=None) -> list[str]:
+        """Relative paths of the files under the table's own names (not its staging, lock or manifest)."""
+        return sorted(rel for rel in self.files_under("") if self.may_list(rel))
+
+    def owned(self, manifest: dict | None, names=None) -> set[str]:
+        return set(manifest["files"]) if manifest is not None else _legacy_owned(self.root, self.present())
+
+    def check_root(self) -> None:
         check_path_room(self.root, "--table")
-        if is_local(self.root):
-            for name in (*OWN_FOLDERS, MANIFEST):
-                path = os.path.join(self.root, name)
-                kind_ok = os.path.isfile(path) if name == MANIFEST else os.path.isdir(path)
-                if os.path.lexists(path) and (os.path.islink(path) or not kind_ok):
-                    raise UsageError(f"--table {self.root} holds {name}, which is not a "
-                                     f"{'file' if name == MANIFEST else 'folder'} the table wrote: move it away or "
-                                     "choose another --table")
-                if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
-                    raise UsageError(f"--table {self.root}: {name}/ is not writable; fix its permissions or "
-                                     "choose another --table")
-        self.lock.acquire()
-        try:
-            if not self._remove_dead_staging():  # a killed commit pending: its roll-back comes first
-                self._check_owned()
-        except BaseException:
-            self.lock.release()
-            raise
-        return self
+        if not is_local(self.root):
+            return
+        for name in (*OWN_FOLDERS, MANIFEST):
+            path = os.path.join(self.root, name)
+            kind_ok = os.path.isfile(path) if name == MANIFEST else os.path.isdir(path)
+            if os.path.lexists(path) and (os.path.islink(path) or not kind_ok):
+                raise UsageError(f"--table {self.root} holds {name}, which is not a "
+                                 f"{'file' if name == MANIFEST else 'folder'} the table wrote: move it away or "
+                                 "choose another --table")
+            if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+                raise UsageError(f"--table {self.root}: {name}/ is not writable; fix its permissions or "
+                                 "choose another --table")
 
-    def _check_owned(self) -> None:
-        present = _present(self.root)
-        owned = table_files(self.root)
-        foreign = [rel for rel in present if rel not in owned]
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise UsageError(f"--table {self.root} holds {len(foreign)} file(s) under the table's own names that it did "
-                             f"not write ({shown}): move them away or choose another --table")
+    def claim(self) -> TableClaim:
+        if not self._remove_dead_staging():  # a killed commit pending: its roll-back comes first
+            self.foreign(self.read_manifest())
+        return self
 
     def _remove_dead_staging(self) -> list[str]:
         """This claim holds the lock, so no run is writing into the table's staging now: a folder there
         is a dead run's, removed -- unless it holds the files a killed commit retired (its roll-back
         puts them back; returned). A name no run id could have is not the table's: refused. While a
         killed commit is pending, the ownership check waits (the commit checks what it replaces)."""
-        g = pipeline_gate([self.root])
+        g = self.gate()
         folder = join(self.root, STAGING)
         pending = []
         if not g.isdir(folder):
@@ -250,18 +231,14 @@ class TableClaim:
                             "with this --table puts them back", self.root, STAGING, name)
                 pending.append(name)
             else:
-                remove_tree(join(folder, name), self.root)
+                self.remove_staging(join(folder, name))
         if g.isdir(folder) and not g.files(folder):
             g.remove_tree(folder)
         return pending
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is not None:
-                remove_tree(join(self.root, STAGING, self.run_id), self.root)
-        finally:
-            if exc_type is not None or is_local(self.root) or not self.remote:
-                self.lock.release()
+    def end(self, exc_type, exc) -> None:
+        if exc_type is not None:
+            self.remove_staging(join(self.root, STAGING, self.run_id))
 
 
 def remove_killed_staging(root: str, run_id: str) -> bool:

@@ -43,6 +43,10 @@ The API (every path is local or gs://):
     read_journal(gate, folder) -> (header, steps); roll_back(gate, steps)
 
     RootLock(root, run_id, flag, name)  one writer per root (see its docstring)
+    RootClaim(root, run_id, store)      a root the tool owns: its lock, its manifest read as untrusted
+                                        input, the files under its names that are not the tool's refused,
+                                        a dead run's staging removed (model/gate/claim.py; subclassed by
+                                        OutputClaim, TableClaim and TrainingClaim)
 
 The invariants a harness can check after any run, failed or not: nothing outside the roots changed;
 every manifest (outputs' _run.json, training's _train.json) lists exactly the files under the names
@@ -56,9 +60,11 @@ from model.gate.names import (NAME_MAX, REFUSED_ERRNOS, PathRefused, canonical, 
 from model.gate.ops import Gate, NoRemoteStore, TensorFlowStore
 from model.gate.transaction import Transaction, content_digest, identity
 from model.gate.recovery import Journal, JournalRefused, MissingRoot, plan_roll_back, read_journal, roll_back
+from model.gate.claim import MANIFEST_MAX_BYTES, RootClaim
 
-__all__ = ["NAME_MAX", "REFUSED_ERRNOS", "Gate", "Journal", "JournalRefused", "MissingRoot", "NoRemoteStore",
-           "TensorFlowStore", "PathRefused", "RootLock", "Transaction", "canonical", "check_name", "check_relative",
+__all__ = ["MANIFEST_MAX_BYTES", "NAME_MAX", "REFUSED_ERRNOS", "Gate", "Journal", "JournalRefused", "MissingRoot",
+           "NoRemoteStore", "TensorFlowStore", "PathRefused", "RootClaim", "RootLock", "Transaction", "canonical",
+           "check_name", "check_relative",
            "content_digest", "identity", "is_local", "name_problem", "new_id", "plan_roll_back", "read_journal",
            "refusal", "regular_file", "relative_problem", "release_remote_lock", "resolve", "roll_back", "within",
            "writable_folder"]

@@ -26,6 +26,7 @@ import tensorflow as tf
 from model.errors import UsageError
 from model.files import local_copy
 from model.ownership import model_gate
+from model.trainer import distillation_loss, teacher_log_probs_valid
 
 log = logging.getLogger("emotion")
 
@@ -95,8 +96,7 @@ def _read(path: str) -> dict | None:
                        "fingerprint": str(f["fingerprint"])}
     except (OSError, KeyError, ValueError):
         return None
-    n = len(targets["sha256"])
-    if targets["log_probs"].ndim != 2 or len(targets["log_probs"]) != n or not np.isfinite(targets["log_probs"]).all():
+    if not teacher_log_probs_valid(targets["log_probs"], len(targets["sha256"])):
         return None
     return targets
 
@@ -122,6 +122,6 @@ class TargetLookup:
 
 
 def loss(student_logits: tf.Tensor, teacher_log_probs: tf.Tensor, temperature: float) -> tf.Tensor:
-    """Per-example T^2-scaled cross-entropy between the tempered teacher and student distributions."""
-    soft = tf.nn.softmax(teacher_log_probs / temperature, axis=-1)
-    return tf.nn.softmax_cross_entropy_with_logits(soft, student_logits / temperature) * temperature**2
+    """Per-example T^2-scaled cross-entropy between the tempered teacher and student distributions (the
+    one definition both trainers use: model/trainer.py's)."""
+    return distillation_loss(student_logits, teacher_log_probs, temperature)

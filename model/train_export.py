@@ -14,7 +14,7 @@ import logging
 
 import tensorflow as tf
 
-from model import train_io, train_loop
+from model import train_io, trainer
 from model.config import TrainConfig
 from model.files import local_copy
 from model.train_loop import LoopResult, Plan
@@ -147,5 +147,5 @@ def training_record(config: TrainConfig, plan: Plan, strategy_name: str, result:
                              "alpha": config.distill_alpha, "temperature": config.distill_temperature}}
            if config.teacher else {}),
         **({"imported_run": imported} if imported else {}),
-        **({"init_weights": train_loop.init_source(config)} if config.init_weights else {}),
+        **({"init_weights": trainer.init_record(config)} if config.init_weights else {}),
     }

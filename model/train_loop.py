@@ -5,6 +5,9 @@ distributed step (strategy.run) and the epochs around it. The same code runs und
     state = build_state(config, plan, strategy, ckpt_dir)     # model, optimizer, step, checkpoint
     restore_or_init(state, config, model_dir)                 # resume, or start from --init-weights
     result = Loop(config, plan, strategy, state, ...).run(history)   # epochs; history.csv, checkpoints
+
+The model, its starting weights, the loss and each epoch's row are model/trainer.py's (RUNNER: this
+module's Trainer), shared with the portable trainer; the step, the checkpoints and the epochs are this one's.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import tensorflow as tf
 from model import train_io
 from model.config import TrainConfig
 from model.errors import UsageError
-from model.files import local_copy
+from model.trainer import EpochEnd, Trainer, improves, patience_spent
 
 log = logging.getLogger("emotion")
 
@@ -87,11 +90,10 @@ class State:
 def build_state(config: TrainConfig, plan: Plan, strategy, ckpt_dir: str) -> State:
     import keras
 
-    from model import archs, optimization
-    from schemas import NUM_CLASSES
+    from model import optimization
 
     with strategy.scope():
-        model = archs.build(config.arch, plan.image_size, NUM_CLASSES)
+        model = RUNNER.build_model(config, plan.image_size)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         lr_schedule = optimization.WarmupCosine(plan.peak_lr, int(config.warmup_epochs * plan.steps_per_epoch),
                                                 plan.total_steps)
@@ -118,53 +120,29 @@ def restore_or_init(state: State, config: TrainConfig, model_dir: str) -> None:
     if config.resume:
         log.info("train: --resume given but no checkpoint in %s/checkpoints; starting fresh", model_dir)
     if config.init_weights:
-        init_from(state.model, config.init_weights)
+        RUNNER.initialize(state.model, config)
         log.info("train: initialised weights from %s", config.init_weights)
 
 
-def init_source(config: TrainConfig) -> dict | None:
-    """metadata.json's record of --init-weights: the source as given and, for an exported model, its
-    model_version (so a packaged name like "fast" stays traceable after that model is replaced)."""
-    if not config.init_weights:
-        return None
-    from model import resolve_model_dir
-    from model.artifact import ModelError, read_metadata
+class DistributedTrainer(Trainer):
+    """model/trainer.py's interface for the tf.distribute runner: an exported model's weights are read
+    through model/loading.py (the whole model.keras loaded and held to its metadata.json)."""
 
-    source = resolve_model_dir(config.init_weights)
-    version = None
-    if not source.endswith(".weights.h5"):
+    def load_export(self, model, given: str, model_dir: str) -> None:
+        from model.artifact import ModelError
+        from model.loading import load
+
         try:
-            version = str(read_metadata(source)["model_version"])
-        except (ModelError, KeyError):
-            pass  # gone or changed since the run started: the path alone is recorded
-    return {"from": config.init_weights, "model_version": version}
+            exported, _ = load(model_dir)
+        except ModelError as exc:
+            raise UsageError(f"--init-weights {model_dir}: {exc}") from None
+        if [w.shape for w in exported.get_weights()] != [w.shape for w in model.get_weights()]:
+            raise UsageError(f"--init-weights {model_dir} is a {exported.name}, which does not match --arch "
+                             f"{model.name}")
+        model.set_weights(exported.get_weights())
 
 
-def init_from(model, source: str) -> None:
-    """Loads weights from an exported model directory (its model.keras) or a .weights.h5 file."""
-    from model import resolve_model_dir
-    from model.artifact import ModelError
-    from model.loading import load
-
-    source = resolve_model_dir(source)
-    if source.endswith(".weights.h5"):
-        if not tf.io.gfile.exists(source):
-            raise UsageError(f"--init-weights {source} does not exist")
-        try:
-            with local_copy(source) as local:
-                model.load_weights(local)
-        except Exception as exc:  # not an HDF5 file, or the weights of another architecture
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise UsageError(f"--init-weights {source} cannot be loaded into --arch {model.name} ({reason}): "
-                             f"give weights saved from a {model.name}") from None
-        return
-    try:
-        exported, _ = load(source)
-    except ModelError as exc:
-        raise UsageError(f"--init-weights {source}: {exc}") from None
-    if [w.shape for w in exported.get_weights()] != [w.shape for w in model.get_weights()]:
-        raise UsageError(f"--init-weights {source} is a {exported.name}, which does not match --arch {model.name}")
-    model.set_weights(exported.get_weights())
+RUNNER = DistributedTrainer()
 
 
 def teacher_targets(config: TrainConfig, model_dir: str, image_size: int, stats: dict):
@@ -185,20 +163,15 @@ def teacher_targets(config: TrainConfig, model_dir: str, image_size: int, stats:
 
 def make_train_step(config: TrainConfig, plan: Plan, strategy, state: State, class_weights):
     """The compiled step: one global batch from the iterator, forward and backward on every replica."""
-    from model import distill
     from schemas import NUM_CLASSES
 
-    model, optimizer = state.model, state.optimizer
+    model, optimizer, loss_fn = state.model, state.optimizer, RUNNER.loss(config)
 
     def step_fn(pixels, labels, soft_targets=None):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(pixels, training=True), tf.float32)
-            onehot = tf.one_hot(labels, NUM_CLASSES)
-            smoothed = onehot * (1.0 - config.label_smoothing) + config.label_smoothing / NUM_CLASSES
-            per_example = tf.nn.softmax_cross_entropy_with_logits(smoothed, logits) * tf.gather(class_weights, labels)
-            if soft_targets is not None:
-                per_example = ((1.0 - config.distill_alpha) * per_example + config.distill_alpha
-                               * distill.loss(logits, soft_targets, config.distill_temperature))
+            per_example = loss_fn(logits, tf.one_hot(labels, NUM_CLASSES), tf.gather(class_weights, labels),
+                                  soft_targets)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=plan.global_batch)
             scaled = optimizer.scale_loss(loss) if plan.loss_scaling else loss
         grads = tape.gradient(scaled, model.trainable_variables)
@@ -308,7 +281,7 @@ class Loop:
                 train_io.log_scalars(self.writer, self.log_dir, epoch, row)
                 train_io.write_history(self.history_path, history, list(row))
             self._log_epoch(row)
-            if config.patience and int(state.since_best.numpy()) >= config.patience:
+            if patience_spent(config.patience, int(state.since_best.numpy())):
                 log.info("train: val macro-F1 has not improved for %d epochs; stopping early", config.patience)
                 return LoopResult(history, epoch, start_step, int(state.step.numpy()), True, time.time() - started)
         if self.preemption.requested:  # it came during the epoch's validation: stop before export all the same
@@ -342,19 +315,13 @@ class Loop:
     def _end_epoch(self, epoch: int, loss_sum: float, correct_sum: float, done: int, elapsed: float) -> dict:
         """The epoch's history row, after validation, the best weights and the checkpoint."""
         state, global_batch = self.state, self.plan.global_batch
-        row = {
-            "epoch": epoch,
-            "step": int(state.step.numpy()),
-            "lr": float(state.schedule().numpy()),
-            "loss": loss_sum / max(1, done),
-            "accuracy": correct_sum / max(1, done * global_batch),
-            "images_per_s": done * global_batch / max(elapsed, 1e-9),
-            "epoch_seconds": elapsed,
-        }
-        if self.has_val:
-            val = self._evaluate("val")
-            row.update(val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"])
-            if val["macro_f1"] > float(state.best_f1.numpy()):
+        val = self._evaluate("val") if self.has_val else None
+        row = EpochEnd(epoch=epoch, step=int(state.step.numpy()), lr=float(state.schedule().numpy()),
+                       loss=loss_sum / max(1, done), accuracy=correct_sum / max(1, done * global_batch),
+                       images=done * global_batch, seconds=elapsed,
+                       val=(val["accuracy"], val["macro_f1"]) if val is not None else None).row()
+        if val is not None:
+            if improves(val["macro_f1"], float(state.best_f1.numpy())):
                 state.best_f1.assign(val["macro_f1"])
                 state.since_best.assign(0)
                 if self.chief:

@@ -2,6 +2,9 @@
 network trained on the arrays file on any Keras 3 backend, with `emotion train`'s loss (distillation
 included), schedule and augmentation; the epoch with the best val macro-F1 kept in --out
 (best.weights.h5, history.csv, run.json), written through the gate under --out's lock.
+
+The model, its starting weights, the loss and each epoch's row are model/trainer.py's (RUNNER: this
+module's Trainer), shared with `emotion train`'s tf.distribute runner; the fit is Keras' own.
 """
 
 from __future__ import annotations
@@ -18,6 +21,16 @@ import numpy as np
 from model import artifact, config, gate
 from model.config import TrainConfig
 from model.errors import UsageError
+from model.trainer import (
+    EpochEnd,
+    Loss,
+    Trainer,
+    improves,
+    init_record,
+    patience_spent,
+    source_version,
+    teacher_log_probs_valid,
+)
 from schemas import LABELS
 
 OUT_FILES = ("best.weights.h5", "history.csv", "run.json")  # what `train` writes in --out
@@ -42,42 +55,28 @@ def teacher_targets(cfg: TrainConfig, arrays: dict, info: dict, arrays_path: str
     if "train_teacher_log_probs" not in arrays or not held:
         raise UsageError(f"the recipe distils from {cfg.teacher}, and {arrays_path} holds no teacher targets: "
                          f"write it with export-arrays --teacher {cfg.teacher}")
-    wanted = _model_version(cfg.teacher)
+    wanted = source_version(cfg.teacher)
     if wanted is not None and wanted != held["teacher"]:
         raise UsageError(f"the recipe distils from {cfg.teacher} ({wanted}); {arrays_path} holds the targets of "
                          f"{held['teacher']}: write it again with export-arrays --teacher {cfg.teacher}")
     targets = arrays["train_teacher_log_probs"].astype(np.float32)
-    if targets.shape != (len(arrays["train_labels"]), len(LABELS)) or not np.isfinite(targets).all():
+    if not teacher_log_probs_valid(targets, len(arrays["train_labels"])):
         raise UsageError(f"{arrays_path}: train_teacher_log_probs is not one finite row per train image")
     return targets
 
 
-def _model_version(model_dir: str) -> str | None:
-    """An exported model's version from its metadata.json (no TensorFlow needed); None when not at hand."""
-    from model import resolve_model_dir
-
-    return artifact.unchecked_value(resolve_model_dir(model_dir), "model_version")
-
-
 def loss_and_accuracy(cfg: TrainConfig, num_classes: int):
-    """The loss of `emotion train`'s step (model/train_loop.py) as a Keras loss, with the accuracy metric.
-    y_true packs, per example: the one-hot label, its class weight, then (distilling) the teacher's
-    log-probabilities. The class weight applies to the label's term only, as there."""
+    """The loss of both trainers (model/trainer.Loss) as a Keras loss, with the accuracy metric. y_true
+    packs, per example: the one-hot label, its class weight, then (distilling) the teacher's
+    log-probabilities (packed_targets)."""
     import keras
     from keras import ops
 
-    smoothing, alpha, temperature = cfg.label_smoothing, cfg.distill_alpha, cfg.distill_temperature
+    per_example: Loss = RUNNER.loss(cfg)
 
     def loss(y_true, logits):
-        logits = ops.cast(logits, "float32")
-        onehot, weight = y_true[:, :num_classes], y_true[:, num_classes]
-        smoothed = onehot * (1.0 - smoothing) + smoothing / num_classes
-        per_example = keras.losses.categorical_crossentropy(smoothed, logits, from_logits=True) * weight
-        if cfg.teacher:
-            soft = ops.softmax(y_true[:, num_classes + 1:] / temperature, axis=-1)
-            distilled = keras.losses.categorical_crossentropy(soft, logits / temperature, from_logits=True)
-            per_example = (1.0 - alpha) * per_example + alpha * distilled * temperature**2
-        return per_example
+        teacher = y_true[:, num_classes + 1:] if per_example.distils else None
+        return per_example(logits, y_true[:, :num_classes], y_true[:, num_classes], teacher)
 
     def accuracy(y_true, logits):
         return ops.cast(ops.equal(ops.argmax(y_true[:, :num_classes], -1), ops.argmax(logits, -1)), "float32")
@@ -139,8 +138,7 @@ def train(cfg: TrainConfig, args, arrays: dict, info: dict) -> dict:
             "examples": info["examples"], "keras": keras.__version__, "command": config.command_line(),
             **({"distillation": {**info["teacher"], "alpha": cfg.distill_alpha, "temperature": cfg.distill_temperature}}
                if cfg.teacher else {}),
-            **({"init_weights": {"from": cfg.init_weights, "model_version": _model_version(cfg.init_weights)}}
-               if cfg.init_weights else {}),
+            **({"init_weights": init_record(cfg)} if cfg.init_weights else {}),
         }
         out.write("run.json", (json.dumps(run, indent=2) + "\n").encode())
     return run
@@ -162,11 +160,10 @@ def build_trainer(cfg: TrainConfig, size: int):
     trains: the augmentation in front of it."""
     import keras
 
-    from model import archs, augment
+    from model import augment
 
-    net = archs.build(cfg.arch, size, len(LABELS))
-    if cfg.init_weights:
-        _init_from(net, cfg.init_weights)
+    net = RUNNER.build_model(cfg, size)
+    RUNNER.initialize(net, cfg)
     trainer = keras.Sequential([keras.Input((size, size, 1)), augment.RandomAugment(cfg.augment, seed=cfg.seed), net])
     return net, trainer
 
@@ -208,11 +205,10 @@ def select_on_val(trainer, net, x_val: np.ndarray, y_val: np.ndarray, out: OutFo
             elapsed = time.time() - self.t0
             acc, f1 = macro_f1(net, x_val, y_val)
             lr = float(keras.ops.convert_to_numpy(trainer.optimizer.learning_rate))
-            s.history.append({"epoch": epoch + 1, "step": (epoch + 1) * s.steps_per_epoch, "lr": lr,
-                              "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
-                              "images_per_s": s.steps_per_epoch * s.batch / max(elapsed, 1e-9),
-                              "epoch_seconds": elapsed, "val_accuracy": acc, "val_macro_f1": f1})
-            if f1 > s.best_f1:
+            s.history.append(EpochEnd(epoch=epoch + 1, step=(epoch + 1) * s.steps_per_epoch, lr=lr,
+                                      loss=float(logs["loss"]), accuracy=float(logs["accuracy"]),
+                                      images=s.steps_per_epoch * s.batch, seconds=elapsed, val=(acc, f1)).row())
+            if improves(f1, s.best_f1):
                 s.best_f1, s.best_epoch = f1, epoch + 1
                 out.save_weights(net)
             out.write("history.csv", _history_csv(s.history))
@@ -221,7 +217,7 @@ def select_on_val(trainer, net, x_val: np.ndarray, y_val: np.ndarray, out: OutFo
             if s.max_seconds and time.time() - s.started > s.max_seconds:
                 print("max-seconds reached: stopping", flush=True)
                 self.model.stop_training = True
-            if s.patience and epoch + 1 - s.best_epoch >= s.patience:
+            if patience_spent(s.patience, epoch + 1 - s.best_epoch):
                 print(f"no val macro-F1 gain in {s.patience} epochs: stopping", flush=True)
                 s.stopped_early = self.model.stop_training = True
 
@@ -279,29 +275,32 @@ class OutFolder:
             self.write("best.weights.h5", f.read())
 
 
-def _init_from(net, source: str) -> None:
-    """--init-weights: a .weights.h5 file, or an exported model (a directory or a packaged name) whose
-    export/model.keras is checked against its metadata.json's fingerprint, as `emotion train` checks it."""
-    from model import resolve_model_dir
-    from model.archs import weights_fingerprint
+class PortableTrainer(Trainer):
+    """model/trainer.py's interface for the portable runner (no TensorFlow): an exported model's
+    export/model.keras is loaded into the network and checked against its metadata.json's fingerprint,
+    as `emotion train` checks it."""
 
-    path, stored = resolve_model_dir(source), None
-    if not path.endswith(".weights.h5"):
-        stored = artifact.unchecked_value(path, "model_fingerprint")
+    def load_export(self, model, given: str, model_dir: str) -> None:
+        from model.archs import weights_fingerprint
+
+        stored = artifact.unchecked_value(model_dir, "model_fingerprint")
         if stored is None:
-            raise UsageError(f"--init-weights {source}: neither a .weights.h5 file nor an exported model "
+            raise UsageError(f"--init-weights {given}: neither a .weights.h5 file nor an exported model "
                              f"directory with a readable {artifact.METADATA}")
-        path = os.path.join(path, artifact.EXPORT, artifact.KERAS_FILE)
-    if not os.path.isfile(path):
-        raise UsageError(f"--init-weights {source}: {path} does not exist")
-    try:
-        net.load_weights(path)
-    except Exception as exc:  # not a weights file, or another architecture's weights
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise UsageError(f"--init-weights {source} cannot be loaded into {net.name} ({reason})") from None
-    if stored is not None and weights_fingerprint(net) != stored:
-        raise UsageError(f"--init-weights {source}: {path} does not match its metadata.json (fingerprint): "
-                         f"an interrupted or hand-edited export; re-export it")
+        path = os.path.join(model_dir, artifact.EXPORT, artifact.KERAS_FILE)
+        if not os.path.isfile(path):
+            raise UsageError(f"--init-weights {given}: {path} does not exist")
+        try:
+            model.load_weights(path)
+        except Exception as exc:  # not a weights file, or another architecture's weights
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UsageError(f"--init-weights {given} cannot be loaded into {model.name} ({reason})") from None
+        if weights_fingerprint(model) != stored:
+            raise UsageError(f"--init-weights {given}: {path} does not match its metadata.json (fingerprint): "
+                             f"an interrupted or hand-edited export; re-export it")
+
+
+RUNNER = PortableTrainer()
 
 
 def _epochs_that_fit(trainer, compile_for, x_train, y_packed, batch: int, epochs: int, max_seconds: float) -> int:

@@ -20,7 +20,8 @@ every strategy.
 
 The parts: model/config.py (TrainConfig: defaults < recipe < flags, validated once), this driver
 (strategy, data checks, the run), model/train_loop.py (sizes, model state, the distributed step, the
-epochs), model/train_io.py (what training writes; a refused write is one line, exit 2) and
+epochs: the tf.distribute runner of model/trainer.py's interface, which the portable trainer runs too),
+model/train_io.py (what training writes; a refused write is one line, exit 2) and
 model/train_export.py (the best weights evaluated and exported with metadata.json).
 """
 
@@ -213,15 +214,12 @@ def _train(cfg: config.TrainConfig, stats: dict, claim) -> dict:
     """The driver: strategy, plan, state, the loop, then the export on the chief."""
     strategy = make_strategy(cfg)  # before anything else touches TensorFlow's devices
 
-    import keras
-
     from model import train_export, train_io, train_loop
 
     model_dir = cfg.model_dir.rstrip("/")
     chief = is_chief(strategy)
     policy = precision_policy(cfg.mixed_precision, bool(tf.config.list_physical_devices("GPU")))
-    keras.mixed_precision.set_global_policy(policy)
-    keras.utils.set_random_seed(cfg.seed)
+    train_loop.RUNNER.prepare(cfg, policy)
     plan = train_loop.plan_run(cfg, stats, strategy, policy)
     log.info("train: %s, %d replica(s), global batch %d, %d steps/epoch x %d epochs, arch %s%s",
              strategy_name(strategy), plan.replicas, plan.global_batch, plan.steps_per_epoch, cfg.epochs, cfg.arch,

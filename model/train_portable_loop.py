@@ -101,8 +101,7 @@ def train(cfg: TrainConfig, args, arrays: dict, info: dict) -> dict:
     device = keras.config.backend()
     has_accelerator = device == "jax" and _jax_platform() != "cpu"
     policy = "float32" if cfg.mixed_precision == "off" else ("mixed_bfloat16" if has_accelerator else "float32")
-    keras.mixed_precision.set_global_policy(policy)
-    keras.utils.set_random_seed(cfg.seed)
+    RUNNER.prepare(cfg, policy)
 
     steps_per_epoch = len(x_train) // batch
     peak = optimization.peak_lr(cfg.optimizer, cfg.lr, batch)

@@ -2,6 +2,7 @@
 portable trainer (model/train_portable_loop.py, Keras 3 on any backend, JAX on a lent accelerator) do
 alike, in one place, without TensorFlow (keras.ops only; TensorFlow is imported only to copy a gs:// file).
 
+    runner.prepare(config, policy)           # the dtype policy and the seed, before anything is built
     runner.build_model(config, image_size)   # the recipe's architecture
     runner.initialize(model, config)         # --init-weights: a .weights.h5 file or an exported model
     loss = runner.loss(config)               # per example: label smoothing, class weight, distillation
@@ -37,6 +38,14 @@ VAL_COLUMNS = ("val_accuracy", "val_macro_f1")
 class Trainer(abc.ABC):
     """A runner of TrainConfig: the model, its starting weights and its loss are this class's; how the
     epochs run is the runner's own loop, which ends each epoch in an EpochEnd."""
+
+    def prepare(self, config: TrainConfig, policy: str) -> None:
+        """The Keras dtype policy the runner chose for its hardware, and --seed (the initial weights, the
+        augmentation and the shuffling follow from it): set before the model is built."""
+        import keras
+
+        keras.mixed_precision.set_global_policy(policy)
+        keras.utils.set_random_seed(config.seed)
 
     def build_model(self, config: TrainConfig, image_size: int):
         """The recipe's network for image_size-pixel images (call it inside the strategy's scope, if any)."""

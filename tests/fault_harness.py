@@ -1046,8 +1046,8 @@ class Harness:
         rows = {}
         for path in sorted((root / claim.RUNS).glob("*.parquet")) if (root / claim.RUNS).is_dir() else []:
             try:
-                row = partitions.read_run(str(root), path.stem)
-                rows[path.stem] = (row, partitions.run_partition(str(root), row))
+                row = claim.read_run(str(root), path.stem)
+                rows[path.stem] = (row, claim.run_partition(str(root), row))
             except Exception as exc:
                 problems.append(("table", f"runs row {path.name} unreadable: {exc}"))
         for run_id, (row, partition) in rows.items():

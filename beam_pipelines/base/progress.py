@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -163,6 +164,21 @@ def report(stage: str, figures: Callable[[dict], Figures], quiet: bool = False, 
     finally:
         reporter.done.set()
         reporter.join(timeout=5)
+
+
+def run_here_or_submit(pipeline, stage: str, figures: Callable[[dict], Figures], quiet: bool,
+                       remote: bool) -> dict[str, int] | None:
+    """Runs a stage's pipeline here with progress lines and returns its Beam counters ({name: value});
+    or, on a remote runner, submits it and returns None."""
+    if remote:
+        result = pipeline.run()
+        logging.getLogger("emotion").info(
+            "%s: submitted %s", stage, result.job_id() if getattr(result, "has_job", False) else "")
+        return None
+    with report(stage, figures, quiet=quiet):
+        result = pipeline.run()
+        result.wait_until_finish()
+    return beam_counters(result)
 
 
 def beam_counters(result) -> dict[str, int]:

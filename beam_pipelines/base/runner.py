@@ -143,6 +143,35 @@ def check_remote_paths(options: PipelineOptions, **paths: str) -> None:
             raise UsageError(f"--{flag} must be a gs:// path on Dataflow (workers cannot see {path})")
 
 
+def add_run_flags(parser: argparse.ArgumentParser, files_per_batch_help: str) -> None:
+    """The flags every Beam stage takes after its own: how many files a work item decodes, the
+    decoder's pixel limit, --overwrite and --quiet. parse_run_args checks them."""
+    from model.preprocess import DEFAULT_MAX_PIXELS
+
+    parser.add_argument("--files-per-batch", type=int, default=256, help=files_per_batch_help)
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="larger images are rejected as too_large, from their header, before decoding")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files under --output that no earlier run of this pipeline wrote")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress lines on stderr while a local run runs (the final summary still prints)")
+
+
+def parse_run_args(parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, list[str]]:
+    """A stage's arguments and the Beam arguments left over, with what add_run_flags added checked,
+    no stray option left for Beam to drop, and --input/--output without a trailing slash."""
+    from beam_pipelines.base.files import check_max_pixels
+
+    args, beam_args = parser.parse_known_args(argv)
+    check_unknown_args(beam_args, parser.prog)
+    check_max_pixels(args.max_pixels)
+    if args.files_per_batch < 1:
+        raise UsageError("--files-per-batch must be at least 1")
+    args.input = args.input.rstrip("/")
+    args.output = args.output.rstrip("/")
+    return args, beam_args
+
+
 def check_unknown_args(beam_args: list[str], prog: str) -> None:
     """What a stage's parser did not know goes to Beam, which silently drops what it does not know
     either: a mistyped option (--face-crp) would run something else than asked. Every leftover

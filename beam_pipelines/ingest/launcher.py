@@ -28,22 +28,22 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PortableOptions, StandardOptions
 
 from beam_pipelines.base import progress
-from beam_pipelines.base.files import check_input, check_max_pixels, check_storage_access, join
+from beam_pipelines.base.files import check_input, check_storage_access, join
 from beam_pipelines.base.outputs import CommitPlan, OutputClaim
 from beam_pipelines.base.reading import listing_total
 from beam_pipelines.base.runner import (
+    add_run_flags,
     check_remote_paths,
-    check_unknown_args,
     is_dry_run,
     is_remote_runner,
     log,
+    parse_run_args,
     pipeline_options,
 )
 from beam_pipelines.ingest.options import IngestOptions
 from beam_pipelines.ingest.pipeline import Ingest
 from beam_pipelines.ingest.shuffle import SHUFFLE_MODES, shuffle_mode
 from model.errors import UsageError
-from model.preprocess import DEFAULT_MAX_PIXELS
 
 OUTPUT_NAMES = ["tfrecords", "rejected", "stats.json", "plots"]
 
@@ -64,34 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="salt of the content-hash split assignment")
     parser.add_argument("--num-shards", type=int, default=0, help="shards per split (0: from the data size)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are rejected as too_large, from their header, before decoding")
-    parser.add_argument("--files-per-batch", type=int, default=256, help="files decoded per work item")
     parser.add_argument(
         "--shuffle", choices=SHUFFLE_MODES, default="auto",
         help="how decoded images reach their shard: spill (to files under --output; the shuffle carries their "
              "names), records (the shuffle carries the pixels), auto (spill on the in-memory DirectRunner and "
              "Prism, records on Dataflow, Flink, Spark)",
     )
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace files under --output that no earlier run of this pipeline wrote")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress lines on stderr while a local run runs (the final summary still prints)")
+    add_run_flags(parser, files_per_batch_help="files decoded per work item")
     return parser
 
 
 def parse_args(argv):
-    parser = build_parser()
-    args, beam_args = parser.parse_known_args(argv)
-    check_unknown_args(beam_args, parser.prog)
-    check_max_pixels(args.max_pixels)
-    if args.files_per_batch < 1 or args.num_shards < 0:
-        raise UsageError("--files-per-batch must be at least 1 and --num-shards at least 0")
+    args, beam_args = parse_run_args(build_parser(), argv)
+    if args.num_shards < 0:
+        raise UsageError("--num-shards must be at least 0")
     if not 8 <= args.image_size <= 512:
         raise UsageError("--image-size must be between 8 and 512")
     if not (0 <= args.val_fraction < 1 and 0 <= args.test_fraction < 1 and args.val_fraction + args.test_fraction < 1):
         raise UsageError("--val-fraction and --test-fraction must be in [0, 1) and sum below 1")
-    args.input = args.input.rstrip("/")
-    args.output = args.output.rstrip("/")
     return args, beam_args
 
 
@@ -141,14 +131,8 @@ def _run_pipeline(args, options, plan: CommitPlan):
     log.info("ingest: --shuffle %s", shuffle)
     pipeline = beam.Pipeline(options=options)
     _ = pipeline | "Ingest" >> Ingest(IngestOptions.from_args(args, staging=plan.write_root, shuffle=shuffle), plan)
-    if is_remote_runner(options):
-        result = pipeline.run()
-        log.info("ingest: submitted %s", result.job_id() if getattr(result, "has_job", False) else "")
-        return None
-    with progress.report("ingest", progress_figures, quiet=args.quiet):
-        result = pipeline.run()
-        result.wait_until_finish()
-    return progress.beam_counters(result)
+    return progress.run_here_or_submit(pipeline, "ingest", progress_figures, args.quiet,
+                                       remote=is_remote_runner(options))
 
 
 def progress_figures(counts: dict) -> progress.Figures:

@@ -37,16 +37,17 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipelines.base import progress
-from beam_pipelines.base.files import check_input, check_max_pixels, check_storage_access, join, write_bytes
+from beam_pipelines.base.files import check_input, check_storage_access, join, write_bytes
 from beam_pipelines.base.listing import escape_glob
 from beam_pipelines.base.outputs import CommitPlan, OutputClaim
 from beam_pipelines.base.reading import listing_total
 from beam_pipelines.base.runner import (
+    add_run_flags,
     check_remote_paths,
-    check_unknown_args,
     is_dry_run,
     is_remote_runner,
     log,
+    parse_run_args,
     pipeline_options,
 )
 from beam_pipelines.predict import inference
@@ -59,7 +60,7 @@ from model import PACKAGED_MODELS
 from model.engines import ENGINES
 from model.errors import UsageError
 from model.gate import check_name
-from model.preprocess import DEFAULT_MAX_PIXELS, FACE_DETECTORS
+from model.preprocess import FACE_DETECTORS
 from schemas import PREDICTIONS_SCHEMA, TTA_MODES
 from schemas.tables import bigquery_schema_json
 
@@ -104,11 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "TensorFlow); auto: litert when the export has its file (model/engines.py)")
     p.add_argument("--batch-size", type=int, default=128, help="largest model batch")
     inference.add_model_copies_argument(p)
-    p.add_argument("--files-per-batch", type=int, default=256, help="files read and decoded per work item")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="larger images are rejected as too_large, from their header, before decoding")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace files under --output that no earlier run of this pipeline wrote")
     p.add_argument("--table", default=None,
                    help="also append this run's rows to the partitioned predictions table at this root "
                         "(local or gs://; ROOT/model_version=/run_date=/run_id=/*.parquet, runs in ROOT/_runs/)")
@@ -118,21 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None,
                    help="this run's id (default: predict-<UTC time>-<random>); re-using one replaces that "
                         "run's partition of --table")
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress lines on stderr while a local run runs (the final summary still prints)")
+    add_run_flags(p, files_per_batch_help="files read and decoded per work item")
     return p
 
 
 def parse_args(argv):
-    p = build_parser()
-    args, beam_args = p.parse_known_args(argv)
-    check_unknown_args(beam_args, p.prog)
-    check_max_pixels(args.max_pixels)
-    if args.batch_size < 1 or args.files_per_batch < 1:
-        raise UsageError("--batch-size and --files-per-batch must be at least 1")
+    args, beam_args = parse_run_args(build_parser(), argv)
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
     inference.check_model_copies(args.model_copies)
-    args.input = args.input.rstrip("/")
-    args.output = args.output.rstrip("/")
     if args.table:
         args.table = args.table.rstrip("/")
     if args.run_id is not None:
@@ -273,13 +263,8 @@ def _run_pipeline(options: PredictOptions, beam_options, model: ModelInfo, plan:
                     bigquery_schema_json(PREDICTIONS_SCHEMA).encode())
     pipeline = beam.Pipeline(options=beam_options)
     _ = pipeline | "Predict" >> Predict(options, model, run_timestamp, plan, pattern, table, slice_columns)
-    if is_remote_runner(beam_options):
-        pipeline.run()
-        return None
-    with progress.report("predict", progress_figures, quiet=options.quiet):
-        result = pipeline.run()
-        result.wait_until_finish()
-    return progress.beam_counters(result)
+    return progress.run_here_or_submit(pipeline, "predict", progress_figures, options.quiet,
+                                       remote=is_remote_runner(beam_options))
 
 
 def progress_figures(counts: dict) -> progress.Figures:

@@ -1,17 +1,17 @@
 """Loading an exported model: export/model.keras read back (Keras 3, safe_mode, no pickle) and held to the
 metadata.json beside it (model/artifact.py): the same weights fingerprint, input size and classes. Every
-problem is a ModelError with one line that says what to do."""
+problem is a ModelError with one line that says what to do. No TensorFlow for a local model (gs:// reads
+go through tf.io.gfile): both training runners, the JAX one included, load a start model here."""
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
 from model.archs import weights_fingerprint
 from model.artifact import (EXPORT, KERAS_FILE, METADATA, ModelError, ModelMismatchError, ModelNotFoundError,
                             interrupted)
 from model.artifact import read_metadata as read_checked_metadata
-from model.files import local_copy
+from model import files
 from schemas import LABELS
 
 
@@ -20,7 +20,7 @@ def load(model_dir: str) -> tuple[keras.Model, dict]:
     root = model_dir.rstrip("/")
     metadata = read_checked_metadata(root)
     path = f"{root}/{EXPORT}/{KERAS_FILE}"
-    if not tf.io.gfile.exists(path):
+    if not files.exists(path):
         raise ModelNotFoundError(f"{path} is missing{interrupted(root)}: re-export the model")
     model = load_keras(path)
     check_model(model, metadata, root)
@@ -61,7 +61,7 @@ def load_keras(path: str) -> keras.Model:
 
     local = None
     try:
-        with local_copy(path) as local:  # Keras reads .keras files through a local path
+        with files.local_copy(path) as local:  # Keras reads .keras files through a local path
             if not zipfile.is_zipfile(local):
                 raise ValueError("not a .keras zip archive")
             return keras.models.load_model(local, compile=False, safe_mode=True)

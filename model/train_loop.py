@@ -124,25 +124,7 @@ def restore_or_init(state: State, config: TrainConfig, model_dir: str) -> None:
         log.info("train: initialised weights from %s", config.init_weights)
 
 
-class DistributedTrainer(Trainer):
-    """model/trainer.py's interface for the tf.distribute runner: an exported model's weights are read
-    through model/loading.py (the whole model.keras loaded and held to its metadata.json)."""
-
-    def load_export(self, model, given: str, model_dir: str) -> None:
-        from model.artifact import ModelError
-        from model.loading import load
-
-        try:
-            exported, _ = load(model_dir)
-        except ModelError as exc:
-            raise UsageError(f"--init-weights {model_dir}: {exc}") from None
-        if [w.shape for w in exported.get_weights()] != [w.shape for w in model.get_weights()]:
-            raise UsageError(f"--init-weights {model_dir} is a {exported.name}, which does not match --arch "
-                             f"{model.name}")
-        model.set_weights(exported.get_weights())
-
-
-RUNNER = DistributedTrainer()
+RUNNER = Trainer()
 
 
 def teacher_targets(config: TrainConfig, model_dir: str, image_size: int, stats: dict):

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from model import artifact, config, gate
+from model import config, gate
 from model.config import TrainConfig
 from model.errors import UsageError
 from model.trainer import (
@@ -274,32 +274,7 @@ class OutFolder:
             self.write("best.weights.h5", f.read())
 
 
-class PortableTrainer(Trainer):
-    """model/trainer.py's interface for the portable runner (no TensorFlow): an exported model's
-    export/model.keras is loaded into the network and checked against its metadata.json's fingerprint,
-    as `emotion train` checks it."""
-
-    def load_export(self, model, given: str, model_dir: str) -> None:
-        from model.archs import weights_fingerprint
-
-        stored = artifact.unchecked_value(model_dir, "model_fingerprint")
-        if stored is None:
-            raise UsageError(f"--init-weights {given}: neither a .weights.h5 file nor an exported model "
-                             f"directory with a readable {artifact.METADATA}")
-        path = os.path.join(model_dir, artifact.EXPORT, artifact.KERAS_FILE)
-        if not os.path.isfile(path):
-            raise UsageError(f"--init-weights {given}: {path} does not exist")
-        try:
-            model.load_weights(path)
-        except Exception as exc:  # not a weights file, or another architecture's weights
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise UsageError(f"--init-weights {given} cannot be loaded into {model.name} ({reason})") from None
-        if weights_fingerprint(model) != stored:
-            raise UsageError(f"--init-weights {given}: {path} does not match its metadata.json (fingerprint): "
-                             f"an interrupted or hand-edited export; re-export it")
-
-
-RUNNER = PortableTrainer()
+RUNNER = Trainer()
 
 
 def _epochs_that_fit(trainer, compile_for, x_train, y_packed, batch: int, epochs: int, max_seconds: float) -> int:

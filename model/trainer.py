@@ -11,13 +11,12 @@ alike, in one place, without TensorFlow (keras.ops only; TensorFlow is imported 
 
 The runners differ in how the steps run, not in what they compute: the tf.distribute runner keeps its
 own loop (strategy.run; Keras 3's model.fit cannot run under MultiWorkerMirroredStrategy), the portable
-one calls model.fit. Each implements `load_export` (loading an exported model's weights: model/loading.py
-with TensorFlow, or the TF-free check of model.keras against its fingerprint).
+one calls model.fit. Both load a start model through model/loading.py, which holds model.keras to its
+metadata.json.
 """
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 
 import numpy as np
@@ -35,7 +34,7 @@ VAL_COLUMNS = ("val_accuracy", "val_macro_f1")
 # =========================================================================== the interface
 
 
-class Trainer(abc.ABC):
+class Trainer:
     """A runner of TrainConfig: the model, its starting weights and its loss are this class's; how the
     epochs run is the runner's own loop, which ends each epoch in an EpochEnd."""
 
@@ -55,7 +54,7 @@ class Trainer(abc.ABC):
 
     def initialize(self, model, config: TrainConfig) -> None:
         """--init-weights into `model`: a .weights.h5 file (local or gs://), or an exported model (a
-        directory or a packaged name), loaded by this runner's load_export. Nothing without it (the
+        directory or a packaged name), loaded by load_export. Nothing without it (the
         seed set by the runner gives the initial weights)."""
         if not config.init_weights:
             return
@@ -65,10 +64,20 @@ class Trainer(abc.ABC):
         else:
             self.load_export(model, config.init_weights, source)
 
-    @abc.abstractmethod
     def load_export(self, model, given: str, model_dir: str) -> None:
-        """An exported model's weights into `model`, after checking them against its metadata.json; a
+        """An exported model's weights into `model`: its model.keras loaded and held to its metadata.json
+        by model/loading.py (no TensorFlow for a local one), then checked to be --arch's network; a
         UsageError (one line) naming `given` otherwise."""
+        from model.loading import load
+
+        try:
+            exported, _ = load(model_dir)
+        except artifact.ModelError as exc:
+            raise UsageError(f"--init-weights {given}: {exc}") from None
+        if [w.shape for w in exported.get_weights()] != [w.shape for w in model.get_weights()]:
+            raise UsageError(f"--init-weights {given} is a {exported.name}, which does not match --arch "
+                             f"{model.name}")
+        model.set_weights(exported.get_weights())
 
     def loss(self, config: TrainConfig) -> Loss:
         return Loss.of(config)

@@ -143,6 +143,8 @@ def _storage_refusal(exc: BaseException) -> str | None:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in STORAGE_REFUSALS:
+            if exc.strerror and isinstance(exc.filename, str):  # the path as it is, not repr()'s quotes
+                return f"{exc.strerror}: {exc.filename}"[:300]
             return str(exc).splitlines()[0][:300]
         exc = exc.__cause__ or exc.__context__
     return None

@@ -575,5 +575,7 @@ def test_a_write_the_file_system_refuses_midway_is_one_line_and_changes_nothing(
         assert snapshot(out) == before
     (out / run_manifest.STAGING).write_bytes(b"a file where the staging folder goes")
     before = snapshot(out)
-    one_line_error(capsys, cli.main(["predict", "--input", str(faces), "--output", str(out)]), "Not a directory")
+    line = one_line_error(capsys, cli.main(["predict", "--input", str(faces), "--output", str(out)]),
+                          "Not a directory: " + str(out / run_manifest.STAGING / ""))
+    assert "'" not in line and "//" not in line  # the path as it is (not repr()'d), one slash between parts
     assert snapshot(out) == before

@@ -521,3 +521,13 @@ def test_a_step_entry_cut_short_by_a_kill_is_a_step_never_taken(committed_ingest
     (journal / f".{n:06d}.json.k2x9_q.tmp").write_text('{"half": ')
     assert killed_runs.recover(str(out)) is True
     assert results(out) == results(committed_ingest)
+
+
+def test_a_recorded_folder_name_with_a_trailing_slash_joins_with_one_slash():
+    """A staging name read back from a manifest or a journal may end in '/': the paths built from it,
+    and the messages that show them, have one slash between parts (local and gs:// alike)."""
+    from beam_pipelines.base.files import join
+
+    assert join("out/", "_staging/run-1/", ".retired") == "out/_staging/run-1/.retired"
+    assert join("gs://bucket/out", "/predictions/", "part.parquet") == "gs://bucket/out/predictions/part.parquet"
+    assert join("out", "") == "out/"  # a folder prefix, as before

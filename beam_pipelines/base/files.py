@@ -32,7 +32,8 @@ def extension(path: str) -> str:
 
 
 def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
+    """root/part/...: one slash between parts (a recorded folder name may end in one)."""
+    return "/".join([root.rstrip("/"), *(part.strip("/") for part in parts)])
 
 
 def parquet_bytes(table: pa.Table, **write_options) -> bytes:

@@ -9,18 +9,23 @@ import glob as _glob
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 
 
 @contextlib.contextmanager
 def local_copy(path: str) -> Iterator[str]:
-    """A local copy of `path` (local or gs://, through tf.io.gfile) for as long as the block runs."""
-    import tensorflow as tf
-
+    """A local copy of `path` for as long as the block runs (gs:// through tf.io.gfile; a local file by
+    the standard library, so that a Keras process without TensorFlow, the portable trainer's, can use it)."""
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, os.path.basename(path.rstrip("/")) or "file")
-        tf.io.gfile.copy(path, local, overwrite=True)
+        if _is_local(path):
+            shutil.copyfile(path, local)
+        else:
+            import tensorflow as tf
+
+            tf.io.gfile.copy(path, local, overwrite=True)
         yield local
 
 

@@ -207,12 +207,15 @@ def test_the_portable_runner_in_its_own_process_starts_and_scores_alike(start_mo
 
     from model import config
 
-    backend = "jax" if importlib.util.find_spec("jax") else "tensorflow"
+    # EMOTION_PORTABLE_PYTHON: another interpreter for the portable process (one with JAX and no
+    # TensorFlow, as on the lent accelerator); it must run JAX.
+    python = os.environ.get("EMOTION_PORTABLE_PYTHON", sys.executable)
+    backend = "jax" if python != sys.executable or importlib.util.find_spec("jax") else "tensorflow"
     logits, labels, weights, teacher = _loss_inputs()
     args = {"init": start_model["export"], "logits": logits.tolist(), "onehot": np.eye(N)[labels].tolist(),
             "weights": weights.tolist(), "teacher": teacher.tolist()}
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, "-c", _PORTABLE_PROCESS, json.dumps(args)], cwd=REPO, env=env,
+    proc = subprocess.run([python, "-c", _PORTABLE_PROCESS, json.dumps(args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

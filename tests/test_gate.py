@@ -481,6 +481,18 @@ def test_bad_options_are_one_line(capsys, faces, tmp_path, case):
     one_line_error(capsys, code, "unrecognized argument: --val-fractoin")
 
 
+@pytest.mark.parametrize("stage", ["ingest", "predict"])
+@pytest.mark.parametrize("flag, value, words", [("--files-per-batch", "0", "--files-per-batch must be at least 1"),
+                                                ("--max-pixels", "0", "--max-pixels must be between 1 and")])
+def test_the_run_flags_are_refused_alike_by_both_stages(capsys, faces, tmp_path, stage, flag, value, words):
+    """--files-per-batch, --max-pixels, --overwrite and --quiet are one declaration (base.runner.add_run_flags)
+    with one check: both stages refuse a bad value with the same line, before touching --output."""
+    out = tmp_path / "out"
+    one_line_error(capsys, cli.main([stage, "--input", str(faces), "--output", str(out), flag, value]),
+                   f"emotion {stage}: error: {words}")
+    assert not out.exists()
+
+
 def _damage_first_train_record(data):
     path = data / "tfrecords" / "train-00000-of-00001.tfrecord"
     raw = bytearray(path.read_bytes())

@@ -562,7 +562,8 @@ class Harness:
                     # What the next run into it would print (one line, exit 2): an outcome, not a crash of
                     # the harness. Nothing may be lost meanwhile (check_all_or_nothing checks it).
                     self.refused_recovery[key] = str(exc)
-                    reason = re.sub(r"\S*/world/|\S*/alias/|[a-z]+-\d{8}T\d{6}Z-[0-9a-f]{8}|fh-\d", "", str(exc))[:90]
+                    reason = re.sub(r"[^\s']*/world/|[^\s']*/alias/", "", str(exc))
+                    reason = re.sub(r"[a-z]+-\d{8}T\d{6}Z-[0-9a-f]{8}|fh-\d", "<run>", reason)[:90]
                     self.counts["recovery_refusals"][reason] = self.counts["recovery_refusals"].get(reason, 0) + 1
                     self.log(f"[seed {self.seed} step {step.index}] the roll-back of {key} was refused: {exc}")
 
@@ -895,7 +896,9 @@ class Harness:
                                    f"while exiting (exit 0) {where}: " + " | ".join(other[-3:]))
             elif run.rc == 2:
                 reason = next((line for line in other if line.startswith(f"emotion {cmd}: error: ")), "?")
-                reason = re.sub(r"\S*/world/|\(pid \d+.*|[a-z]+-\d{8}T\d{6}Z-[0-9a-f]{8}", "", reason)
+                # Grouped by kind: the world's folder and the pid dropped, a run id shown as <run>.
+                reason = re.sub(r"[^\s']*/world/|\(pid \d+.*", "", reason)
+                reason = re.sub(r"[a-z]+-\d{8}T\d{6}Z-[0-9a-f]{8}", "<run>", reason)
                 reason = re.sub(r"\d+ file\(s\).*", "N file(s) ...", reason)[:90]
                 self.counts["refusals"][reason] = self.counts["refusals"].get(reason, 0) + 1
                 if "Traceback" in err or len(other) != 1 or not other[0].startswith(f"emotion {cmd}: error: "):

@@ -143,9 +143,10 @@ def _storage_refusal(exc: BaseException) -> str | None:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in STORAGE_REFUSALS:
-            if exc.strerror and isinstance(exc.filename, str):  # the path as it is, not repr()'s quotes
-                return f"{exc.strerror}: {exc.filename}"[:300]
-            return str(exc).splitlines()[0][:300]
+            paths = [name for name in (exc.filename, exc.filename2) if isinstance(name, str)]
+            if exc.strerror and paths and all(path.isprintable() for path in paths):
+                return f"{exc.strerror}: {' -> '.join(paths)}"[:300]  # the paths as they are, no repr() quotes
+            return str(exc).splitlines()[0][:300]  # (repr() escapes a path's control characters)
         exc = exc.__cause__ or exc.__context__
     return None
 

@@ -127,16 +127,6 @@ def checked_temperature(metadata: dict, where: str) -> float:
         raise ModelMismatchError(f"{where}/{exc}") from None
 
 
-def unchecked_value(model_dir: str, key: str) -> str | None:
-    """One value of a local metadata.json as a string, read without any check (None when the file or the
-    key is not at hand): for records that only name the model they came from (the portable trainer's)."""
-    try:
-        with open(f"{model_dir.rstrip('/')}/{METADATA}") as f:
-            return str(json.load(f)[key])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def leftovers(root: str) -> list[str]:
     """What interrupted exports left in a model directory."""
     return sorted(p for pattern in LEFTOVER_PATTERNS for p in files.glob(f"{root}/{pattern}"))

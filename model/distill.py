@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zipfile
 
 import numpy as np
 import tensorflow as tf
@@ -94,7 +95,9 @@ def _read(path: str) -> dict | None:
             targets = {"sha256": f["sha256"].astype(str), "log_probs": f["log_probs"].astype(np.float32),
                        "teacher": str(f["teacher"]), "teacher_tta": str(f["teacher_tta"]),
                        "fingerprint": str(f["fingerprint"])}
-    except (OSError, KeyError, ValueError):
+    except (PermissionError, IsADirectoryError):
+        raise  # the file system's refusal: one line from train_io.refused_writes, as for the write
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # damaged, truncated, foreign
         return None
     if not teacher_log_probs_valid(targets["log_probs"], len(targets["sha256"])):
         return None

@@ -52,3 +52,18 @@ def test_training_with_a_teacher_computes_its_targets_once(tiny_ingest, tiny_mod
     (model_dir / distill.TARGETS_FILE).write_bytes(b"not an npz")  # damaged: untrusted, recomputed
     again = run_cli(*args, "--epochs", "3")
     assert "computing the soft targets" in again.stderr
+
+
+def test_a_targets_file_read_back_is_untrusted_but_a_refusal_is_not_swallowed(tmp_path):
+    """A damaged targets file is computed again (None); one the file system refuses to read (a folder in
+    its place) is raised, so that training prints the one line of train_io.refused_writes."""
+    import pytest
+
+    damaged = tmp_path / "teacher_targets.npz"
+    for content in (b"PK\x03\x04 not a whole zip", b"\x93NUMPY truncated", b"", b"not numpy at all"):
+        damaged.write_bytes(content)
+        assert distill._read(str(damaged)) is None, content
+    assert distill._read(str(tmp_path / "missing.npz")) is None
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(IsADirectoryError):
+        distill._read(str(tmp_path / "folder.npz"))

@@ -105,7 +105,8 @@ def test_both_runners_start_from_the_same_weights(start_model, source):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Keras on the weights of another architecture
 def test_both_runners_refuse_a_start_model_in_one_line(start_model, tmp_path):
-    """A missing file, another architecture's weights and a torn export: a UsageError from each runner."""
+    """A missing file, another architecture's weights, a torn export and an unreadable metadata.json: a
+    UsageError from each runner."""
     import keras
 
     from model import archs, config
@@ -116,9 +117,13 @@ def test_both_runners_refuse_a_start_model_in_one_line(start_model, tmp_path):
     torn, _ = _export(tmp_path / "torn")
     keras.utils.set_random_seed(8)
     archs.build("vgg_xs", 48, N).save(str(torn / "export" / "model.keras"))  # weights its metadata does not name
+    unreadable, _ = _export(tmp_path / "unreadable")
+    (unreadable / "metadata.json").unlink()
+    (unreadable / "metadata.json").mkdir()  # a folder where the file goes: open() refuses it
     cases = [(str(tmp_path / "missing.weights.h5"), "does not exist"),
              (str(tmp_path / "s.weights.h5"), "cannot be loaded into --arch vgg_xs"),
-             (str(torn), "does not match")]
+             (str(torn), "does not match"),
+             (str(unreadable), "cannot read it")]
     for source, reason in cases:
         cfg = config.build(None, arch="vgg_xs", init_weights=source)
         for runner in _runners().values():

@@ -531,3 +531,21 @@ def test_a_recorded_folder_name_with_a_trailing_slash_joins_with_one_slash():
     assert join("out/", "_staging/run-1/", ".retired") == "out/_staging/run-1/.retired"
     assert join("gs://bucket/out", "/predictions/", "part.parquet") == "gs://bucket/out/predictions/part.parquet"
     assert join("out", "") == "out/"  # a folder prefix, as before
+
+
+def test_a_storage_refusal_is_one_line_with_both_paths():
+    """The file system's refusal behind a failed run, as the one error line shows it: the paths as they are
+    (both of a move), and a path with a control character escaped rather than split over two lines."""
+    import errno
+
+    refusal = cli._storage_refusal
+    assert refusal(PermissionError(errno.EACCES, "Permission denied", "/data/out/x")) == \
+        "Permission denied: /data/out/x"
+    assert refusal(OSError(errno.ENOTDIR, "Not a directory", "/a/src", None, "/b/dst")) == \
+        "Not a directory: /a/src -> /b/dst"
+    line = refusal(PermissionError(errno.EACCES, "Permission denied", "/data/run\nx"))
+    assert "\n" not in line and "/data/run" in line
+    wrapped = RuntimeError("a runner's wrapper")
+    wrapped.__cause__ = OSError(errno.EROFS, "Read-only file system", "/ro/f")
+    assert refusal(wrapped) == "Read-only file system: /ro/f"
+    assert refusal(RuntimeError("no file system behind it")) is None

@@ -72,6 +72,9 @@ def read_metadata(model_dir: str) -> dict:
         metadata = files.read_json_object(path, "a model's metadata")
     except ValueError as exc:
         raise ModelError(f"{exc}: re-export the model") from None
+    except OSError as exc:  # permissions, a folder in its place: a read refused, not a write
+        raise ModelError(f"{path}: cannot read it ({exc.strerror or exc}): make it readable, or re-export "
+                         f"the model") from None
     check_compatible(metadata, root)
     for key, kind in (("model_fingerprint", str), ("image_size", int)):
         if not isinstance(metadata.get(key), kind):

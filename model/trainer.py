@@ -74,13 +74,11 @@ class Trainer:
             exported, _ = load(model_dir)
         except artifact.ModelError as exc:
             raise UsageError(f"--init-weights {given}: {exc}") from None
-        except OSError as exc:  # metadata.json unreadable (permissions, a folder in its place)
-            raise UsageError(f"--init-weights {given}: cannot read it ({exc.strerror or exc}): give a readable "
-                             f"exported model directory or a .weights.h5 file") from None
-        if [w.shape for w in exported.get_weights()] != [w.shape for w in model.get_weights()]:
+        weights = exported.get_weights()
+        if [w.shape for w in weights] != [w.shape for w in model.get_weights()]:
             raise UsageError(f"--init-weights {given} is a {exported.name}, which does not match --arch "
                              f"{model.name}")
-        model.set_weights(exported.get_weights())
+        model.set_weights(weights)
 
     def loss(self, config: TrainConfig) -> Loss:
         return Loss.of(config)
